@@ -1,0 +1,47 @@
+// dreamllm: the command-line front end. Subcommands arrive as the pipelines land; today the engine demo.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace dl::app {
+int demo_main(int argc, char** argv);
+}
+
+namespace {
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: dreamllm <command> [options]\n"
+               "\n"
+               "commands:\n"
+               "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
+               "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
+               "\n"
+               "Run 'dreamllm <command> --help' for the options of a command.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "demo") return dl::app::demo_main(argc - 1, argv + 1);
+    std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
+    usage(stderr);
+    return 2;
+  } catch (const dl::Error& e) {
+    std::fprintf(stderr, "dreamllm %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dreamllm %s: internal error: %s\n", cmd.c_str(), e.what());
+    return 3;
+  }
+}

@@ -1,0 +1,323 @@
+// Softmax, scaled dot-product attention and rotary embeddings.
+// Attention streams over key blocks with an online (running max) softmax, so memory is O(T * D), never O(T^2);
+// the backward pass recomputes probabilities from the saved log-sum-exp in two passes (query rows, then key rows)
+// so that each pass owns its outputs and runs in parallel without atomics.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/error.h"
+#include "core/kernels/vec.h"
+#include "core/ops.h"
+#include "core/thread_pool.h"
+
+namespace dl::ops {
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Combined view of all masks for one [B, H, Tq, Tk] problem.
+class MaskView {
+ public:
+  MaskView(const AttentionMask& m, int64_t B, int64_t H, int64_t Tq, int64_t Tk, const char* op)
+      : causal_(m.causal), offset_(Tk - Tq) {
+    if (m.additive) {
+      const Tensor& a = *m.additive;
+      DL_CHECK(a.dim() >= 2 && a.dim() <= 4, op, ": additive mask ", a.describe(), " must have rank 2 to 4");
+      Shape full(size_t(4 - a.dim()), 1);
+      full.insert(full.end(), a.shape().begin(), a.shape().end());
+      const Shape want{B, H, Tq, Tk};
+      for (size_t i = 0; i < 4; ++i)
+        DL_CHECK(full[i] == want[i] || full[i] == 1, op, ": additive mask ", a.describe(),
+                 " does not broadcast to ", shape_str(want));
+      add_ = a.to(DType::F32).reshape(full);
+      Shape st = contiguous_strides(full);
+      for (size_t i = 0; i < 4; ++i) add_stride_[i] = full[i] == 1 ? 0 : st[i];
+      has_add_ = true;
+    }
+    if (m.key_keep) {
+      const Tensor& k = *m.key_keep;
+      DL_CHECK(k.shape() == Shape({B, Tk}), op, ": key mask ", k.describe(), " must be [", B, ", ", Tk, "]");
+      keep_ = k.to(DType::F32);
+      has_keep_ = true;
+    }
+  }
+  bool any() const { return causal_ || has_add_ || has_keep_; }
+  // Last key index query i may see (exclusive bound), for skipping causal work.
+  int64_t key_end(int64_t i, int64_t Tk) const { return causal_ ? std::clamp<int64_t>(i + offset_ + 1, 0, Tk) : Tk; }
+  int64_t query_begin(int64_t j) const { return causal_ ? std::max<int64_t>(j - offset_, 0) : 0; }
+  float bias(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    if (causal_ && j > i + offset_) return kNegInf;
+    float v = 0.f;
+    if (has_keep_ && keep_.f32()[b * keep_.size(1) + j] == 0.f) return kNegInf;
+    if (has_add_)
+      v += add_.f32()[b * add_stride_[0] + h * add_stride_[1] + i * add_stride_[2] + j * add_stride_[3]];
+    return v;
+  }
+  bool needs_bias() const { return has_add_ || has_keep_; }
+
+ private:
+  bool causal_;
+  int64_t offset_;
+  bool has_add_ = false, has_keep_ = false;
+  Tensor add_, keep_;
+  int64_t add_stride_[4] = {0, 0, 0, 0};
+};
+
+struct AttnGeom {
+  int64_t B, Hq, Hkv, Tq, Tk, D, Dv;
+};
+
+AttnGeom attention_geometry(const Tensor& q, const Tensor& k, const Tensor& v) {
+  DL_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be [B,H,T,D], got ",
+           q.describe(), ", ", k.describe(), ", ", v.describe());
+  AttnGeom g{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+  DL_CHECK(k.size(0) == g.B && v.size(0) == g.B, "attention: batch sizes differ: ", q.describe(), ", ",
+           k.describe(), ", ", v.describe());
+  DL_CHECK(k.size(3) == g.D, "attention: q ", q.describe(), " and k ", k.describe(), " head dims differ");
+  DL_CHECK(v.size(1) == g.Hkv && v.size(2) == g.Tk, "attention: k ", k.describe(), " and v ", v.describe(),
+           " disagree");
+  DL_CHECK(g.Hkv > 0 && g.Hq % g.Hkv == 0, "attention: ", g.Hq, " query heads are not a multiple of ", g.Hkv,
+           " key/value heads");
+  return g;
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x_in, const AttentionMask& mask) {
+  DL_CHECK(x_in.dim() >= 1, "softmax: scalar input");
+  const bool masked = mask.causal || mask.additive || mask.key_keep;
+  DL_CHECK(!masked || x_in.dim() == 4, "softmax: masks need a [B,H,Tq,Tk] input, got ", x_in.describe());
+  Tensor x = x_in.to(DType::F32);
+  const int64_t Tk = x.size(-1), R = x.numel() / std::max<int64_t>(Tk, 1);
+  std::optional<MaskView> mv;
+  int64_t H = 1, Tq = 1;
+  if (masked) {
+    H = x.size(1);
+    Tq = x.size(2);
+    mv.emplace(mask, x.size(0), H, Tq, Tk, "softmax");
+  }
+  Tensor y = Tensor::empty(x.shape());
+  const float* xp = x.f32();
+  float* yp = y.f32();
+  parallel_for(R, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * Tk;
+      float* yr = yp + r * Tk;
+      int64_t i = r % Tq, h = (r / Tq) % H, b = r / (Tq * H);
+      float m = kNegInf;
+      for (int64_t j = 0; j < Tk; ++j) {
+        yr[j] = mv ? xr[j] + mv->bias(b, h, i, j) : xr[j];
+        m = std::max(m, yr[j]);
+      }
+      if (m == kNegInf) {  // fully masked row
+        std::fill_n(yr, Tk, 0.f);
+        continue;
+      }
+      double s = 0;
+      for (int64_t j = 0; j < Tk; ++j) {
+        yr[j] = std::exp(yr[j] - m);
+        s += yr[j];
+      }
+      float inv = float(1.0 / s);
+      for (int64_t j = 0; j < Tk; ++j) yr[j] *= inv;
+    }
+  });
+  return y;
+}
+
+Tensor softmax_backward(const Tensor& y_in, const Tensor& gy_in) {
+  DL_CHECK(y_in.shape() == gy_in.shape(), "softmax backward: ", y_in.describe(), " vs ", gy_in.describe());
+  Tensor y = y_in.contiguous(), gy = gy_in.contiguous();
+  const int64_t Tk = y.size(-1), R = y.numel() / std::max<int64_t>(Tk, 1);
+  Tensor gx = Tensor::empty(y.shape());
+  parallel_for(R, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *yr = y.f32() + r * Tk, *gr = gy.f32() + r * Tk;
+      float d = vec::dot(yr, gr, Tk);
+      float* o = gx.f32() + r * Tk;
+      for (int64_t j = 0; j < Tk; ++j) o[j] = yr[j] * (gr[j] - d);
+    }
+  });
+  return gx;
+}
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
+                 Tensor* lse_out) {
+  const AttnGeom g = attention_geometry(q_in, k_in, v_in);
+  if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
+  Tensor q = q_in.to(DType::F32), k = k_in.to(DType::F32), v = v_in.to(DType::F32);
+  MaskView mv(mask, g.B, g.Hq, g.Tq, g.Tk, "attention");
+  Tensor out = Tensor::zeros({g.B, g.Hq, g.Tq, g.Dv}), lse = Tensor::empty({g.B, g.Hq, g.Tq});
+  constexpr int64_t kQBlock = 16, kKBlock = 64;
+  const int64_t qblocks = (g.Tq + kQBlock - 1) / kQBlock;
+  const int64_t group = g.Hq / g.Hkv;
+  parallel_for(g.B * g.Hq * qblocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> s(size_t(kQBlock * kKBlock)), m(kQBlock), l(kQBlock);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t qb = t % qblocks, h = (t / qblocks) % g.Hq, b = t / (qblocks * g.Hq);
+      const int64_t hk = h / group;
+      const int64_t i0 = qb * kQBlock, i1 = std::min(g.Tq, i0 + kQBlock), nq = i1 - i0;
+      const float* qp = q.f32() + ((b * g.Hq + h) * g.Tq) * g.D;
+      const float* kp = k.f32() + ((b * g.Hkv + hk) * g.Tk) * g.D;
+      const float* vp = v.f32() + ((b * g.Hkv + hk) * g.Tk) * g.Dv;
+      float* op = out.f32() + ((b * g.Hq + h) * g.Tq) * g.Dv;
+      std::fill_n(m.begin(), nq, kNegInf);
+      std::fill_n(l.begin(), nq, 0.f);
+      const int64_t kend = mv.key_end(i1 - 1, g.Tk);
+      for (int64_t j0 = 0; j0 < kend; j0 += kKBlock) {
+        const int64_t j1 = std::min(kend, j0 + kKBlock), nk = j1 - j0;
+        for (int64_t ii = 0; ii < nq; ++ii) {
+          const int64_t i = i0 + ii;
+          float* srow = s.data() + ii * kKBlock;
+          float bm = kNegInf;
+          for (int64_t jj = 0; jj < nk; ++jj) {
+            const int64_t j = j0 + jj;
+            float bias = mv.any() ? mv.bias(b, h, i, j) : 0.f;
+            float sv = bias == kNegInf ? kNegInf : vec::dot(qp + i * g.D, kp + j * g.D, g.D) * scale + bias;
+            srow[jj] = sv;
+            bm = std::max(bm, sv);
+          }
+          const float mnew = std::max(m[ii], bm);
+          if (mnew == kNegInf) continue;  // nothing visible yet
+          const float corr = std::exp(m[ii] - mnew);
+          float* orow = op + i * g.Dv;
+          if (corr != 1.f) vec::scale(corr, orow, g.Dv);
+          float ls = 0.f;
+          for (int64_t jj = 0; jj < nk; ++jj) {
+            if (srow[jj] == kNegInf) continue;
+            const float p = std::exp(srow[jj] - mnew);
+            ls += p;
+            vec::axpy(p, vp + (j0 + jj) * g.Dv, orow, g.Dv);
+          }
+          l[ii] = l[ii] * corr + ls;
+          m[ii] = mnew;
+        }
+      }
+      float* lp = lse.f32() + (b * g.Hq + h) * g.Tq;
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        if (l[ii] > 0.f) {
+          vec::scale(1.f / l[ii], op + (i0 + ii) * g.Dv, g.Dv);
+          lp[i0 + ii] = m[ii] + std::log(l[ii]);
+        } else {
+          lp[i0 + ii] = kNegInf;  // fully masked row: output stays zero
+        }
+      }
+    }
+  });
+  if (lse_out) *lse_out = lse;
+  return out;
+}
+
+void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& out_in,
+                        const Tensor& lse, const Tensor& gout_in, const AttentionMask& mask, float scale, Tensor* gq,
+                        Tensor* gk, Tensor* gv) {
+  const AttnGeom g = attention_geometry(q_in, k_in, v_in);
+  DL_CHECK(gout_in.shape() == Shape({g.B, g.Hq, g.Tq, g.Dv}), "attention backward: gradient ", gout_in.describe(),
+           " does not match the output");
+  if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
+  Tensor q = q_in.to(DType::F32), k = k_in.to(DType::F32), v = v_in.to(DType::F32);
+  Tensor o = out_in.contiguous(), go = gout_in.contiguous();
+  MaskView mv(mask, g.B, g.Hq, g.Tq, g.Tk, "attention backward");
+  const int64_t group = g.Hq / g.Hkv;
+  // delta_i = dot(dO_i, O_i): the softmax-backward row term.
+  Tensor delta = Tensor::empty({g.B, g.Hq, g.Tq});
+  parallel_for(g.B * g.Hq * g.Tq, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) delta.f32()[r] = vec::dot(go.f32() + r * g.Dv, o.f32() + r * g.Dv, g.Dv);
+  });
+  auto prob = [&](int64_t b, int64_t h, int64_t i, int64_t j, const float* qi, const float* kj) -> float {
+    float bias = mv.any() ? mv.bias(b, h, i, j) : 0.f;
+    float l = lse.f32()[(b * g.Hq + h) * g.Tq + i];
+    if (bias == kNegInf || l == kNegInf) return 0.f;
+    return std::exp(vec::dot(qi, kj, g.D) * scale + bias - l);
+  };
+  // Pass 1: dQ_i = scale * sum_j P_ij (dP_ij - delta_i) K_j, one query row per work item.
+  if (gq) {
+    *gq = Tensor::zeros(q.shape());
+    parallel_for(g.B * g.Hq * g.Tq, 4, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r % g.Tq, h = (r / g.Tq) % g.Hq, b = r / (g.Tq * g.Hq), hk = h / group;
+        const float* qi = q.f32() + r * g.D;
+        const float* goi = go.f32() + r * g.Dv;
+        const float* kp = k.f32() + (b * g.Hkv + hk) * g.Tk * g.D;
+        const float* vp = v.f32() + (b * g.Hkv + hk) * g.Tk * g.Dv;
+        float* dq = gq->f32() + r * g.D;
+        const int64_t jend = mv.key_end(i, g.Tk);
+        for (int64_t j = 0; j < jend; ++j) {
+          float p = prob(b, h, i, j, qi, kp + j * g.D);
+          if (p == 0.f) continue;
+          float ds = p * (vec::dot(goi, vp + j * g.Dv, g.Dv) - delta.f32()[r]);
+          vec::axpy(scale * ds, kp + j * g.D, dq, g.D);
+        }
+      }
+    });
+  }
+  // Pass 2: dK_j and dV_j summed over all query heads of the group and all query rows, one key row per item.
+  if (gk || gv) {
+    if (gk) *gk = Tensor::zeros(k.shape());
+    if (gv) *gv = Tensor::zeros(v.shape());
+    parallel_for(g.B * g.Hkv * g.Tk, 4, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t j = r % g.Tk, hk = (r / g.Tk) % g.Hkv, b = r / (g.Tk * g.Hkv);
+        const float* kj = k.f32() + r * g.D;
+        const float* vj = v.f32() + r * g.Dv;
+        float* dk = gk ? gk->f32() + r * g.D : nullptr;
+        float* dv = gv ? gv->f32() + r * g.Dv : nullptr;
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          const int64_t row0 = (b * g.Hq + h) * g.Tq;
+          for (int64_t i = mv.query_begin(j); i < g.Tq; ++i) {
+            const float* qi = q.f32() + (row0 + i) * g.D;
+            float p = prob(b, h, i, j, qi, kj);
+            if (p == 0.f) continue;
+            const float* goi = go.f32() + (row0 + i) * g.Dv;
+            if (dv) vec::axpy(p, goi, dv, g.Dv);
+            if (dk) {
+              float ds = p * (vec::dot(goi, vj, g.Dv) - delta.f32()[row0 + i]);
+              vec::axpy(scale * ds, qi, dk, g.D);
+            }
+          }
+        }
+      }
+    });
+  }
+}
+
+Tensor rope(const Tensor& x_in, const Tensor& positions, float theta, bool inverse) {
+  DL_CHECK(x_in.dim() == 4, "rope: input must be [B,H,T,D], got ", x_in.describe());
+  const int64_t B = x_in.size(0), H = x_in.size(1), T = x_in.size(2), D = x_in.size(3);
+  DL_CHECK(D % 2 == 0, "rope: head dim ", D, " is odd");
+  DL_CHECK(positions.dtype() == DType::I32 || positions.dtype() == DType::I64, "rope: positions must be integer, got ",
+           positions.describe());
+  const bool per_batch = positions.dim() == 2;
+  DL_CHECK((positions.dim() == 1 && positions.size(0) == T) ||
+               (per_batch && positions.size(0) == B && positions.size(1) == T),
+           "rope: positions ", positions.describe(), " must be [", T, "] or [", B, ", ", T, "] for input ",
+           x_in.describe());
+  Tensor pos = positions.to(DType::I64);
+  Tensor x = x_in.to(DType::F32);
+  Tensor y = Tensor::empty(x.shape());
+  const int64_t half = D / 2;
+  // inv_freq exactly as HF computes it in float32: 1 / theta^(2i/D).
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = 1.f / std::pow(theta, float(2 * i) / float(D));
+  const float sign = inverse ? -1.f : 1.f;
+  parallel_for(B * H * T, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t t = r % T, b = r / (H * T);
+      const float p = float(pos.data<int64_t>()[per_batch ? b * T + t : t]);
+      const float* xr = x.f32() + r * D;
+      float* yr = y.f32() + r * D;
+      for (int64_t i = 0; i < half; ++i) {
+        const float ang = p * inv_freq[size_t(i)];
+        const float c = std::cos(ang), s = sign * std::sin(ang);
+        yr[i] = xr[i] * c - xr[i + half] * s;
+        yr[i + half] = xr[i + half] * c + xr[i] * s;
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace dl::ops

@@ -1,0 +1,190 @@
+// 2-D convolution as GEMM: a 1x1 stride-1 convolution is one GEMM per image; anything else unfolds the input
+// (im2col) in bands of output rows so the unfolded buffer stays bounded (~16 MB) for large images.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/ops.h"
+#include "core/thread_pool.h"
+
+namespace dl::ops {
+
+namespace {
+
+struct ConvGeom {
+  int64_t N, C, H, W, O, kh, kw, Ho, Wo;
+  int stride, pad;
+  int64_t ckk() const { return C * kh * kw; }
+  bool pointwise() const { return kh == 1 && kw == 1 && stride == 1 && pad == 0; }
+  // Output rows per band so that ckk * rows * Wo floats stay under the budget.
+  int64_t band_rows() const {
+    const int64_t budget = int64_t(4) << 20;
+    return std::clamp<int64_t>(budget / std::max<int64_t>(ckk() * Wo, 1), 1, Ho);
+  }
+};
+
+ConvGeom geometry(const Tensor& x, const Tensor& w, int stride, int padding) {
+  DL_CHECK(x.dim() == 4, "conv2d: input must be [N,C,H,W], got ", x.describe());
+  DL_CHECK(w.dim() == 4, "conv2d: weight must be [O,C,kh,kw], got ", w.describe());
+  DL_CHECK(x.size(1) == w.size(1), "conv2d: input ", x.describe(), " has ", x.size(1), " channels but weight ",
+           w.describe(), " expects ", w.size(1));
+  DL_CHECK(stride >= 1 && padding >= 0, "conv2d: invalid stride ", stride, " or padding ", padding);
+  ConvGeom g{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(2), w.size(3), 0, 0, stride, padding};
+  DL_CHECK(g.H + 2 * padding >= g.kh && g.W + 2 * padding >= g.kw, "conv2d: kernel ", w.describe(),
+           " larger than padded input ", x.describe());
+  g.Ho = (g.H + 2 * padding - g.kh) / stride + 1;
+  g.Wo = (g.W + 2 * padding - g.kw) / stride + 1;
+  return g;
+}
+
+// cols[(c*kh + i)*kw + j][r*Wo + ox] = x[c][oy*s - p + i][ox*s - p + j] for output rows oy in [y0, y0 + rows).
+void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* cols) {
+  const int64_t L = rows * g.Wo;
+  parallel_for(g.ckk(), 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t c = r / (g.kh * g.kw), i = (r / g.kw) % g.kh, j = r % g.kw;
+      const float* xc = x + c * g.H * g.W;
+      float* dst = cols + r * L;
+      for (int64_t oy = 0; oy < rows; ++oy) {
+        int64_t iy = (y0 + oy) * g.stride - g.pad + i;
+        float* d = dst + oy * g.Wo;
+        if (iy < 0 || iy >= g.H) {
+          std::fill_n(d, g.Wo, 0.f);
+          continue;
+        }
+        const float* src = xc + iy * g.W;
+        for (int64_t ox = 0; ox < g.Wo; ++ox) {
+          int64_t ix = ox * g.stride - g.pad + j;
+          d[ox] = (ix >= 0 && ix < g.W) ? src[ix] : 0.f;
+        }
+      }
+    }
+  });
+}
+
+// gx[c][...] += cols gradient, the transpose of im2col. Parallel over channels: each channel owns its rows.
+void col2im_add(const ConvGeom& g, const float* cols, int64_t y0, int64_t rows, float* gx) {
+  const int64_t L = rows * g.Wo;
+  parallel_for(g.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      float* gxc = gx + c * g.H * g.W;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const float* src = cols + ((c * g.kh + i) * g.kw + j) * L;
+          for (int64_t oy = 0; oy < rows; ++oy) {
+            int64_t iy = (y0 + oy) * g.stride - g.pad + i;
+            if (iy < 0 || iy >= g.H) continue;
+            float* d = gxc + iy * g.W;
+            const float* s = src + oy * g.Wo;
+            for (int64_t ox = 0; ox < g.Wo; ++ox) {
+              int64_t ix = ox * g.stride - g.pad + j;
+              if (ix >= 0 && ix < g.W) d[ix] += s[ox];
+            }
+          }
+        }
+    }
+  });
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int stride, int padding) {
+  ConvGeom g = geometry(x_in, w_in, stride, padding);
+  DL_CHECK(x_in.dtype() == DType::F32, "conv2d: input must be F32, got ", x_in.describe());
+  if (bias)
+    DL_CHECK(bias->dim() == 1 && bias->size(0) == g.O, "conv2d: bias ", bias->describe(), " does not match ",
+             g.O, " output channels");
+  Tensor x = x_in.contiguous(), w = w_in.to(DType::F32);
+  Tensor out = Tensor::empty({g.N, g.O, g.Ho, g.Wo});
+  const int64_t HWo = g.Ho * g.Wo, K = g.ckk();
+  if (out.numel() == 0) return out;
+  std::vector<float> cols;
+  if (!g.pointwise()) cols.resize(size_t(K * g.band_rows() * g.Wo));
+  for (int64_t n = 0; n < g.N; ++n) {
+    const float* xn = x.f32() + n * g.C * g.H * g.W;
+    float* on = out.f32() + n * g.O * HWo;
+    if (g.pointwise()) {
+      gemm(false, false, g.O, HWo, g.C, 1.f, w.f32(), g.C, xn, HWo, 0.f, on, HWo);
+      continue;
+    }
+    for (int64_t y0 = 0; y0 < g.Ho; y0 += g.band_rows()) {
+      int64_t rows = std::min(g.band_rows(), g.Ho - y0);
+      im2col(g, xn, y0, rows, cols.data());
+      gemm(false, false, g.O, rows * g.Wo, K, 1.f, w.f32(), K, cols.data(), rows * g.Wo, 0.f, on + y0 * g.Wo, HWo);
+    }
+  }
+  if (bias) {
+    Tensor b = bias->to(DType::F32);
+    const float* bp = b.f32();
+    float* op = out.f32();
+    parallel_for(g.N * g.O, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        float bv = bp[i % g.O];
+        float* row = op + i * HWo;
+        for (int64_t p = 0; p < HWo; ++p) row[p] += bv;
+      }
+    });
+  }
+  return out;
+}
+
+void conv2d_backward(const Tensor& x_in, const Tensor& w_in, const Tensor& gy_in, int stride, int padding, Tensor* gx,
+                     Tensor* gw, Tensor* gb) {
+  ConvGeom g = geometry(x_in, w_in, stride, padding);
+  DL_CHECK(gy_in.shape() == Shape({g.N, g.O, g.Ho, g.Wo}), "conv2d backward: gradient ", gy_in.describe(),
+           " does not match output [", g.N, ", ", g.O, ", ", g.Ho, ", ", g.Wo, "]");
+  Tensor x = x_in.contiguous(), w = w_in.to(DType::F32), gy = gy_in.contiguous();
+  const int64_t HWo = g.Ho * g.Wo, K = g.ckk();
+  if (gx) *gx = Tensor::zeros(x.shape());
+  if (gw) *gw = Tensor::zeros(w.shape());
+  if (gb) *gb = Tensor::zeros({g.O});
+  std::vector<float> cols, gcols;
+  const int64_t band = g.pointwise() ? g.Ho : g.band_rows();
+  if (!g.pointwise()) {
+    if (gw) cols.resize(size_t(K * band * g.Wo));
+    if (gx) gcols.resize(size_t(K * band * g.Wo));
+  }
+  for (int64_t n = 0; n < g.N; ++n) {
+    const float* xn = x.f32() + n * g.C * g.H * g.W;
+    const float* gyn = gy.f32() + n * g.O * HWo;
+    for (int64_t y0 = 0; y0 < g.Ho; y0 += band) {
+      int64_t rows = std::min(band, g.Ho - y0);
+      int64_t L = rows * g.Wo;
+      const float* gyb = gyn + y0 * g.Wo;
+      if (gw) {
+        const float* c = xn;
+        if (!g.pointwise()) {
+          im2col(g, xn, y0, rows, cols.data());
+          c = cols.data();
+        }
+        gemm(false, true, g.O, K, L, 1.f, gyb, HWo, c, g.pointwise() ? HWo : L, 1.f, gw->f32(), K);
+      }
+      if (gx) {
+        float* gxn = gx->f32() + n * g.C * g.H * g.W;
+        if (g.pointwise()) {
+          gemm(true, false, g.C, HWo, g.O, 1.f, w.f32(), g.C, gyn, HWo, 0.f, gxn, HWo);
+        } else {
+          gemm(true, false, K, L, g.O, 1.f, w.f32(), K, gyb, HWo, 0.f, gcols.data(), L);
+          col2im_add(g, gcols.data(), y0, rows, gxn);
+        }
+      }
+    }
+  }
+  if (gb) {
+    float* gbp = gb->f32();
+    const float* gp = gy.f32();
+    parallel_for(g.O, 1, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        double s = 0;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const float* row = gp + (n * g.O + o) * HWo;
+          for (int64_t p = 0; p < HWo; ++p) s += row[p];
+        }
+        gbp[o] = float(s);
+      }
+    });
+  }
+}
+
+}  // namespace dl::ops

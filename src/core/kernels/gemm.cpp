@@ -1,0 +1,275 @@
+// Matrix products. Large products go to OpenBLAS sgemm (single-threaded, one call per output panel on the
+// process pool, so the whole program has one thread pool); the memory-bound few-row case and low-precision
+// weights use own kernels that convert weights on the fly.
+#include <cblas.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <bit>
+#include <mutex>
+#include <vector>
+
+#include "core/error.h"
+#include "core/kernels/vec.h"
+#include "core/ops.h"
+#include "core/simd.h"
+#include "core/thread_pool.h"
+
+namespace dl::ops {
+
+namespace {
+
+void init_blas_once() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) { return vec::dot(a, b, n); }
+DL_SIMD_CLONES void bf16_row_to_f32(const uint16_t* src, float* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    dst[i] = std::bit_cast<float>(uint32_t(src[i]) << 16);
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,f16c"))) void f16_row_to_f32_f16c(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+#endif
+
+void f16_row_to_f32(const uint16_t* src, float* dst, int64_t n) {
+#if defined(__x86_64__)
+  static const bool has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+  if (has_f16c) return f16_row_to_f32_f16c(src, dst, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+// Converts `rows` rows of `k` elements of a weight matrix of dtype dt, starting at row r0, into dst (F32).
+void weight_rows_to_f32(DType dt, const void* w, int64_t r0, int64_t rows, int64_t k, float* dst) {
+  size_t row_bytes = dtype_bytes(dt, k);
+  const char* base = static_cast<const char*>(w) + size_t(r0) * row_bytes;
+  for (int64_t r = 0; r < rows; ++r) {
+    const void* src = base + size_t(r) * row_bytes;
+    float* d = dst + r * k;
+    switch (dt) {
+      case DType::BF16: bf16_row_to_f32(static_cast<const uint16_t*>(src), d, k); break;
+      case DType::F16: f16_row_to_f32(static_cast<const uint16_t*>(src), d, k); break;
+      default: convert_to_f32(dt, src, d, k); break;
+    }
+  }
+}
+
+// Single-threaded sgemm on one panel (C row-major).
+void sgemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+              alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
+}
+
+// y[m, n] = alpha * dot(x[m, :], w[n, :]) + beta * y[m, n] for few rows m: memory bound on w.
+void small_m_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* x, int64_t ldx, const float* w,
+                     int64_t ldw, float beta, float* y, int64_t ldy) {
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < M; ++m) {
+        float d = alpha * dot_f32(x + m * ldx, w + n * ldw, K);
+        y[m * ldy + n] = beta == 0.f ? d : d + beta * y[m * ldy + n];
+      }
+  });
+}
+
+}  // namespace
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  DL_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
+           "gemm: dimensions ", M, "x", N, "x", K, " exceed the 32-bit BLAS interface");
+  if (K == 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+    return;
+  }
+  init_blas_once();
+  if (M <= 4 && !ta && tb) return small_m_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  double flops = 2.0 * double(M) * double(N) * double(K);
+  if (flops < 2.0 * 64 * 64 * 64 || num_threads() == 1 || in_parallel_region())
+    return sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  // Split the larger output dimension into panels, a multiple of 16 wide, a few per thread for balance.
+  const bool split_rows = M >= N;
+  const int64_t extent = split_rows ? M : N;
+  int64_t panels = std::min<int64_t>(extent / 16, int64_t(num_threads()) * 2);
+  panels = std::max<int64_t>(panels, 1);
+  int64_t width = (extent + panels - 1) / panels;
+  width = (width + 15) / 16 * 16;
+  panels = (extent + width - 1) / width;
+  parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t s = p * width, e = std::min(extent, s + width);
+      if (split_rows) {
+        const float* a = ta ? A + s : A + s * lda;
+        sgemm_serial(ta, tb, e - s, N, K, alpha, a, lda, B, ldb, beta, C + s * ldc, ldc);
+      } else {
+        const float* b = tb ? B + s * ldb : B + s;
+        sgemm_serial(ta, tb, M, e - s, K, alpha, A, lda, b, ldb, beta, C + s, ldc);
+      }
+    }
+  });
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
+  DL_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul: operands need rank >= 2, got ", a.describe(), " and ",
+           b.describe());
+  DL_CHECK(a.dtype() == DType::F32 && b.dtype() == DType::F32, "matmul: F32 operands expected, got ",
+           a.describe(), " and ", b.describe());
+  const int64_t M = ta ? a.size(-1) : a.size(-2);
+  const int64_t Ka = ta ? a.size(-2) : a.size(-1);
+  const int64_t Kb = tb ? b.size(-1) : b.size(-2);
+  const int64_t N = tb ? b.size(-2) : b.size(-1);
+  DL_CHECK(Ka == Kb, "matmul: inner dimensions differ: ", a.describe(), (ta ? "^T" : ""), " @ ", b.describe(),
+           (tb ? "^T" : ""));
+  Shape a_batch(a.shape().begin(), a.shape().end() - 2), b_batch(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(a_batch, b_batch, "matmul");
+  Shape out_shape = batch;
+  out_shape.push_back(M);
+  out_shape.push_back(N);
+  Tensor out = Tensor::empty(out_shape);
+  const int64_t nb = shape_numel(batch);
+  if (nb == 0 || M == 0 || N == 0) return out;
+
+  Tensor ac = a.contiguous(), bc = b.contiguous();
+  // Batch offsets honour broadcasting: expanded dims contribute stride 0.
+  auto batch_strides = [&](const Shape& own) {
+    Shape full(batch.size(), 1);
+    std::copy(own.begin(), own.end(), full.begin() + int64_t(batch.size() - own.size()));
+    Shape st(batch.size(), 0);
+    int64_t acc = 1;
+    for (size_t i = batch.size(); i-- > 0;) {
+      st[i] = full[i] == 1 ? 0 : acc;
+      acc *= full[i];
+    }
+    return st;
+  };
+  Shape sa = batch_strides(a_batch), sb = batch_strides(b_batch);
+  const int64_t a_mat = a.size(-1) * a.size(-2), b_mat = b.size(-1) * b.size(-2);
+  const int64_t lda = a.size(-1), ldb = b.size(-1);
+  auto run_batch = [&](int64_t i) {
+    int64_t rem = i, ia = 0, ib = 0;
+    for (size_t d = batch.size(); d-- > 0;) {
+      int64_t idx = rem % batch[d];
+      rem /= batch[d];
+      ia += idx * sa[d];
+      ib += idx * sb[d];
+    }
+    gemm(ta, tb, M, N, Ka, 1.f, ac.f32() + ia * a_mat, lda, bc.f32() + ib * b_mat, ldb, 0.f,
+         out.f32() + i * M * N, N);
+  };
+  double per = 2.0 * double(M) * double(N) * double(Ka);
+  if (nb >= num_threads() && per < 2.0 * 256 * 256 * 256) {
+    parallel_for(nb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i) run_batch(i);
+    });
+  } else {
+    for (int64_t i = 0; i < nb; ++i) run_batch(i);
+  }
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  DL_CHECK(weight.dim() == 2, "linear: weight must be 2-D, got ", weight.describe());
+  DL_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ", x.describe(),
+           " does not match weight ", weight.describe());
+  DL_CHECK(x.dtype() == DType::F32, "linear: input must be F32, got ", x.describe());
+  DL_CHECK(dtype_info(weight.dtype()).is_float, "linear: weight dtype ", dtype_name(weight.dtype()),
+           " is not a float type");
+  const int64_t K = weight.size(1), N = weight.size(0);
+  if (bias) {
+    DL_CHECK(bias->dim() == 1 && bias->size(0) == N, "linear: bias ", bias->describe(), " does not match weight ",
+             weight.describe());
+  }
+  Shape out_shape = x.shape();
+  out_shape.back() = N;
+  Tensor out = Tensor::empty(out_shape);
+  const int64_t R = x.numel() / std::max<int64_t>(K, 1);
+  if (R == 0 || N == 0) return out;
+  Tensor xc = x.contiguous();
+  Tensor wc = weight.contiguous();
+  const float* xp = xc.f32();
+  float* yp = out.f32();
+  if (wc.dtype() == DType::F32) {
+    gemm(false, true, R, N, K, 1.f, xp, K, wc.f32(), K, 0.f, yp, N);
+  } else {
+    init_blas_once();
+    // Low-precision weights: convert panels of rows on the fly, each thread its own panel.
+    const int64_t panel = R <= 4 ? 16 : 64;
+    const int64_t panels = (N + panel - 1) / panel;
+    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> buf(size_t(panel * K));
+      for (int64_t p = p0; p < p1; ++p) {
+        int64_t n0 = p * panel, n1 = std::min(N, n0 + panel);
+        weight_rows_to_f32(wc.dtype(), wc.raw(), n0, n1 - n0, K, buf.data());
+        if (R <= 4) {
+          for (int64_t n = n0; n < n1; ++n)
+            for (int64_t m = 0; m < R; ++m) yp[m * N + n] = dot_f32(xp + m * K, buf.data() + (n - n0) * K, K);
+        } else {
+          sgemm_serial(false, true, R, n1 - n0, K, 1.f, xp, K, buf.data(), K, 0.f, yp + n0, N);
+        }
+      }
+    });
+  }
+  if (bias) {
+    Tensor bc = bias->to(DType::F32);
+    const float* bp = bc.f32();
+    parallel_for(R, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t n = 0; n < N; ++n) yp[r * N + n] += bp[n];
+    });
+  }
+  return out;
+}
+
+Tensor linear_backward_input(const Tensor& gy, const Tensor& weight) {
+  const int64_t K = weight.size(1), N = weight.size(0);
+  DL_CHECK(gy.size(-1) == N, "linear backward: gradient ", gy.describe(), " does not match weight ",
+           weight.describe());
+  Tensor w = weight.to(DType::F32);
+  Tensor g = gy.contiguous();
+  Shape out_shape = gy.shape();
+  out_shape.back() = K;
+  Tensor gx = Tensor::empty(out_shape);
+  const int64_t R = g.numel() / std::max<int64_t>(N, 1);
+  gemm(false, false, R, K, N, 1.f, g.f32(), N, w.f32(), K, 0.f, gx.f32(), K);
+  return gx;
+}
+
+Tensor linear_backward_weight(const Tensor& gy, const Tensor& x) {
+  const int64_t K = x.size(-1), N = gy.size(-1);
+  Tensor g = gy.contiguous(), xc = x.contiguous();
+  const int64_t R = g.numel() / std::max<int64_t>(N, 1);
+  DL_CHECK(xc.numel() == R * K, "linear backward: input ", x.describe(), " does not match gradient ",
+           gy.describe());
+  Tensor gw = Tensor::empty({N, K});
+  gemm(true, false, N, K, R, 1.f, g.f32(), N, xc.f32(), K, 0.f, gw.f32(), K);
+  return gw;
+}
+
+Tensor sum_rows(const Tensor& gy) {
+  Tensor g = gy.contiguous();
+  const int64_t N = g.size(-1);
+  const int64_t R = g.numel() / std::max<int64_t>(N, 1);
+  Tensor out = Tensor::zeros({N});
+  const float* gp = g.f32();
+  float* op = out.f32();
+  parallel_for(N, 256, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t n = n0; n < n1; ++n) op[n] += gp[r * N + n];
+  });
+  return out;
+}
+
+}  // namespace dl::ops

@@ -1,0 +1,73 @@
+#include "core/storage.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+namespace dl {
+
+std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
+  // Guard against absurd sizes before asking the allocator (a corrupt header must not trigger a giant allocation
+  // that "succeeds" lazily and then fails on first touch).
+  constexpr size_t kMaxBytes = size_t(1) << 46;
+  DL_CHECK(bytes <= kMaxBytes, "allocation of ", bytes, " bytes is larger than the 64 TiB limit");
+  size_t rounded = (bytes + 63) / 64 * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) fail("out of memory allocating ", bytes, " bytes");
+  std::memset(p, 0, rounded);
+  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned));
+}
+
+std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("cannot open '", path, "': ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    fail("cannot stat '", path, "': ", std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail("'", path, "' is not a regular file");
+  }
+  size_t size = size_t(st.st_size);
+  void* p = nullptr;
+  if (size > 0) {
+    p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      fail("cannot map '", path, "': ", std::strerror(e));
+    }
+  }
+  ::close(fd);
+  return std::shared_ptr<Storage>(new Storage(p, size, Kind::Mapped));
+}
+
+std::shared_ptr<Storage> Storage::wrap(void* data, size_t bytes, std::shared_ptr<void> keep_alive) {
+  auto s = std::shared_ptr<Storage>(new Storage(data, bytes, Kind::Wrapped));
+  s->keep_alive_ = std::move(keep_alive);
+  return s;
+}
+
+Storage::~Storage() {
+  switch (kind_) {
+    case Kind::Owned: std::free(data_); break;
+    case Kind::Mapped:
+      if (data_) ::munmap(data_, size_);
+      break;
+    case Kind::Wrapped: break;
+  }
+}
+
+}  // namespace dl

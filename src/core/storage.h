@@ -1,0 +1,36 @@
+// Byte buffers that tensors view: owned (64-byte aligned heap memory) or a read-only memory-mapped file.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace dl {
+
+class Storage {
+ public:
+  // Owned, 64-byte aligned, zero-initialised memory.
+  static std::shared_ptr<Storage> allocate(size_t bytes);
+  // Maps a whole file read-only (copy-on-write private mapping). Throws naming the path on failure.
+  static std::shared_ptr<Storage> map_file(const std::string& path);
+  // Wraps memory owned elsewhere; `keep_alive` is held for as long as this storage lives.
+  static std::shared_ptr<Storage> wrap(void* data, size_t bytes, std::shared_ptr<void> keep_alive);
+
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool is_mapped() const { return kind_ == Kind::Mapped; }
+  bool is_writable() const { return kind_ != Kind::Mapped; }
+
+ private:
+  enum class Kind { Owned, Mapped, Wrapped };
+  Storage(void* data, size_t size, Kind kind) : data_(data), size_(size), kind_(kind) {}
+  void* data_;
+  size_t size_;
+  Kind kind_;
+  std::shared_ptr<void> keep_alive_;
+};
+
+}  // namespace dl

@@ -1,0 +1,72 @@
+#include "nn/optim.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/ops.h"
+#include "core/thread_pool.h"
+
+namespace dl::nn {
+
+AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(params)), cfg_(cfg) {
+  for (const Var& p : params_) {
+    DL_CHECK(p.is_leaf(), "AdamW: parameters must be leaves");
+    DL_CHECK(p.value().dtype() == DType::F32 && p.value().is_contiguous(), "AdamW: parameter ",
+             p.value().describe(), " must be contiguous F32");
+    m_.push_back(Tensor::zeros(p.shape()));
+    v_.push_back(Tensor::zeros(p.shape()));
+  }
+}
+
+void AdamW::step(float lr) {
+  ++t_;
+  const float bc1 = 1.f - std::pow(cfg_.beta1, float(t_));
+  const float bc2 = 1.f - std::pow(cfg_.beta2, float(t_));
+  const float step_size = lr / bc1;
+  const float bc2_sqrt = std::sqrt(bc2);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Var& p = params_[i];
+    if (!p.grad().defined()) continue;
+    float* w = p.value().f32();
+    const float* g = p.grad().contiguous().f32();
+    float* m = m_[i].f32();
+    float* v = v_[i].f32();
+    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps, decay = 1.f - lr * cfg_.weight_decay;
+    parallel_for(p.value().numel(), 1 << 14, [&](int64_t a, int64_t b) {
+      for (int64_t j = a; j < b; ++j) {
+        w[j] *= decay;
+        m[j] = b1 * m[j] + (1.f - b1) * g[j];
+        v[j] = b2 * v[j] + (1.f - b2) * g[j] * g[j];
+        const float denom = std::sqrt(v[j]) / bc2_sqrt + eps;
+        w[j] -= step_size * m[j] / denom;
+      }
+    });
+  }
+  zero_grad();
+}
+
+void AdamW::zero_grad() {
+  for (Var& p : params_) p.zero_grad();
+}
+
+float clip_grad_norm(const std::vector<Var>& params, float max_norm) {
+  double total = 0;
+  for (const Var& p : params)
+    if (p.grad().defined()) {
+      Tensor g = p.grad();
+      Tensor sq = ops::mul(g, g);
+      total += ops::sum_all(sq);
+    }
+  const float norm = float(std::sqrt(total));
+  if (norm > max_norm && norm > 0.f) {
+    const float f = max_norm / (norm + 1e-6f);
+    for (const Var& p : params)
+      if (p.grad().defined()) {
+        float* g = p.grad().f32();
+        for (int64_t j = 0; j < p.grad().numel(); ++j) g[j] *= f;
+      }
+  }
+  return norm;
+}
+
+}  // namespace dl::nn

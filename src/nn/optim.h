@@ -1,0 +1,34 @@
+// AdamW (decoupled weight decay, PyTorch semantics) over a list of parameter Vars.
+#pragma once
+#include <vector>
+
+#include "nn/autograd.h"
+
+namespace dl::nn {
+
+struct AdamWConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<Var> params, AdamWConfig cfg);
+  // One update from the accumulated gradients (parameters without a gradient are skipped), then zero_grad.
+  void step(float lr);
+  void step() { step(cfg_.lr); }
+  void zero_grad();
+  int64_t steps() const { return t_; }
+  const std::vector<Tensor>& exp_avg() const { return m_; }
+  const std::vector<Tensor>& exp_avg_sq() const { return v_; }
+
+ private:
+  std::vector<Var> params_;
+  AdamWConfig cfg_;
+  std::vector<Tensor> m_, v_;
+  int64_t t_ = 0;
+};
+
+// Scales all gradients so that their global L2 norm is at most max_norm; returns the norm before clipping.
+float clip_grad_norm(const std::vector<Var>& params, float max_norm);
+
+}  // namespace dl::nn
