@@ -29,7 +29,8 @@ class Pool {
     stop_workers();
     n_threads_ = n;
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    // New workers start at the current generation so they never pick up a finished job.
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, g = generation_] { worker_loop(i, g); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -79,8 +80,7 @@ class Pool {
     t_in_region = false;
   }
 
-  void worker_loop(int index) {
-    uint64_t seen = 0;
+  void worker_loop(int index, uint64_t seen) {
     for (;;) {
       std::unique_lock lk(mutex_);
       cv_.wait(lk, [&] { return stopping_ || generation_ != seen; });

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -19,9 +18,10 @@ namespace dl::ops {
 
 namespace {
 
-void init_blas_once() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
+// Our pool does the threading, so OpenBLAS must run single-threaded; re-asserted per call because other code in
+// the process (a benchmark's peer measurement, a host application) may change the global setting.
+void blas_single_threaded() {
+  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) { return vec::dot(a, b, n); }
@@ -95,7 +95,7 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
       for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
     return;
   }
-  init_blas_once();
+  blas_single_threaded();
   if (M <= 4 && !ta && tb) return small_m_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   double flops = 2.0 * double(M) * double(N) * double(K);
   if (flops < 2.0 * 64 * 64 * 64 || num_threads() == 1 || in_parallel_region())
@@ -204,7 +204,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   if (wc.dtype() == DType::F32) {
     gemm(false, true, R, N, K, 1.f, xp, K, wc.f32(), K, 0.f, yp, N);
   } else {
-    init_blas_once();
+    blas_single_threaded();
     // Low-precision weights: convert panels of rows on the fly, each thread its own panel.
     const int64_t panel = R <= 4 ? 16 : 64;
     const int64_t panels = (N + panel - 1) / panel;

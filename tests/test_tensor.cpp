@@ -1,0 +1,214 @@
+// Tensor core: views, dtype conversion against PyTorch's rounding, block quantisation, storage, thread pool,
+// and the error messages of bad shapes.
+#include <unistd.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include "core/error.h"
+#include "core/ops.h"
+#include "core/thread_pool.h"
+#include "test_util.h"
+
+namespace dl {
+namespace {
+
+using test::fx;
+
+Tensor iota(const Shape& s) {
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = float(i);
+  return t;
+}
+
+TEST(Tensor, ContiguousBasics) {
+  Tensor t = iota({2, 3, 4});
+  EXPECT_EQ(t.numel(), 24);
+  EXPECT_EQ(t.strides(), Shape({12, 4, 1}));
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.at({1, 2, 3}), 23.f);
+  EXPECT_EQ(t.describe(), "F32[2, 3, 4]");
+}
+
+TEST(Tensor, ViewsShareStorage) {
+  Tensor t = iota({2, 3, 4});
+  Tensor tr = t.transpose(0, 2);  // [4, 3, 2]
+  EXPECT_EQ(tr.storage(), t.storage());
+  EXPECT_FALSE(tr.is_contiguous());
+  EXPECT_EQ(tr.at({3, 1, 0}), t.at({0, 1, 3}));
+  Tensor p = t.permute({1, 2, 0});  // [3, 4, 2]
+  EXPECT_EQ(p.at({2, 1, 1}), t.at({1, 2, 1}));
+  Tensor s = t.slice(1, 1, 3);  // [2, 2, 4]
+  EXPECT_EQ(s.storage(), t.storage());
+  EXPECT_EQ(s.at({1, 0, 2}), t.at({1, 1, 2}));
+  Tensor r = t.reshape({6, 4});  // contiguous: a view
+  EXPECT_EQ(r.storage(), t.storage());
+  Tensor rc = tr.reshape({24});  // non-contiguous: a copy, in row-major order of the view
+  EXPECT_NE(rc.storage(), t.storage());
+  EXPECT_EQ(rc.at({1}), tr.at({0, 0, 1}));
+  Tensor sel = t.select(2, 3);  // [2, 3]
+  EXPECT_EQ(sel.at({1, 2}), 23.f);
+  Tensor u = sel.unsqueeze(0).squeeze(0);
+  EXPECT_EQ(u.shape(), sel.shape());
+  // Writing through a view changes the base.
+  Tensor v = t.slice(0, 1, 2);
+  v.fill(-1.f);
+  EXPECT_EQ(t.at({1, 0, 0}), -1.f);
+  EXPECT_EQ(t.at({0, 0, 0}), 0.f);
+}
+
+TEST(Tensor, ExpandAndContiguousCopy) {
+  Tensor b = Tensor::from_vector({1, 2, 3}, {3, 1});
+  Tensor e = b.expand({2, 3, 4});
+  EXPECT_EQ(e.strides(), Shape({0, 1, 0}));
+  Tensor c = e.contiguous();
+  EXPECT_EQ(c.at({1, 2, 3}), 3.f);
+  EXPECT_EQ(c.at({0, 0, 1}), 1.f);
+}
+
+TEST(Tensor, ViewErrorsNameShapes) {
+  Tensor t = iota({2, 3});
+  try {
+    (void)t.view({4, 2});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[4, 2]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)t.transpose(0, 1).view({6}), Error);  // non-contiguous
+  EXPECT_THROW((void)t.slice(1, 2, 5), Error);
+  EXPECT_THROW((void)t.permute({0, 0}), Error);
+  EXPECT_THROW((void)t.at({2, 0}), Error);
+  EXPECT_THROW((void)Tensor::empty({-1, 3}), Error);
+}
+
+TEST(Tensor, OpErrorsNameOpAndShapes) {
+  Tensor a = iota({2, 3}), b = iota({4, 5});
+  auto message = [](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string m = message([&] { (void)ops::matmul(a, b); });
+  EXPECT_NE(m.find("matmul"), std::string::npos) << m;
+  EXPECT_NE(m.find("[2, 3]"), std::string::npos) << m;
+  EXPECT_NE(m.find("[4, 5]"), std::string::npos) << m;
+  m = message([&] { (void)ops::add(a, b); });
+  EXPECT_NE(m.find("add"), std::string::npos) << m;
+  EXPECT_NE(m.find("[4, 5]"), std::string::npos) << m;
+  m = message([&] { (void)ops::linear(a, b); });
+  EXPECT_NE(m.find("linear"), std::string::npos) << m;
+  m = message([&] { (void)ops::conv2d(iota({1, 3, 4, 4}), iota({2, 4, 3, 3}), nullptr, 1, 1); });
+  EXPECT_NE(m.find("conv2d"), std::string::npos) << m;
+  m = message([&] { (void)ops::group_norm(iota({1, 6, 2, 2}), 4, nullptr, nullptr, 1e-5f); });
+  EXPECT_NE(m.find("group_norm"), std::string::npos) << m;
+  m = message([&] { (void)ops::attention(iota({1, 3, 4, 8}), iota({1, 2, 4, 8}), iota({1, 2, 4, 8}), {}); });
+  EXPECT_NE(m.find("attention"), std::string::npos) << m;
+  m = message([&] { (void)ops::matmul(a.to(DType::I32), a.transpose(0, 1)); });
+  EXPECT_NE(m.find("I32"), std::string::npos) << m;
+  EXPECT_THROW((void)ops::embedding(iota({4, 2}), Tensor::from_vector_i64({0, 4}, {2})), Error);
+  EXPECT_THROW((void)ops::cross_entropy(iota({2, 3}), Tensor::from_vector_i64({0, 3}, {2})), Error);
+}
+
+TEST(DType, F16AndBF16RoundLikePyTorch) {
+  Tensor f32 = fx("convert", "f32");
+  Tensor f16 = fx("convert", "f16"), bf16 = fx("convert", "bf16");
+  ASSERT_EQ(f16.dtype(), DType::F16);
+  ASSERT_EQ(bf16.dtype(), DType::BF16);
+  Tensor ours16 = f32.to(DType::F16), oursbf = f32.to(DType::BF16);
+  const auto* a = static_cast<const uint16_t*>(ours16.raw());
+  const auto* b = static_cast<const uint16_t*>(f16.raw());
+  const auto* c = static_cast<const uint16_t*>(oursbf.raw());
+  const auto* d = static_cast<const uint16_t*>(bf16.raw());
+  for (int64_t i = 0; i < f32.numel(); ++i) {
+    EXPECT_EQ(a[i], b[i]) << "f16 of " << f32.f32()[i];
+    EXPECT_EQ(c[i], d[i]) << "bf16 of " << f32.f32()[i];
+  }
+  // And back: widening is exact.
+  EXPECT_TRUE(test::bit_equal(f16.to(DType::F32), ours16.to(DType::F32)));
+}
+
+TEST(DType, F16RoundTripAllFiniteValues) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    float f = f16_to_f32(uint16_t(h));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(f32_to_f16(f), h) << "half bits " << h;
+  }
+}
+
+TEST(DType, QuantizedBlocks) {
+  Tensor w = test::randn({4, 64}, 7);
+  for (DType q : {DType::Q8_0, DType::Q4_0}) {
+    Tensor wq = w.to(q);
+    EXPECT_EQ(wq.nbytes(), size_t(4 * 2) * dtype_info(q).block_bytes);
+    auto back = wq.to(DType::F32).to_vector();
+    auto orig = w.to_vector();
+    // Error bound per block: half a quantisation step of the block's scale.
+    for (int64_t b = 0; b < 8; ++b) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(orig[size_t(b * 32 + i)]));
+      // Q4_0 maps the signed extreme to -8, so the opposite side may clamp at +7: a full step of error.
+      const float bound = q == DType::Q8_0 ? 0.5f * amax / 127.f : amax / 8.f;
+      for (int i = 0; i < 32; ++i)
+        EXPECT_LE(std::fabs(back[size_t(b * 32 + i)] - orig[size_t(b * 32 + i)]), bound + 1e-3f * amax);
+    }
+  }
+  EXPECT_THROW((void)Tensor::empty({3, 40}, DType::Q8_0), Error);  // not whole blocks
+  EXPECT_THROW((void)w.to(DType::Q4_0).transpose(0, 1), Error);
+}
+
+TEST(DType, ParseNames) {
+  EXPECT_EQ(parse_dtype("bf16"), DType::BF16);
+  EXPECT_EQ(parse_dtype("Q8_0"), DType::Q8_0);
+  EXPECT_THROW(parse_dtype("F8"), Error);
+}
+
+TEST(Storage, MappedFileIsZeroCopyAndReadOnly) {
+  char path[] = "/tmp/dl_storage_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::vector<float> data{1.5f, -2.f, 3.25f, 4.f};
+  ASSERT_EQ(write(fd, data.data(), 16), 16);
+  close(fd);
+  auto st = Storage::map_file(path);
+  EXPECT_TRUE(st->is_mapped());
+  Tensor t(st, 4, DType::F32, {3}, {1});
+  EXPECT_EQ(t.raw(), static_cast<char*>(st->data()) + 4);
+  EXPECT_EQ(t.to_vector(), std::vector<float>({-2.f, 3.25f, 4.f}));
+  EXPECT_THROW(t.fill(0.f), Error);
+  EXPECT_THROW(Tensor(st, 8, DType::F32, {3}, {1}), Error);  // runs past the end
+  std::remove(path);
+  EXPECT_THROW(Storage::map_file("/nonexistent/file.bin"), Error);
+  EXPECT_THROW(Storage::map_file("/tmp"), Error);
+}
+
+TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {
+  for (int threads : {1, 2, 3}) {
+    set_num_threads(threads);
+    std::vector<std::atomic<int>> hits(1000);
+    parallel_for(1000, 1, [&](int64_t a, int64_t b) {
+      for (int64_t i = a; i < b; ++i) hits[size_t(i)]++;
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+    EXPECT_THROW(parallel_for(100, 1,
+                              [&](int64_t a, int64_t) {
+                                if (a > 0 || threads == 1) fail("boom");
+                              }),
+                 Error);
+    // Nested regions run inline instead of deadlocking.
+    std::atomic<int> total{0};
+    parallel_for(4, 1, [&](int64_t a, int64_t b) {
+      parallel_for(10, 1, [&](int64_t c, int64_t d) { total += int((b - a) * (d - c)); });
+    });
+    EXPECT_EQ(total.load(), 40);
+  }
+  set_num_threads(0);
+}
+
+}  // namespace
+}  // namespace dl
