@@ -41,6 +41,19 @@ TEST(Safetensors, RoundTripAllDtypes) {
   std::remove(path.c_str());
 }
 
+TEST(Safetensors, MisalignedTensorsAreReadCorrectly) {
+  // The format promises no alignment: an F32 tensor at data offset 2 must still read back exactly.
+  const std::string path = temp_path("misaligned");
+  float v[2] = {1.25f, -3.5f};
+  std::string data(2, 'x');
+  data.append(reinterpret_cast<const char*>(v), 8);
+  write_raw(path, R"({"pad":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"F32","shape":[2],"data_offsets":[2,10]}})",
+            data);
+  auto f = io::read_safetensors(path);
+  EXPECT_EQ(f.tensors.at("a").to_vector(), std::vector<float>({1.25f, -3.5f}));
+  std::remove(path.c_str());
+}
+
 TEST(Safetensors, RejectsHostileFiles) {
   const std::string path = temp_path("bad");
   auto expect_error = [&](const std::string& header, const std::string& data, const char* fragment) {

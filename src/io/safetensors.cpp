@@ -98,7 +98,16 @@ SafetensorsFile parse_safetensors(std::shared_ptr<Storage> bytes, const std::str
     DL_CHECK(e - b == want, what, ": tensor '", name, "' has ", e - b, " bytes but ", info["dtype"].get<std::string>(),
              shape_str(shape), " needs ", want);
     ranges.emplace_back(b, e);
-    out.tensors.emplace(name, Tensor(bytes, data_start + size_t(b), dt, shape, contiguous_strides(shape)));
+    const size_t at = data_start + size_t(b);
+    const size_t align = dtype_info(dt).block_bytes;
+    if ((reinterpret_cast<uintptr_t>(base) + at) % align == 0) {
+      out.tensors.emplace(name, Tensor(bytes, at, dt, shape, contiguous_strides(shape)));
+    } else {
+      // The format does not promise alignment; a misaligned tensor is copied so kernels may load it natively.
+      auto copy = Storage::allocate(size_t(want));
+      std::memcpy(copy->data(), base + at, size_t(want));
+      out.tensors.emplace(name, Tensor(copy, 0, dt, shape, contiguous_strides(shape)));
+    }
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
