@@ -1,6 +1,6 @@
 // Softmax, scaled dot-product attention and rotary embeddings.
 // Attention streams over key blocks with an online (running max) softmax, so memory is O(T * D), never O(T^2);
-// the backward pass recomputes probabilities from the saved log-sum-exp in two passes (query rows, then key rows)
+// the backward pass recomputes probabilities from the saved log-sum-exp in two passes (query blocks, then key blocks)
 // so that each pass owns its outputs and runs in parallel without atomics.
 #include <algorithm>
 #include <cmath>
@@ -144,6 +144,30 @@ Tensor softmax_backward(const Tensor& y_in, const Tensor& gy_in) {
   return gx;
 }
 
+namespace {
+
+constexpr int64_t kQBlock = 64, kKBlock = 128;
+
+// Scores of one tile: S[ii][jj] = scale * q_(i0+ii) . k_(j0+jj) + mask bias, by one GEMM plus the bias pass.
+void score_tile(const AttnGeom& g, const MaskView& mv, int64_t b, int64_t h, const float* qp, const float* kp,
+                int64_t i0, int64_t nq, int64_t j0, int64_t nk, float scale, float* s) {
+  gemm(false, true, nq, nk, g.D, scale, qp + i0 * g.D, g.D, kp + j0 * g.D, g.D, 0.f, s, nk);
+  if (!mv.any()) return;
+  for (int64_t ii = 0; ii < nq; ++ii)
+    for (int64_t jj = 0; jj < nk; ++jj) s[ii * nk + jj] += mv.bias(b, h, i0 + ii, j0 + jj);
+}
+
+// P = exp(S - lse) in place for a tile, given each row's saved log-sum-exp (rows with lse = -inf give 0).
+void probs_from_lse(float* s, int64_t nq, int64_t nk, const float* lse_rows) {
+  for (int64_t ii = 0; ii < nq; ++ii) {
+    const float l = lse_rows[ii];
+    float* row = s + ii * nk;
+    for (int64_t jj = 0; jj < nk; ++jj) row[jj] = l == kNegInf ? 0.f : std::exp(row[jj] - l);
+  }
+}
+
+}  // namespace
+
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
                  Tensor* lse_out) {
   const AttnGeom g = attention_geometry(q_in, k_in, v_in);
@@ -151,7 +175,6 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   Tensor q = q_in.to(DType::F32), k = k_in.to(DType::F32), v = v_in.to(DType::F32);
   MaskView mv(mask, g.B, g.Hq, g.Tq, g.Tk, "attention");
   Tensor out = Tensor::zeros({g.B, g.Hq, g.Tq, g.Dv}), lse = Tensor::empty({g.B, g.Hq, g.Tq});
-  constexpr int64_t kQBlock = 16, kKBlock = 64;
   const int64_t qblocks = (g.Tq + kQBlock - 1) / kQBlock;
   const int64_t group = g.Hq / g.Hkv;
   parallel_for(g.B * g.Hq * qblocks, 1, [&](int64_t t0, int64_t t1) {
@@ -163,46 +186,40 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
       const float* qp = q.f32() + ((b * g.Hq + h) * g.Tq) * g.D;
       const float* kp = k.f32() + ((b * g.Hkv + hk) * g.Tk) * g.D;
       const float* vp = v.f32() + ((b * g.Hkv + hk) * g.Tk) * g.Dv;
-      float* op = out.f32() + ((b * g.Hq + h) * g.Tq) * g.Dv;
+      float* op = out.f32() + ((b * g.Hq + h) * g.Tq + i0) * g.Dv;
       std::fill_n(m.begin(), nq, kNegInf);
       std::fill_n(l.begin(), nq, 0.f);
       const int64_t kend = mv.key_end(i1 - 1, g.Tk);
       for (int64_t j0 = 0; j0 < kend; j0 += kKBlock) {
-        const int64_t j1 = std::min(kend, j0 + kKBlock), nk = j1 - j0;
+        const int64_t nk = std::min(kend, j0 + kKBlock) - j0;
+        score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+        // Online softmax: rescale what was accumulated under the old row maximum.
         for (int64_t ii = 0; ii < nq; ++ii) {
-          const int64_t i = i0 + ii;
-          float* srow = s.data() + ii * kKBlock;
-          float bm = kNegInf;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            const int64_t j = j0 + jj;
-            float bias = mv.any() ? mv.bias(b, h, i, j) : 0.f;
-            float sv = bias == kNegInf ? kNegInf : vec::dot(qp + i * g.D, kp + j * g.D, g.D) * scale + bias;
-            srow[jj] = sv;
-            bm = std::max(bm, sv);
+          float* row = s.data() + ii * nk;
+          const float mnew = std::max(m[ii], *std::max_element(row, row + nk));
+          if (mnew == kNegInf) {  // nothing visible to this row yet
+            std::fill_n(row, nk, 0.f);
+            continue;
           }
-          const float mnew = std::max(m[ii], bm);
-          if (mnew == kNegInf) continue;  // nothing visible yet
           const float corr = std::exp(m[ii] - mnew);
-          float* orow = op + i * g.Dv;
-          if (corr != 1.f) vec::scale(corr, orow, g.Dv);
           float ls = 0.f;
           for (int64_t jj = 0; jj < nk; ++jj) {
-            if (srow[jj] == kNegInf) continue;
-            const float p = std::exp(srow[jj] - mnew);
-            ls += p;
-            vec::axpy(p, vp + (j0 + jj) * g.Dv, orow, g.Dv);
+            row[jj] = std::exp(row[jj] - mnew);
+            ls += row[jj];
           }
+          if (corr != 1.f) vec::scale(corr, op + ii * g.Dv, g.Dv);
           l[ii] = l[ii] * corr + ls;
           m[ii] = mnew;
         }
+        gemm(false, false, nq, g.Dv, nk, 1.f, s.data(), nk, vp + j0 * g.Dv, g.Dv, 1.f, op, g.Dv);
       }
-      float* lp = lse.f32() + (b * g.Hq + h) * g.Tq;
+      float* lp = lse.f32() + (b * g.Hq + h) * g.Tq + i0;
       for (int64_t ii = 0; ii < nq; ++ii) {
         if (l[ii] > 0.f) {
-          vec::scale(1.f / l[ii], op + (i0 + ii) * g.Dv, g.Dv);
-          lp[i0 + ii] = m[ii] + std::log(l[ii]);
+          vec::scale(1.f / l[ii], op + ii * g.Dv, g.Dv);
+          lp[ii] = m[ii] + std::log(l[ii]);
         } else {
-          lp[i0 + ii] = kNegInf;  // fully masked row: output stays zero
+          lp[ii] = kNegInf;  // fully masked row: output stays zero
         }
       }
     }
@@ -217,65 +234,80 @@ void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_
   const AttnGeom g = attention_geometry(q_in, k_in, v_in);
   DL_CHECK(gout_in.shape() == Shape({g.B, g.Hq, g.Tq, g.Dv}), "attention backward: gradient ", gout_in.describe(),
            " does not match the output");
+  DL_CHECK(lse.shape() == Shape({g.B, g.Hq, g.Tq}), "attention backward: saved log-sum-exp ", lse.describe(),
+           " does not match the output");
   if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
   Tensor q = q_in.to(DType::F32), k = k_in.to(DType::F32), v = v_in.to(DType::F32);
   Tensor o = out_in.contiguous(), go = gout_in.contiguous();
   MaskView mv(mask, g.B, g.Hq, g.Tq, g.Tk, "attention backward");
   const int64_t group = g.Hq / g.Hkv;
-  // delta_i = dot(dO_i, O_i): the softmax-backward row term.
+  // delta_i = dO_i . O_i, the row term of the softmax backward.
   Tensor delta = Tensor::empty({g.B, g.Hq, g.Tq});
   parallel_for(g.B * g.Hq * g.Tq, 64, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) delta.f32()[r] = vec::dot(go.f32() + r * g.Dv, o.f32() + r * g.Dv, g.Dv);
   });
-  auto prob = [&](int64_t b, int64_t h, int64_t i, int64_t j, const float* qi, const float* kj) -> float {
-    float bias = mv.any() ? mv.bias(b, h, i, j) : 0.f;
-    float l = lse.f32()[(b * g.Hq + h) * g.Tq + i];
-    if (bias == kNegInf || l == kNegInf) return 0.f;
-    return std::exp(vec::dot(qi, kj, g.D) * scale + bias - l);
+  // dS = P * (dO V^T - delta) for one tile, computed into s (which holds P on entry); dp is scratch.
+  auto dscores = [&](float* s, float* dp, const float* go_rows, const float* v_rows, const float* delta_rows,
+                     int64_t nq, int64_t nk) {
+    gemm(false, true, nq, nk, g.Dv, 1.f, go_rows, g.Dv, v_rows, g.Dv, 0.f, dp, nk);
+    for (int64_t ii = 0; ii < nq; ++ii)
+      for (int64_t jj = 0; jj < nk; ++jj) s[ii * nk + jj] *= dp[ii * nk + jj] - delta_rows[ii];
   };
-  // Pass 1: dQ_i = scale * sum_j P_ij (dP_ij - delta_i) K_j, one query row per work item.
+  // Pass 1: dQ = scale * dS K, one query block per work item.
   if (gq) {
     *gq = Tensor::zeros(q.shape());
-    parallel_for(g.B * g.Hq * g.Tq, 4, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r % g.Tq, h = (r / g.Tq) % g.Hq, b = r / (g.Tq * g.Hq), hk = h / group;
-        const float* qi = q.f32() + r * g.D;
-        const float* goi = go.f32() + r * g.Dv;
+    const int64_t qblocks = (g.Tq + kQBlock - 1) / kQBlock;
+    parallel_for(g.B * g.Hq * qblocks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> s(size_t(kQBlock * kKBlock)), dp(size_t(kQBlock * kKBlock));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t qb = t % qblocks, h = (t / qblocks) % g.Hq, b = t / (qblocks * g.Hq), hk = h / group;
+        const int64_t i0 = qb * kQBlock, nq = std::min(g.Tq, i0 + kQBlock) - i0;
+        const int64_t row0 = (b * g.Hq + h) * g.Tq;
+        const float* qp = q.f32() + row0 * g.D;
         const float* kp = k.f32() + (b * g.Hkv + hk) * g.Tk * g.D;
         const float* vp = v.f32() + (b * g.Hkv + hk) * g.Tk * g.Dv;
-        float* dq = gq->f32() + r * g.D;
-        const int64_t jend = mv.key_end(i, g.Tk);
-        for (int64_t j = 0; j < jend; ++j) {
-          float p = prob(b, h, i, j, qi, kp + j * g.D);
-          if (p == 0.f) continue;
-          float ds = p * (vec::dot(goi, vp + j * g.Dv, g.Dv) - delta.f32()[r]);
-          vec::axpy(scale * ds, kp + j * g.D, dq, g.D);
+        const int64_t kend = mv.key_end(i0 + nq - 1, g.Tk);
+        for (int64_t j0 = 0; j0 < kend; j0 += kKBlock) {
+          const int64_t nk = std::min(kend, j0 + kKBlock) - j0;
+          score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+          probs_from_lse(s.data(), nq, nk, lse.f32() + row0 + i0);
+          dscores(s.data(), dp.data(), go.f32() + (row0 + i0) * g.Dv, vp + j0 * g.Dv, delta.f32() + row0 + i0, nq, nk);
+          gemm(false, false, nq, g.D, nk, scale, s.data(), nk, kp + j0 * g.D, g.D, 1.f, gq->f32() + (row0 + i0) * g.D,
+               g.D);
         }
       }
     });
   }
-  // Pass 2: dK_j and dV_j summed over all query heads of the group and all query rows, one key row per item.
+  // Pass 2: dV = P^T dO and dK = scale * dS^T Q, summed over the query heads sharing the KV head; one key block
+  // per work item, so each item owns its rows of dK and dV.
   if (gk || gv) {
     if (gk) *gk = Tensor::zeros(k.shape());
     if (gv) *gv = Tensor::zeros(v.shape());
-    parallel_for(g.B * g.Hkv * g.Tk, 4, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t j = r % g.Tk, hk = (r / g.Tk) % g.Hkv, b = r / (g.Tk * g.Hkv);
-        const float* kj = k.f32() + r * g.D;
-        const float* vj = v.f32() + r * g.Dv;
-        float* dk = gk ? gk->f32() + r * g.D : nullptr;
-        float* dv = gv ? gv->f32() + r * g.Dv : nullptr;
+    const int64_t kblocks = (g.Tk + kKBlock - 1) / kKBlock;
+    parallel_for(g.B * g.Hkv * kblocks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> s(size_t(kQBlock * kKBlock)), dp(size_t(kQBlock * kKBlock));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t kb = t % kblocks, hk = (t / kblocks) % g.Hkv, b = t / (kblocks * g.Hkv);
+        const int64_t j0 = kb * kKBlock, nk = std::min(g.Tk, j0 + kKBlock) - j0;
+        const int64_t krow0 = (b * g.Hkv + hk) * g.Tk;
+        const float* kp = k.f32() + krow0 * g.D;
+        const float* vp = v.f32() + krow0 * g.Dv;
+        const int64_t first_query = mv.query_begin(j0);
         for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
           const int64_t row0 = (b * g.Hq + h) * g.Tq;
-          for (int64_t i = mv.query_begin(j); i < g.Tq; ++i) {
-            const float* qi = q.f32() + (row0 + i) * g.D;
-            float p = prob(b, h, i, j, qi, kj);
-            if (p == 0.f) continue;
-            const float* goi = go.f32() + (row0 + i) * g.Dv;
-            if (dv) vec::axpy(p, goi, dv, g.Dv);
-            if (dk) {
-              float ds = p * (vec::dot(goi, vj, g.Dv) - delta.f32()[row0 + i]);
-              vec::axpy(scale * ds, qi, dk, g.D);
+          const float* qp = q.f32() + row0 * g.D;
+          for (int64_t i0 = first_query / kQBlock * kQBlock; i0 < g.Tq; i0 += kQBlock) {
+            const int64_t nq = std::min(g.Tq, i0 + kQBlock) - i0;
+            score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+            probs_from_lse(s.data(), nq, nk, lse.f32() + row0 + i0);
+            const float* go_rows = go.f32() + (row0 + i0) * g.Dv;
+            if (gv)
+              gemm(true, false, nk, g.Dv, nq, 1.f, s.data(), nk, go_rows, g.Dv, 1.f, gv->f32() + (krow0 + j0) * g.Dv,
+                   g.Dv);
+            if (gk) {
+              dscores(s.data(), dp.data(), go_rows, vp + j0 * g.Dv, delta.f32() + row0 + i0, nq, nk);
+              gemm(true, false, nk, g.D, nq, scale, s.data(), nk, qp + i0 * g.D, g.D, 1.f,
+                   gk->f32() + (krow0 + j0) * g.D, g.D);
             }
           }
         }
