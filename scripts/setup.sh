@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
-  libopenblas-dev nlohmann-json3-dev
+  libopenblas-dev nlohmann-json3-dev zlib1g-dev
   python3-torch python3-numpy
 )
 

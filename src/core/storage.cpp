@@ -54,9 +54,12 @@ std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::shared_ptr<Storage>(new Storage(p, size, Kind::Mapped));
 }
 
-std::shared_ptr<Storage> Storage::wrap(void* data, size_t bytes, std::shared_ptr<void> keep_alive) {
-  auto s = std::shared_ptr<Storage>(new Storage(data, bytes, Kind::Wrapped));
-  s->keep_alive_ = std::move(keep_alive);
+std::shared_ptr<Storage> Storage::view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes) {
+  DL_CHECK(parent, "storage view of a null storage");
+  DL_CHECK(offset <= parent->size() && bytes <= parent->size() - offset, "storage view [", offset, ", +", bytes,
+           ") outside a ", parent->size(), "-byte storage");
+  auto s = std::shared_ptr<Storage>(new Storage(static_cast<char*>(parent->data()) + offset, bytes, Kind::View));
+  s->parent_ = std::move(parent);
   return s;
 }
 
@@ -66,7 +69,7 @@ Storage::~Storage() {
     case Kind::Mapped:
       if (data_) ::munmap(data_, size_);
       break;
-    case Kind::Wrapped: break;
+    case Kind::View: break;
   }
 }
 

@@ -12,8 +12,9 @@ class Storage {
   static std::shared_ptr<Storage> allocate(size_t bytes);
   // Maps a whole file read-only (copy-on-write private mapping). Throws naming the path on failure.
   static std::shared_ptr<Storage> map_file(const std::string& path);
-  // Wraps memory owned elsewhere; `keep_alive` is held for as long as this storage lives.
-  static std::shared_ptr<Storage> wrap(void* data, size_t bytes, std::shared_ptr<void> keep_alive);
+  // A byte range of another storage (kept alive by the view), e.g. one entry of a mapped archive. Inherits the
+  // parent's mapped/read-only nature.
+  static std::shared_ptr<Storage> view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes);
 
   ~Storage();
   Storage(const Storage&) = delete;
@@ -21,16 +22,16 @@ class Storage {
 
   void* data() const { return data_; }
   size_t size() const { return size_; }
-  bool is_mapped() const { return kind_ == Kind::Mapped; }
-  bool is_writable() const { return kind_ != Kind::Mapped; }
+  bool is_mapped() const { return kind_ == Kind::Mapped || (parent_ && parent_->is_mapped()); }
+  bool is_writable() const { return kind_ == Kind::Owned || (parent_ && parent_->is_writable()); }
 
  private:
-  enum class Kind { Owned, Mapped, Wrapped };
+  enum class Kind { Owned, Mapped, View };
   Storage(void* data, size_t size, Kind kind) : data_(data), size_(size), kind_(kind) {}
   void* data_;
   size_t size_;
   Kind kind_;
-  std::shared_ptr<void> keep_alive_;
+  std::shared_ptr<Storage> parent_;
 };
 
 }  // namespace dl
