@@ -1,0 +1,221 @@
+#include "io/model_dir.h"
+
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+
+namespace dl::io {
+
+namespace {
+
+bool file_exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string dirname_of(const std::string& p) {
+  const auto slash = p.rfind('/');
+  return slash == std::string::npos ? "." : p.substr(0, slash);
+}
+
+// First existing file among the candidates; empty when none.
+std::string find_first(const std::string& dir, std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    const std::string p = dir + "/" + n;
+    if (file_exists(p)) return p;
+  }
+  return "";
+}
+
+StateDict read_sharded(const std::string& index_path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(index_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("'", index_path, "': invalid JSON (", e.what(), ")");
+  }
+  DL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), "'", index_path,
+           "': no weight_map object");
+  std::map<std::string, std::vector<std::string>> by_shard;
+  for (const auto& [name, shard] : j["weight_map"].items()) {
+    DL_CHECK(shard.is_string(), "'", index_path, "': shard of '", name, "' is not a file name");
+    const std::string s = shard.get<std::string>();
+    DL_CHECK(s.find('/') == std::string::npos && s != ".." && !s.empty(), "'", index_path, "': shard name '", s,
+             "' must be a plain file name in the same directory");
+    by_shard[s].push_back(name);
+  }
+  const std::string dir = dirname_of(index_path);
+  StateDict out;
+  for (const auto& [shard, names] : by_shard) {
+    StateDict part = read_weights(dir + "/" + shard);
+    for (const std::string& n : names) {
+      auto it = part.find(n);
+      DL_CHECK(it != part.end(), "'", index_path, "' maps '", n, "' to '", shard, "', which does not contain it");
+      out.emplace(n, it->second);
+    }
+  }
+  return out;
+}
+
+void add_prefixed(StateDict& dst, const StateDict& src, const std::string& prefix) {
+  for (const auto& [k, v] : src) dst.emplace(prefix + k, v);
+}
+
+}  // namespace
+
+StateDict read_weights(const std::string& path) {
+  if (ends_with(path, ".index.json")) return read_sharded(path);
+  if (ends_with(path, ".safetensors")) return read_safetensors(path).tensors;
+  if (ends_with(path, ".bin") || ends_with(path, ".pt") || ends_with(path, ".pth")) return read_torch_bin(path);
+  fail("'", path, "': unknown weight file type (expected .bin, .safetensors or .index.json)");
+}
+
+void check_against_layout(StateDict& tensors, const Layout& expected, const std::vector<std::string>& ignored_suffixes,
+                          const std::string& what) {
+  std::vector<std::string> missing, wrong, unexpected;
+  std::set<std::string> seen;
+  for (const auto& [name, shape] : expected) {
+    seen.insert(name);
+    auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    Tensor& t = it->second;
+    if (!dtype_info(t.dtype()).is_float) {
+      wrong.push_back(name + " has dtype " + std::string(dtype_name(t.dtype())));
+      continue;
+    }
+    if (t.shape() != shape) {
+      // Legacy checkpoints store some linear weights as 1x1 convolutions.
+      const bool conv_as_linear = shape.size() == 2 && t.dim() == 4 && t.size(0) == shape[0] && t.size(1) == shape[1] &&
+                                  t.size(2) == 1 && t.size(3) == 1;
+      if (conv_as_linear) {
+        t = t.reshape(shape);
+      } else {
+        wrong.push_back(name + " is " + shape_str(t.shape()) + ", expected " + shape_str(shape));
+      }
+    }
+  }
+  for (auto it = tensors.begin(); it != tensors.end();) {
+    if (seen.count(it->first)) {
+      ++it;
+      continue;
+    }
+    bool ignore = false;
+    for (const auto& s : ignored_suffixes) ignore = ignore || ends_with(it->first, s);
+    if (!ignore) unexpected.push_back(it->first);
+    it = tensors.erase(it);
+  }
+  if (missing.empty() && wrong.empty() && unexpected.empty()) return;
+  std::ostringstream os;
+  os << what << " does not match the configured model:";
+  auto list = [&](const char* title, const std::vector<std::string>& v) {
+    if (v.empty()) return;
+    os << "\n  " << v.size() << " " << title << ":";
+    for (size_t i = 0; i < v.size() && i < 20; ++i) os << "\n    " << v[i];
+    if (v.size() > 20) os << "\n    ... and " << v.size() - 20 << " more";
+  };
+  list("missing", missing);
+  list("with the wrong shape or dtype", wrong);
+  list("unexpected", unexpected);
+  throw Error(os.str());
+}
+
+ModelDir ModelDir::open(const std::string& dir) {
+  struct stat st {};
+  DL_CHECK(::stat(dir.c_str(), &st) == 0, "model path '", dir, "' does not exist");
+  DL_CHECK(S_ISDIR(st.st_mode), "model path '", dir, "' is not a directory");
+  ModelDir m;
+  m.dir_ = dir;
+  const std::string cfg = dir + "/config.json";
+  DL_CHECK(file_exists(cfg), "model directory '", dir, "' has no config.json");
+  m.config_ = read_dreamllm_config(cfg);
+  auto optional_config = [&](const char* rel, auto parse, auto& dst) {
+    const std::string p = dir + "/" + rel;
+    if (file_exists(p)) dst = parse(read_text_file(p), "'" + p + "'");
+  };
+  optional_config("clip_vision/config.json", parse_clip_vision_config, m.clip_);
+  optional_config("unet/config.json", parse_unet_config, m.unet_);
+  optional_config("vae/config.json", parse_vae_config, m.vae_);
+  optional_config("scheduler/scheduler_config.json", parse_scheduler_config, m.scheduler_);
+  DL_CHECK(size_t(m.unet_.in_channels) == size_t(m.vae_.latent_channels), "model directory '", dir, "': the UNet takes ",
+           m.unet_.in_channels, " channels but the VAE makes ", m.vae_.latent_channels, "-channel latents");
+  return m;
+}
+
+Layout ModelDir::expected(Component c) const {
+  const int64_t D = config_.llm.hidden_size;
+  Layout out;
+  auto add = [&](const std::string& prefix, const Layout& l) {
+    for (const auto& [n, s] : l) out.emplace_back(prefix + n, s);
+  };
+  switch (c) {
+    case kLLM: add("", llama_layout(config_.llm)); break;
+    case kClip:
+      add("model.clip_vision_embedding.clip_vision_model.", clip_vision_layout(clip_));
+      out.emplace_back("model.clip_vision_embedding.projector.projector.weight", Shape{D, clip_.hidden_size});
+      out.emplace_back("model.clip_vision_embedding.projector.projector.bias", Shape{D});
+      break;
+    case kDream: out.emplace_back("model.dream_embedding.dream_queries", Shape{1, config_.num_dream_queries, D}); break;
+    case kDiffusion:
+      add("stable_diffusion_head.unet.", unet_layout(unet_));
+      add("stable_diffusion_head.vae.", vae_layout(vae_));
+      out.emplace_back("stable_diffusion_head.projector.projector.weight", Shape{unet_.cross_attention_dim, D});
+      break;
+    default: fail("unknown component ", unsigned(c));
+  }
+  return out;
+}
+
+StateDict ModelDir::load(unsigned mask) const {
+  StateDict all;
+  auto need = [&](const std::string& file, const char* component) {
+    DL_CHECK(!file.empty(), "model directory '", dir_, "' has no ", component, " weights");
+    return file;
+  };
+  if (mask & kLLM) {
+    StateDict sd = read_weights(need(find_first(dir_, {"model.safetensors", "model.safetensors.index.json",
+                                                        "pytorch_model.bin", "pytorch_model.bin.index.json"}),
+                                     "LLM (pytorch_model.bin / model.safetensors)"));
+    check_against_layout(sd, expected(kLLM), {".rotary_emb.inv_freq"}, "the LLM weights of '" + dir_ + "'");
+    add_prefixed(all, sd, "");
+  }
+  if (mask & kClip) {
+    StateDict raw = read_weights(need(find_first(dir_, {"clip_vision_embedding.safetensors", "clip_vision_embedding.bin"}),
+                                      "vision tower (clip_vision_embedding.bin)"));
+    StateDict sd;
+    add_prefixed(sd, raw, "model.clip_vision_embedding.");
+    check_against_layout(sd, expected(kClip), {".embeddings.position_ids"}, "'" + dir_ + "/clip_vision_embedding'");
+    add_prefixed(all, sd, "");
+  }
+  if (mask & kDream) {
+    StateDict raw = read_weights(need(find_first(dir_, {"dream_embedding.safetensors", "dream_embedding.bin"}),
+                                      "dream queries (dream_embedding.bin)"));
+    StateDict sd;
+    add_prefixed(sd, raw, "model.dream_embedding.");
+    check_against_layout(sd, expected(kDream), {}, "'" + dir_ + "/dream_embedding'");
+    add_prefixed(all, sd, "");
+  }
+  if (mask & kDiffusion) {
+    StateDict raw = read_weights(need(find_first(dir_, {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"}),
+                                      "diffusion head (stable_diffusion_head.bin)"));
+    StateDict sd;
+    for (const auto& [k, v] : raw)
+      sd.emplace("stable_diffusion_head." + (k.rfind("vae.", 0) == 0 ? modernize_vae_name(k) : k), v);
+    check_against_layout(sd, expected(kDiffusion), {}, "'" + dir_ + "/stable_diffusion_head'");
+    add_prefixed(all, sd, "");
+  }
+  return all;
+}
+
+}  // namespace dl::io

@@ -1,0 +1,50 @@
+// A DreamLLM model directory in the official release layout (design.md section 2): config.json, the LLM weights
+// (pytorch_model.bin, model.safetensors or HF shards with an index), the three plugin files, tokenizer files and
+// optional base configs. Opening reads and validates the configs; load() reads the weights of the requested
+// components, checks every expected tensor is present with the expected shape (one error listing every missing,
+// unexpected and mis-shaped name), and returns them under the full state-dict names of design.md section 3.
+#pragma once
+#include <string>
+
+#include "io/checkpoint_layout.h"
+#include "io/config.h"
+#include "io/torch_bin.h"
+
+namespace dl::io {
+
+enum Component : unsigned { kLLM = 1, kClip = 2, kDream = 4, kDiffusion = 8, kAllComponents = 15 };
+
+class ModelDir {
+ public:
+  static ModelDir open(const std::string& dir);
+
+  const std::string& path() const { return dir_; }
+  const DreamLLMConfig& config() const { return config_; }
+  const ClipVisionConfig& clip_config() const { return clip_; }
+  const UNetConfig& unet_config() const { return unet_; }
+  const VaeConfig& vae_config() const { return vae_; }
+  const SchedulerConfig& scheduler_config() const { return scheduler_; }
+
+  // Expected full names and shapes of a component.
+  Layout expected(Component c) const;
+  // Loads the components in `mask` (a bitwise or of Component values).
+  StateDict load(unsigned mask = kAllComponents) const;
+
+ private:
+  std::string dir_;
+  DreamLLMConfig config_;
+  ClipVisionConfig clip_;
+  UNetConfig unet_;
+  VaeConfig vae_;
+  SchedulerConfig scheduler_;
+};
+
+// Reads one weight file: .bin (torch.save zip), .safetensors, or a sharded checkpoint's *.index.json.
+StateDict read_weights(const std::string& path);
+
+// Checks `tensors` against `expected`; names listed in `ignored_suffixes` are dropped silently. Weights stored
+// as 1x1 convolutions where a linear weight is expected are reshaped. Throws one error listing every problem.
+void check_against_layout(StateDict& tensors, const Layout& expected, const std::vector<std::string>& ignored_suffixes,
+                          const std::string& what);
+
+}  // namespace dl::io
