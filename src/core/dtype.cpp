@@ -143,6 +143,7 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
 }
 
 void convert_to_f32(DType from, const void* src, float* dst, int64_t n) {
+  if (n <= 0) return;  // empty tensors may have null buffers
   switch (from) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
     case DType::F16: {
@@ -189,6 +190,7 @@ void convert_to_f32(DType from, const void* src, float* dst, int64_t n) {
 }
 
 void convert_from_f32(DType to, const float* src, void* dst, int64_t n) {
+  if (n <= 0) return;
   switch (to) {
     case DType::F32: std::memcpy(dst, src, size_t(n) * 4); return;
     case DType::F16: {

@@ -4,7 +4,8 @@
 // check the CPU themselves.
 #pragma once
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+// Sanitizer and clang (fuzzing) builds use the baseline only: ifunc resolvers and instrumentation do not mix.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__clang__)
 #define DL_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DL_SIMD_CLONES

@@ -266,6 +266,7 @@ void Tensor::copy_from(const Tensor& src) {
   DL_CHECK(defined() && src.defined(), "copy_from: undefined tensor");
   DL_CHECK(shape_ == src.shape_, "copy_from: shape ", src.describe(), " into ", describe());
   DL_CHECK(storage_->is_writable(), "copy_from: destination ", describe(), " is read-only (memory-mapped)");
+  if (numel() == 0) return;
   const auto& si = dtype_info(src.dtype_);
   const auto& di = dtype_info(dtype_);
   if (si.is_quantized || di.is_quantized) {

@@ -82,6 +82,14 @@ class Unpickler {
  public:
   Unpickler(const unsigned char* data, size_t size, const ZipArchive* archive, std::string prefix, std::string what)
       : p_(data), end_(data + size), archive_(archive), prefix_(std::move(prefix)), what_(std::move(what)) {}
+  // A hostile pickle can make a container hold itself (through the memo); clearing every container breaks such
+  // reference cycles so nothing leaks.
+  ~Unpickler() {
+    for (const ObjPtr& o : created_) {
+      o->items.clear();
+      o->entries.clear();
+    }
+  }
 
   ObjPtr run() {
     for (;;) {
@@ -121,21 +129,21 @@ class Unpickler {
         case 0x8d: push_str(uint_le(8)); break;               // BINUNICODE8
         case 'U': push_str(byte()); break;                    // SHORT_BINSTRING
         case 'T': push_str(uint_le(4)); break;                // BINSTRING
-        case ')': push(make(Obj::Kind::Tuple)); break;        // EMPTY_TUPLE
-        case ']': push(make(Obj::Kind::List)); break;         // EMPTY_LIST
-        case '}': push(make(Obj::Kind::Dict)); break;         // EMPTY_DICT
+        case ')': push(container(Obj::Kind::Tuple)); break;   // EMPTY_TUPLE
+        case ']': push(container(Obj::Kind::List)); break;    // EMPTY_LIST
+        case '}': push(container(Obj::Kind::Dict)); break;    // EMPTY_DICT
         case 't': push(tuple_of(pop_to_mark())); break;       // TUPLE
         case 0x85: push(tuple_of(pop_n(1))); break;           // TUPLE1
         case 0x86: push(tuple_of(pop_n(2))); break;           // TUPLE2
         case 0x87: push(tuple_of(pop_n(3))); break;           // TUPLE3
         case 'l': {                                           // LIST
-          auto o = make(Obj::Kind::List);
+          auto o = container(Obj::Kind::List);
           o->items = pop_to_mark();
           push(o);
           break;
         }
         case 'd': {  // DICT
-          auto o = make(Obj::Kind::Dict);
+          auto o = container(Obj::Kind::Dict);
           set_items(*o, pop_to_mark());
           push(o);
           break;
@@ -282,8 +290,12 @@ class Unpickler {
     stack_.resize(m - 1);
     return v;
   }
-  static ObjPtr tuple_of(std::vector<ObjPtr> items) {
-    auto o = make(Obj::Kind::Tuple);
+  ObjPtr container(Obj::Kind k) {
+    created_.push_back(make(k));
+    return created_.back();
+  }
+  ObjPtr tuple_of(std::vector<ObjPtr> items) {
+    auto o = container(Obj::Kind::Tuple);
     o->items = std::move(items);
     return o;
   }
@@ -366,7 +378,7 @@ class Unpickler {
     DL_CHECK(fn.kind == Obj::Kind::Global, what_, ": REDUCE of a ", kind_name(fn.kind), " is not allowed");
     const auto& a = args.items;
     if (fn.s == "collections.OrderedDict") {
-      auto d = make(Obj::Kind::Dict);
+      auto d = container(Obj::Kind::Dict);
       if (!a.empty()) {  // OrderedDict([(k, v), ...])
         DL_CHECK(a.size() == 1 && (a[0]->kind == Obj::Kind::List || a[0]->kind == Obj::Kind::Tuple), what_,
                  ": unexpected OrderedDict arguments");
@@ -404,7 +416,7 @@ class Unpickler {
   size_t total_ = size_t(end_ - p_);
   const ZipArchive* archive_;
   std::string prefix_, what_;
-  std::vector<ObjPtr> stack_, memo_;
+  std::vector<ObjPtr> stack_, memo_, created_;
   std::map<std::string, ObjPtr> storages_;
 };
 

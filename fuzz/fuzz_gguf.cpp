@@ -1,0 +1,10 @@
+#include "fuzz_common.h"
+#include "io/gguf.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  return dl::fuzz::run([&] {
+    auto f = dl::io::parse_gguf(dl::fuzz::bytes_storage(data, size), "fuzz input");
+    for (const auto& [key, v] : f.metadata.entries()) (void)v.type_name();
+    for (const auto& [name, t] : f.tensors) (void)t.to_vector();  // touch every byte the infos claim
+  });
+}
