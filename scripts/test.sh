@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds with warnings as errors, runs CTest. Under CI (CI=true)
-# or with DL_SANITIZE=1 it then builds a second tree with AddressSanitizer + UBSan and runs the suite again.
+# or with DL_SANITIZE=1 it also gives every libFuzzer target a short run (FUZZ_SECONDS each, default 10) and
+# then builds a second tree with AddressSanitizer + UBSan and runs the whole suite again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD_DIR=build bash scripts/build.sh -DDL_WERROR=ON
 ctest --test-dir build --output-on-failure -j 2
 if [ "${CI:-}" = "true" ] || [ "${DL_SANITIZE:-0}" = "1" ]; then
+  echo "== short fuzzing run =="
+  FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
   echo "== sanitizer build (ASan + UBSan) =="
   BUILD_DIR=build-asan bash scripts/build.sh -DDL_WERROR=ON -DDL_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDL_BUILD_BENCH=OFF
