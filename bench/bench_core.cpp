@@ -1,0 +1,168 @@
+// Throughput of the tensor core's hot kernels at the shapes DreamLLM runs: LLaMA-7B linear layers and attention
+// (decode M=1 and prefill M=512), and the SD 2.1 UNet at 64x64 latents. GEMMs also run through OpenBLAS sgemm
+// directly, the baseline our panel-splitting must not lose to.
+//
+// Names are "<impl>/<case>/t:<threads>" with impl "ours" or "openblas"; <case> is the name bench/torch_peer.py
+// prints, so scripts/bench.sh can join the three. FLOP counts are the useful work of the op (causal attention
+// counts half the score matrix), identical across implementations, so GFLOP/s ratios are time ratios.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/ops.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+
+namespace {
+
+// Values in [-1, 1): zeros could let a kernel skip work and denormals would slow one down; neither is typical.
+dl::Tensor random_tensor(const dl::Shape& shape, uint64_t seed) {
+  dl::Tensor t = dl::Tensor::empty(shape);
+  float* p = t.f32();
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    p[i] = float(int32_t(s >> 32)) * (1.f / 2147483648.f);
+  }
+  return t;
+}
+
+void report_flops(benchmark::State& state, double flops) {
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// Every case times wall-clock: the default per-thread CPU time would miss the work done on pool threads.
+// One untimed call before the loop takes first-touch page faults and thread start-up out of the numbers.
+benchmark::internal::Benchmark* common(benchmark::internal::Benchmark* b, double min_time) {
+  return b->ArgName("t")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(min_time);
+}
+
+struct GemmShape {
+  int64_t M, K, N;
+  double min_time;
+};
+
+std::string gemm_case(const char* kind, const GemmShape& s) {
+  return std::string(kind) + "/M" + std::to_string(s.M) + "_K" + std::to_string(s.K) + "_N" + std::to_string(s.N);
+}
+
+void register_gemm(const GemmShape& s, bool with_bf16) {
+  const double flops = 2.0 * double(s.M) * double(s.N) * double(s.K);
+  common(benchmark::RegisterBenchmark(("ours/" + gemm_case("gemm_f32", s)).c_str(),
+                                      [s, flops](benchmark::State& state) {
+                                        dl::set_num_threads(int(state.range(0)));
+                                        dl::Tensor x = random_tensor({s.M, s.K}, 1);
+                                        dl::Tensor w = random_tensor({s.N, s.K}, 2);
+                                        benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        for (auto _ : state) benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        report_flops(state, flops);
+                                      }),
+         s.min_time);
+  // The peer gets the same freshly allocated output per call that linear() pays for, so only the GEMM differs.
+  common(benchmark::RegisterBenchmark(
+             ("openblas/" + gemm_case("gemm_f32", s)).c_str(),
+             [s, flops](benchmark::State& state) {
+               dl::set_num_threads(1);
+               openblas_set_num_threads(int(state.range(0)));
+               dl::Tensor x = random_tensor({s.M, s.K}, 1);
+               dl::Tensor w = random_tensor({s.N, s.K}, 2);
+               auto run = [&] {
+                 dl::Tensor c = dl::Tensor::empty({s.M, s.N});
+                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(s.M), int(s.N), int(s.K), 1.f, x.f32(),
+                             int(s.K), w.f32(), int(s.K), 0.f, c.f32(), int(s.N));
+                 benchmark::DoNotOptimize(c.raw());
+               };
+               run();
+               for (auto _ : state) run();
+               // The engine's gemm runs OpenBLAS single-threaded under its own pool; leave it as we found it.
+               openblas_set_num_threads(1);
+               report_flops(state, flops);
+             }),
+         s.min_time);
+  if (!with_bf16) return;
+  common(benchmark::RegisterBenchmark(("ours/" + gemm_case("gemm_bf16w", s)).c_str(),
+                                      [s, flops](benchmark::State& state) {
+                                        dl::set_num_threads(int(state.range(0)));
+                                        dl::Tensor x = random_tensor({s.M, s.K}, 1);
+                                        dl::Tensor w = random_tensor({s.N, s.K}, 2).to(dl::DType::BF16);
+                                        benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        for (auto _ : state) benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        report_flops(state, flops);
+                                      }),
+         s.min_time);
+}
+
+void register_attention(int64_t B, int64_t H, int64_t T, int64_t D, bool causal, double min_time) {
+  const std::string name = std::string(causal ? "attn_causal" : "attn_full") + "/B" + std::to_string(B) + "_H" +
+                           std::to_string(H) + "_T" + std::to_string(T) + "_D" + std::to_string(D);
+  const double flops = 4.0 * double(B * H) * double(T) * double(T) * double(D) * (causal ? 0.5 : 1.0);
+  common(benchmark::RegisterBenchmark(("ours/" + name).c_str(),
+                                      [=](benchmark::State& state) {
+                                        dl::set_num_threads(int(state.range(0)));
+                                        dl::Tensor q = random_tensor({B, H, T, D}, 3);
+                                        dl::Tensor k = random_tensor({B, H, T, D}, 4);
+                                        dl::Tensor v = random_tensor({B, H, T, D}, 5);
+                                        dl::ops::AttentionMask mask;
+                                        mask.causal = causal;
+                                        benchmark::DoNotOptimize(dl::ops::attention(q, k, v, mask).raw());
+                                        for (auto _ : state)
+                                          benchmark::DoNotOptimize(dl::ops::attention(q, k, v, mask).raw());
+                                        report_flops(state, flops);
+                                      }),
+         min_time);
+}
+
+void register_conv(int64_t C, int64_t O, int64_t HW, int64_t ksize, double min_time) {
+  const std::string name = "conv" + std::to_string(ksize) + "x" + std::to_string(ksize) + "/N1_C" +
+                           std::to_string(C) + "_O" + std::to_string(O) + "_" + std::to_string(HW) + "x" +
+                           std::to_string(HW);
+  // Stride 1 with "same" padding keeps Ho = H, Wo = W.
+  const double flops = 2.0 * double(O) * double(HW * HW) * double(C) * double(ksize * ksize);
+  const int pad = int(ksize / 2);
+  common(benchmark::RegisterBenchmark(("ours/" + name).c_str(),
+                                      [=](benchmark::State& state) {
+                                        dl::set_num_threads(int(state.range(0)));
+                                        dl::Tensor x = random_tensor({1, C, HW, HW}, 6);
+                                        dl::Tensor w = random_tensor({O, C, ksize, ksize}, 7);
+                                        benchmark::DoNotOptimize(dl::ops::conv2d(x, w, nullptr, 1, pad).raw());
+                                        for (auto _ : state)
+                                          benchmark::DoNotOptimize(dl::ops::conv2d(x, w, nullptr, 1, pad).raw());
+                                        report_flops(state, flops);
+                                      }),
+         min_time);
+}
+
+void register_all() {
+  // LLaMA-7B: attention/output projections (4096 -> 4096) and the MLP up/gate projections (4096 -> 11008).
+  // Decode (M=1) streams the whole weight per call, hence the BF16-weight variant that halves the bytes.
+  for (int64_t M : {1, 512})
+    for (int64_t N : {4096, 11008}) register_gemm({M, 4096, N, 0.5}, M == 1);
+  // SD 2.1 UNet at 64x64 latents: the 1x1 projections and attention projections of the three widths; the last is
+  // the GEGLU input projection of the 1280-wide level (16x16 tokens).
+  register_gemm({4096, 320, 320, 0.5}, false);
+  register_gemm({1024, 640, 640, 0.5}, false);
+  register_gemm({256, 1280, 5120, 0.5}, false);
+
+  register_attention(1, 32, 512, 128, true, 0.5);
+  register_attention(1, 32, 2048, 128, true, 1.0);
+  // UNet self-attention over 4096 tokens: the slowest case (~1 s per call on one core), so few timed calls.
+  register_attention(1, 5, 4096, 64, false, 1.0);
+
+  register_conv(320, 320, 64, 3, 0.5);
+  register_conv(640, 640, 32, 3, 0.5);
+  register_conv(640, 320, 64, 1, 0.5);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
