@@ -206,22 +206,34 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
     gemm(false, true, R, N, K, 1.f, xp, K, wc.f32(), K, 0.f, yp, N);
   } else {
     blas_single_threaded();
-    // Low-precision weights: convert panels of rows on the fly, each thread its own panel.
-    const int64_t panel = R <= 4 ? 16 : 64;
-    const int64_t panels = (N + panel - 1) / panel;
-    parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<float> buf(size_t(panel * K));
-      for (int64_t p = p0; p < p1; ++p) {
-        int64_t n0 = p * panel, n1 = std::min(N, n0 + panel);
-        weight_rows_to_f32(wc.dtype(), wc.raw(), n0, n1 - n0, K, buf.data());
-        if (R <= 4) {
-          for (int64_t n = n0; n < n1; ++n)
-            for (int64_t m = 0; m < R; ++m) yp[m * N + n] = dot_f32(xp + m * K, buf.data() + (n - n0) * K, K);
-        } else {
-          sgemm_serial(false, true, R, n1 - n0, K, 1.f, xp, K, buf.data(), K, 0.f, yp + n0, N);
+    const bool direct16 = R <= 4 && (wc.dtype() == DType::BF16 || wc.dtype() == DType::F16);
+    if (direct16) {
+      // Decoding: memory bound on the weights, so read each 16-bit row once and widen it inside the dot product.
+      const auto* w16 = static_cast<const uint16_t*>(wc.raw());
+      const bool bf16 = wc.dtype() == DType::BF16;
+      parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t m = 0; m < R; ++m)
+            yp[m * N + n] = bf16 ? vec::dot_bf16(xp + m * K, w16 + n * K, K) : vec::dot_f16(xp + m * K, w16 + n * K, K);
+      });
+    } else {
+      // Convert panels of weight rows to F32 on the fly, each thread its own panel, then multiply.
+      const int64_t panel = R <= 4 ? 16 : 64;
+      const int64_t panels = (N + panel - 1) / panel;
+      parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+        std::vector<float> buf(size_t(panel * K));
+        for (int64_t p = p0; p < p1; ++p) {
+          int64_t n0 = p * panel, n1 = std::min(N, n0 + panel);
+          weight_rows_to_f32(wc.dtype(), wc.raw(), n0, n1 - n0, K, buf.data());
+          if (R <= 4) {
+            for (int64_t n = n0; n < n1; ++n)
+              for (int64_t m = 0; m < R; ++m) yp[m * N + n] = dot_f32(xp + m * K, buf.data() + (n - n0) * K, K);
+          } else {
+            sgemm_serial(false, true, R, n1 - n0, K, 1.f, xp, K, buf.data(), K, 0.f, yp + n0, N);
+          }
         }
-      }
-    });
+      });
+    }
   }
   if (bias) {
     Tensor bc = bias->to(DType::F32);
