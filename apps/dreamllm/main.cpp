@@ -9,6 +9,7 @@
 
 namespace dl::app {
 int demo_main(int argc, char** argv);
+int run_main(int argc, char** argv);
 }
 
 namespace {
@@ -20,6 +21,7 @@ void usage(FILE* out) {
                "commands:\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
+               "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "\n"
                "Run 'dreamllm <command> --help' for the options of a command.\n");
 }
@@ -34,6 +36,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   try {
     if (cmd == "demo") return dl::app::demo_main(argc - 1, argv + 1);
+    if (cmd == "run") return dl::app::run_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

@@ -172,6 +172,9 @@ Layout ModelDir::expected(Component c) const {
       add("stable_diffusion_head.vae.", vae_layout(vae_));
       out.emplace_back("stable_diffusion_head.projector.projector.weight", Shape{unet_.cross_attention_dim, D});
       break;
+    case kConditionProjector:
+      out.emplace_back("stable_diffusion_head.projector.projector.weight", Shape{unet_.cross_attention_dim, D});
+      break;
     default: fail("unknown component ", unsigned(c));
   }
   return out;
@@ -206,13 +209,17 @@ StateDict ModelDir::load(unsigned mask) const {
     check_against_layout(sd, expected(kDream), {}, "'" + dir_ + "/dream_embedding'");
     add_prefixed(all, sd, "");
   }
-  if (mask & kDiffusion) {
+  if (mask & (kDiffusion | kConditionProjector)) {
     StateDict raw = read_weights(need(find_first(dir_, {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"}),
                                       "diffusion head (stable_diffusion_head.bin)"));
     StateDict sd;
-    for (const auto& [k, v] : raw)
+    const bool whole = mask & kDiffusion;
+    for (const auto& [k, v] : raw) {
+      if (!whole && k != "projector.projector.weight") continue;
       sd.emplace("stable_diffusion_head." + (k.rfind("vae.", 0) == 0 ? modernize_vae_name(k) : k), v);
-    check_against_layout(sd, expected(kDiffusion), {}, "'" + dir_ + "/stable_diffusion_head'");
+    }
+    check_against_layout(sd, expected(whole ? kDiffusion : kConditionProjector), {},
+                         "'" + dir_ + "/stable_diffusion_head'");
     add_prefixed(all, sd, "");
   }
   return all;

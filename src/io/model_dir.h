@@ -12,7 +12,16 @@
 
 namespace dl::io {
 
-enum Component : unsigned { kLLM = 1, kClip = 2, kDream = 4, kDiffusion = 8, kAllComponents = 15 };
+// kDiffusion is the UNet + VAE + condition projector; kConditionProjector alone reads just the projector from the
+// same file (what the LLM side needs to produce diffusion conditions).
+enum Component : unsigned {
+  kLLM = 1,
+  kClip = 2,
+  kDream = 4,
+  kDiffusion = 8,
+  kConditionProjector = 16,
+  kAllComponents = kLLM | kClip | kDream | kDiffusion
+};
 
 class ModelDir {
  public:
