@@ -23,14 +23,7 @@ int64_t count_params(const io::Layout& l) {
   return n;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 // The real SD 2.1-base unet/config.json and vae/config.json (diffusers format).
 const char* kSd21UNet = R"({

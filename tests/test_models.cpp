@@ -84,14 +84,7 @@ TEST(DreamLLM, BatchedEqualsUnbatched) {
   EXPECT_TRUE(test::close_rel(alone.conditions.value(), batched.conditions.value().slice(0, 1, 2), 1e-5f));
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 TEST(DreamLLM, BadInputsAreClearErrors) {
   nn::NoGradGuard ng;

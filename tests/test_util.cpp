@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "core/error.h"
+
 #include <cstring>
 #include <random>
 #include <sstream>
@@ -75,6 +77,15 @@ Tensor randn(const Shape& shape, uint64_t seed, float scale) {
   Tensor t = Tensor::empty(shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = nd(rng);
   return t;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
 }
 
 }  // namespace dl::test

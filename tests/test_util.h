@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 
 #include "core/tensor.h"
@@ -24,5 +25,8 @@ Tensor fx(const std::string& case_name, const std::string& name);
 ::testing::AssertionResult bit_equal(const Tensor& a, const Tensor& b);
 
 Tensor randn(const Shape& shape, uint64_t seed, float scale = 1.f);
+
+// The message of the dl::Error that fn throws, or "no error".
+std::string error_of(const std::function<void()>& fn);
 
 }  // namespace dl::test

@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace dl::io {
 
@@ -597,17 +598,14 @@ void write_gguf(const std::string& path, const GgufMetadata& metadata,
 
   const std::string& header = h.str();
   const std::string zeros(std::min<size_t>(alignment, 1 << 16), '\0');
-  auto pad = [&](std::ofstream& f, uint64_t n) {
+  auto pad = [&](std::ostream& f, uint64_t n) {
     while (n) {
       size_t k = size_t(std::min<uint64_t>(n, zeros.size()));
       f.write(zeros.data(), std::streamsize(k));
       n -= k;
     }
   };
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    DL_CHECK(f.good(), "cannot create '", tmp, "'");
+  write_file_atomically(path, [&](std::ostream& f) {
     f.write(header.data(), std::streamsize(header.size()));
     // Padding after the infos and after every tensor (the last included) keeps each tensor's data at a multiple
     // of the alignment and the file a whole number of alignment units.
@@ -618,17 +616,7 @@ void write_gguf(const std::string& path, const GgufMetadata& metadata,
       f.write(static_cast<const char*>(t.raw()), std::streamsize(n));
       pad(f, align_up(offsets[i] + n, alignment) - (offsets[i] + n));
     }
-    f.flush();
-    f.close();
-    if (!f) {
-      std::remove(tmp.c_str());
-      fail("failed writing '", tmp, "' (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot rename '", tmp, "' to '", path, "'");
-  }
+  });
 }
 
 }  // namespace dl::io

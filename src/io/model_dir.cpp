@@ -193,22 +193,21 @@ StateDict ModelDir::load(unsigned mask) const {
     check_against_layout(sd, expected(kLLM), {".rotary_emb.inv_freq"}, "the LLM weights of '" + dir_ + "'");
     add_prefixed(all, sd, "");
   }
-  if (mask & kClip) {
-    StateDict raw = read_weights(need(find_first(dir_, {"clip_vision_embedding.safetensors", "clip_vision_embedding.bin"}),
-                                      "vision tower (clip_vision_embedding.bin)"));
+  // Plugin files hold their names without the component prefix.
+  auto load_plugin = [&](const char* stem, const char* what, const std::string& prefix, Component c,
+                         const std::vector<std::string>& ignored) {
+    const std::string s = stem;
     StateDict sd;
-    add_prefixed(sd, raw, "model.clip_vision_embedding.");
-    check_against_layout(sd, expected(kClip), {".embeddings.position_ids"}, "'" + dir_ + "/clip_vision_embedding'");
+    add_prefixed(sd, read_weights(need(find_first(dir_, {(s + ".safetensors").c_str(), (s + ".bin").c_str()}), what)),
+                 prefix);
+    check_against_layout(sd, expected(c), ignored, "'" + dir_ + "/" + s + "'");
     add_prefixed(all, sd, "");
-  }
-  if (mask & kDream) {
-    StateDict raw = read_weights(need(find_first(dir_, {"dream_embedding.safetensors", "dream_embedding.bin"}),
-                                      "dream queries (dream_embedding.bin)"));
-    StateDict sd;
-    add_prefixed(sd, raw, "model.dream_embedding.");
-    check_against_layout(sd, expected(kDream), {}, "'" + dir_ + "/dream_embedding'");
-    add_prefixed(all, sd, "");
-  }
+  };
+  if (mask & kClip)
+    load_plugin("clip_vision_embedding", "vision tower (clip_vision_embedding.bin)", "model.clip_vision_embedding.",
+                kClip, {".embeddings.position_ids"});
+  if (mask & kDream)
+    load_plugin("dream_embedding", "dream queries (dream_embedding.bin)", "model.dream_embedding.", kDream, {});
   if (mask & (kDiffusion | kConditionProjector)) {
     StateDict raw = read_weights(need(find_first(dir_, {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"}),
                                       "diffusion head (stable_diffusion_head.bin)"));

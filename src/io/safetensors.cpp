@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace dl::io {
 
@@ -134,26 +135,14 @@ void write_safetensors(const std::string& path, const std::map<std::string, Tens
   }
   std::string h = header.dump();
   while ((h.size() + 8) % 8 != 0) h.push_back(' ');  // keep the data 8-byte aligned
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    DL_CHECK(f.good(), "cannot create '", tmp, "'");
+  write_file_atomically(path, [&](std::ostream& f) {
     unsigned char len[8];
-    uint64_t hl = h.size();
+    const uint64_t hl = h.size();
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(hl >> (8 * i));
     f.write(reinterpret_cast<const char*>(len), 8);
     f.write(h.data(), std::streamsize(h.size()));
     for (const Tensor& t : ordered) f.write(static_cast<const char*>(t.raw()), std::streamsize(t.nbytes()));
-    f.flush();
-    if (!f.good()) {
-      std::remove(tmp.c_str());
-      fail("failed writing '", tmp, "' (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot rename '", tmp, "' to '", path, "'");
-  }
+  });
 }
 
 }  // namespace dl::io
