@@ -9,7 +9,7 @@ packages=(
   libopenblas-dev nlohmann-json3-dev zlib1g-dev
   libsentencepiece-dev sentencepiece python3-sentencepiece
   clang libclang-rt-14-dev unzip
-  python3-torch python3-numpy
+  python3-torch python3-numpy python3-pil
 )
 
 missing=()

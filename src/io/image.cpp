@@ -362,7 +362,8 @@ Image resize_pil(const Image& src, int64_t new_w, int64_t new_h, PilResample fil
     out.rgb = resample_horizontal(src.rgb.data(), in_w, 0, in_h, out_w, ch);
     return out;
   }
-  const std::vector<uint8_t> tmp = resample_horizontal(src.rgb.data(), in_w, row_first, row_last - row_first, out_w, ch);
+  const std::vector<uint8_t> tmp =
+      resample_horizontal(src.rgb.data(), in_w, row_first, row_last - row_first, out_w, ch);
   out.rgb = resample_vertical(tmp.data(), out_w, row_first, out_h, cv);
   return out;
 }
@@ -469,7 +470,8 @@ Image center_crop_hf(const Image& src, int64_t crop_h, int64_t crop_w) {
     for (int64_t x = left; x < right; ++x) {
       const int64_t sx = x - pad_left;
       if (sx < 0 || sx >= src.width) continue;
-      for (int64_t ch = 0; ch < 3; ++ch) out.rgb[size_t(((y - top) * out.width + (x - left)) * 3 + ch)] = src.at(sx, sy, ch);
+      uint8_t* dst = &out.rgb[size_t(((y - top) * out.width + (x - left)) * 3)];
+      for (int64_t ch = 0; ch < 3; ++ch) dst[ch] = src.at(sx, sy, ch);
     }
   }
   return out;
