@@ -8,6 +8,7 @@
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
 #include "nn/autograd.h"
+#include "pipelines/comprehend.h"
 #include "test_util.h"
 
 namespace dl {
@@ -122,6 +123,40 @@ TEST(DreamLLM, RunCommandWritesTheTensorInterface) {
                                out + " 2> /dev/null";
   EXPECT_NE(std::system(clip_cmd.c_str()), 0);  // missing input file: non-zero exit
   std::remove(out.c_str());
+}
+
+std::vector<int32_t> as_ids(const Tensor& t) {
+  std::vector<int32_t> v;
+  for (float x : t.to_vector()) v.push_back(int32_t(x));
+  return v;
+}
+
+TEST(DreamLLMGenerate, GreedyMatchesReferenceWithCacheAndImage) {
+  Loaded m = load("f32");
+  pipelines::GenerationConfig cfg;
+  cfg.max_new_tokens = 8;
+  cfg.eos_token_id = -1;  // the reference ran exactly 8 steps
+  const auto prompt = as_ids(reference_tensor("greedy/prompt"));
+  auto r = pipelines::generate_text(m.model, {prompt}, reference_tensor("pixel_values").slice(0, 0, 1), cfg);
+  EXPECT_EQ(r.tokens[0], as_ids(reference_tensor("greedy/tokens")));
+}
+
+TEST(DreamLLMGenerate, LeftPaddedBatchEqualsEachPromptAlone) {
+  Loaded m = load("f32");
+  const auto with_image = as_ids(reference_tensor("greedy/prompt"));
+  const std::vector<int32_t> text_only{1, 7, 8, 30, 31};
+  const Tensor px = reference_tensor("pixel_values").slice(0, 0, 1);
+  for (int64_t beams : {1, 3}) {
+    SCOPED_TRACE(beams);
+    pipelines::GenerationConfig cfg;
+    cfg.max_new_tokens = 6;
+    cfg.num_beams = beams;
+    auto both = pipelines::generate_text(m.model, {text_only, with_image}, px, cfg);
+    auto first = pipelines::generate_text(m.model, {text_only}, Tensor(), cfg);
+    auto second = pipelines::generate_text(m.model, {with_image}, px, cfg);
+    EXPECT_EQ(both.tokens[0], first.tokens[0]);
+    EXPECT_EQ(both.tokens[1], second.tokens[0]);
+  }
 }
 
 }  // namespace

@@ -40,7 +40,7 @@ Var Llama::embed(const Tensor& ids) const {
   return nn::embedding(embed_tokens_, ids);
 }
 
-Var Llama::forward(const Var& embeds, const Tensor& key_keep, KVCache* cache) const {
+Var Llama::forward(const Var& embeds, const Tensor& key_keep, KVCache* cache, const Tensor& positions_in) const {
   const auto& c = config_;
   DL_CHECK(embeds.value().dim() == 3 && embeds.value().size(2) == c.hidden_size, "llama: embeddings ",
            embeds.value().describe(), " are not [B, T, ", c.hidden_size, "]");
@@ -55,9 +55,15 @@ Var Llama::forward(const Var& embeds, const Tensor& key_keep, KVCache* cache) co
   if (key_keep.defined())
     DL_CHECK(key_keep.shape() == Shape({B, past + T}), "llama: attention mask ", key_keep.describe(), " is not [", B,
              ", ", past + T, "]");
-  std::vector<int64_t> pos(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = past + t;
-  const Tensor positions = Tensor::from_vector_i64(pos, {T});
+  Tensor positions = positions_in;
+  if (positions.defined()) {
+    DL_CHECK(positions.shape() == Shape({B, T}), "llama: positions ", positions.describe(), " are not [", B, ", ", T,
+             "]");
+  } else {
+    std::vector<int64_t> pos(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = past + t;
+    positions = Tensor::from_vector_i64(pos, {T});
+  }
   nn::Mask mask;
   mask.causal = true;
   if (key_keep.defined()) mask.key_keep = key_keep.to(DType::F32);

@@ -28,8 +28,10 @@ class Llama {
   // key_keep [B, past + T] (1 keep, 0 padding) may be undefined (nothing masked beyond causality). With a cache,
   // the T new positions follow cache->length earlier ones and their keys/values are appended (inference only:
   // gradients do not flow into cached keys/values).
-  // Positions are arange(past, past + T) for every row, as the original (padding is masked, never compacted).
-  nn::Var forward(const nn::Var& embeds, const Tensor& key_keep, KVCache* cache = nullptr) const;
+  // Positions are arange(past, past + T) for every row, as the original forward (padding is masked, never
+  // compacted), unless `positions` [B, T] (I64) gives them per row, as generation with left padding does.
+  nn::Var forward(const nn::Var& embeds, const Tensor& key_keep, KVCache* cache = nullptr,
+                  const Tensor& positions = Tensor()) const;
   // Logits [.., V] of hidden states [.., D].
   nn::Var logits(const nn::Var& hidden) const;
 
