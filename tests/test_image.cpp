@@ -48,14 +48,7 @@ io::PilResample filter_named(const std::string& name) {
   throw std::runtime_error("unknown filter " + name);
 }
 
-std::string error_text(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
@@ -267,7 +260,7 @@ TEST(ImageConfig, Parsing) {
 
 TEST(ImageConfig, BadConfigsNameTheField) {
   auto err = [](const char* json) {
-    return error_text([&] { io::parse_clip_preprocess_config(json, "pp.json"); });
+    return error_of([&] { io::parse_clip_preprocess_config(json, "pp.json"); });
   };
   EXPECT_TRUE(contains(err("{"), "pp.json: invalid JSON"));
   EXPECT_TRUE(contains(err("[1]"), "not a JSON object"));
@@ -292,34 +285,34 @@ TEST(ImageConfig, BadConfigsNameTheField) {
 }
 
 TEST(ImageErrors, BadImagesAreClearErrors) {
-  EXPECT_TRUE(contains(error_text([] { io::Image(0, 5); }), "width 0 is out of range"));
-  EXPECT_TRUE(contains(error_text([] { io::Image(5, -2); }), "height -2 is out of range"));
-  EXPECT_TRUE(contains(error_text([] { io::Image(40000, 1); }), "width 40000 is out of range"));
-  EXPECT_TRUE(contains(error_text([] { io::Image(2, 2, std::vector<uint8_t>(11)); }),
+  EXPECT_TRUE(contains(error_of([] { io::Image(0, 5); }), "width 0 is out of range"));
+  EXPECT_TRUE(contains(error_of([] { io::Image(5, -2); }), "height -2 is out of range"));
+  EXPECT_TRUE(contains(error_of([] { io::Image(40000, 1); }), "width 40000 is out of range"));
+  EXPECT_TRUE(contains(error_of([] { io::Image(2, 2, std::vector<uint8_t>(11)); }),
                        "RGB buffer has 11 bytes, expected 2 x 2 x 3 = 12"));
   io::Image broken;
-  EXPECT_TRUE(contains(error_text([&] { io::resize_bicubic_pil(broken, 4, 4); }), "resize_pil input"));
+  EXPECT_TRUE(contains(error_of([&] { io::resize_bicubic_pil(broken, 4, 4); }), "resize_pil input"));
   broken.width = 3;
   broken.height = 3;
   broken.rgb.resize(26);
-  EXPECT_TRUE(contains(error_text([&] { io::clip_preprocess(broken, {}); }), "expected 3 x 3 x 3 = 27"));
+  EXPECT_TRUE(contains(error_of([&] { io::clip_preprocess(broken, {}); }), "expected 3 x 3 x 3 = 27"));
   const io::Image ok = pattern(4, 4);
-  EXPECT_TRUE(contains(error_text([&] { io::resize_bicubic_pil(ok, 0, 4); }), "target width 0"));
-  EXPECT_TRUE(contains(error_text([&] { io::resize_bicubic_pil(ok, 4, 1 << 16); }), "target height 65536"));
-  EXPECT_TRUE(contains(error_text([&] { io::center_crop_hf(ok, 0, 4); }), "crop height 0"));
+  EXPECT_TRUE(contains(error_of([&] { io::resize_bicubic_pil(ok, 0, 4); }), "target width 0"));
+  EXPECT_TRUE(contains(error_of([&] { io::resize_bicubic_pil(ok, 4, 1 << 16); }), "target height 65536"));
+  EXPECT_TRUE(contains(error_of([&] { io::center_crop_hf(ok, 0, 4); }), "crop height 0"));
   // A thin image whose resize would exceed the side limit.
   io::ClipPreprocessConfig cfg;
-  EXPECT_TRUE(contains(error_text([&] { io::clip_preprocess(io::Image(1, 1000), cfg); }), "limit 32768"));
+  EXPECT_TRUE(contains(error_of([&] { io::clip_preprocess(io::Image(1, 1000), cfg); }), "limit 32768"));
   cfg.crop_width = 0;
-  EXPECT_TRUE(contains(error_text([&] { io::clip_preprocess(ok, cfg); }), "crop width 0"));
+  EXPECT_TRUE(contains(error_of([&] { io::clip_preprocess(ok, cfg); }), "crop width 0"));
   cfg = {};
   cfg.resample = 0;
-  EXPECT_TRUE(contains(error_text([&] { io::clip_preprocess(ok, cfg); }), "resample = 0 is not supported"));
+  EXPECT_TRUE(contains(error_of([&] { io::clip_preprocess(ok, cfg); }), "resample = 0 is not supported"));
   // Tensor conversion checks dtype and shape.
   EXPECT_TRUE(
-      contains(error_text([] { io::image_from_hwc(Tensor::zeros({2, 2, 3}), "px"); }), "px: image tensor must be U8"));
-  EXPECT_TRUE(contains(error_text([] { io::image_from_hwc(Tensor::zeros({2, 2, 4}, DType::U8), "px"); }), "[H, W, 3]"));
-  EXPECT_TRUE(contains(error_text([] { io::image_from_hwc(Tensor::zeros({0, 2, 3}, DType::U8), "px"); }), "height 0"));
+      contains(error_of([] { io::image_from_hwc(Tensor::zeros({2, 2, 3}), "px"); }), "px: image tensor must be U8"));
+  EXPECT_TRUE(contains(error_of([] { io::image_from_hwc(Tensor::zeros({2, 2, 4}, DType::U8), "px"); }), "[H, W, 3]"));
+  EXPECT_TRUE(contains(error_of([] { io::image_from_hwc(Tensor::zeros({0, 2, 3}, DType::U8), "px"); }), "height 0"));
   // Round trip through a strided view.
   const Tensor hwc = io::image_to_hwc(ok);
   const io::Image back = io::image_from_hwc(hwc.slice(1, 1, 3), "view");
