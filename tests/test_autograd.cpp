@@ -1,5 +1,8 @@
 // Autograd semantics (frozen parameters, accumulation, recomputation, shared inputs), finite-difference checks
 // of every differentiable op, and thread-count independence of the kernels.
+#include <unistd.h>
+
+#include <cstdio>
 #include <functional>
 #include <random>
 
@@ -226,6 +229,60 @@ TEST(Determinism, ResultsIndependentOfThreadCount) {
     for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(test::bit_equal(got[i], ref[i])) << "output " << i << ", " << t << " threads";
   }
   set_num_threads(0);
+}
+
+}  // namespace
+}  // namespace dl
+
+namespace dl {
+namespace {
+
+using nn::Var;
+using test::randn;
+
+TEST(Autograd, CheckpointReachesCapturedParametersOfConstantInputs) {
+  // The segment's only explicit input needs no gradient, yet the weight it captures must get one, also when
+  // backward() itself runs with recording switched off.
+  Var w(randn({3, 4}, 1), true);
+  Tensor x = randn({2, 4}, 2);
+  auto seg = [&](const std::vector<Var>& in) { return nn::gelu(nn::linear(in[0], w)); };
+  nn::sum_all(seg({Var(x)})).backward();
+  Tensor plain = w.grad().clone();
+  w.zero_grad();
+  Var y = nn::sum_all(nn::checkpoint(seg, {Var(x)}));
+  {
+    nn::NoGradGuard ng;
+    y.backward();
+  }
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_TRUE(test::bit_equal(w.grad(), plain));
+}
+
+TEST(Optim, AdamWBiasCorrectionCountsEachParametersOwnSteps) {
+  // A parameter whose first gradient arrives at global step 3 moves exactly like one on its first step (PyTorch
+  // keeps a step count per parameter).
+  Var a(Tensor::from_vector({1.f}, {1}), true), b(Tensor::from_vector({1.f}, {1}), true);
+  nn::AdamW opt({a, b}, {.lr = 0.1f});
+  for (int s = 0; s < 2; ++s) {
+    nn::sum_all(nn::scale(a, 2.f)).backward();
+    opt.step();
+  }
+  nn::sum_all(nn::add(nn::scale(a, 2.f), nn::scale(b, 2.f))).backward();
+  opt.step();
+  EXPECT_EQ(opt.parameter_steps(1), 1);
+  EXPECT_NEAR(b.value().f32()[0], 1.f - 0.1f, 1e-6f);
+}
+
+TEST(Optim, AdamWRefusesReadOnlyParameters) {
+  char path[] = "/tmp/dl_ro_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  float v[2] = {1.f, 2.f};
+  ASSERT_EQ(write(fd, v, 8), 8);
+  close(fd);
+  Var p(Tensor(Storage::map_file(path), 0, DType::F32, {2}, {1}), true);
+  EXPECT_THROW(nn::AdamW({p}, {}), Error);
+  std::remove(path);
 }
 
 }  // namespace

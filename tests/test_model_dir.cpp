@@ -217,6 +217,11 @@ TEST_F(TinyModelDir, LegacyVaeAttentionAsConvolutions) {
   EXPECT_EQ(sd.at("stable_diffusion_head.vae.encoder.mid_block.attentions.0.to_q.weight").shape(), Shape({8, 8}));
 }
 
+TEST_F(TinyModelDir, ShardIndexCannotReferToItself) {
+  write(dir + "/model.safetensors.index.json", R"({"weight_map":{"a":"model.safetensors.index.json"}})");
+  EXPECT_NE(error_of([&] { m.load(io::kLLM); }).find("must be a .safetensors or .bin file"), std::string::npos);
+}
+
 TEST_F(TinyModelDir, MissingFilesAreNamed) {
   fs::remove(dir + "/dream_embedding.safetensors");
   EXPECT_NE(error_of([&] { m.load(io::kDream); }).find("dream_embedding.bin"), std::string::npos);

@@ -60,6 +60,15 @@ TEST(Tensor, ViewsShareStorage) {
   EXPECT_EQ(t.at({0, 0, 0}), 0.f);
 }
 
+TEST(Tensor, HostileStridesCannotWrapTheBoundsCheck) {
+  auto st = Storage::allocate(16);
+  const int64_t big = (int64_t(1) << 62) - (int64_t(1) << 40);
+  EXPECT_THROW(Tensor(st, 0, DType::F32, {2, 2}, {big, (int64_t(1) << 40) + 2}), Error);
+  EXPECT_THROW(Tensor(st, 0, DType::F32, {2}, {INT64_MAX}), Error);
+  EXPECT_THROW(Tensor(st, 20, DType::F32, {0}, {1}), Error);  // offset past the end
+  EXPECT_NO_THROW(Tensor(st, 0, DType::F32, {2, 2}, {2, 1}));
+}
+
 TEST(Tensor, ExpandAndContiguousCopy) {
   Tensor b = Tensor::from_vector({1, 2, 3}, {3, 1});
   Tensor e = b.expand({2, 3, 4});

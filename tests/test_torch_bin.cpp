@@ -112,6 +112,37 @@ TEST(TorchBin, CorruptedBytesNeverCrash) {
   std::remove(path.c_str());
 }
 
+TEST(TorchBin, MemoIndicesAreBoundedByThePickle) {
+  // PROTO 2, NONE, then LONG_BINPUT with an index far beyond anything the pickle could hold.
+  const unsigned char pkl[] = {0x80, 2, 'N', 'r', 0xff, 0xff, 0x0f, 0x00, '.'};
+  const std::string m = test::error_of([&] { io::unpickle_state_dict(pkl, sizeof pkl, nullptr, "archive", "memo"); });
+  EXPECT_NE(m.find("memo index"), std::string::npos) << m;
+}
+
+TEST(TorchBin, DeflatedEntryCannotClaimMoreThanItsBytesHold) {
+  // A one-entry zip whose deflated entry claims 4 GiB from zero compressed bytes.
+  auto le = [](std::string& s, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) s.push_back(char((v >> (8 * i)) & 0xff));
+  };
+  const std::string name = "archive/data.pkl";
+  std::string z;
+  le(z, 0x04034b50, 4), le(z, 20, 2), le(z, 0, 2), le(z, 8, 2), le(z, 0, 4), le(z, 0, 4), le(z, 0, 4);
+  le(z, 0xffffffffu, 4), le(z, name.size(), 2), le(z, 0, 2);
+  z += name;
+  const size_t cd = z.size();
+  le(z, 0x02014b50, 4), le(z, 20, 2), le(z, 20, 2), le(z, 0, 2), le(z, 8, 2), le(z, 0, 4), le(z, 0, 4);
+  le(z, 0, 4), le(z, 0xfffffffeu, 4), le(z, name.size(), 2), le(z, 0, 2), le(z, 0, 2), le(z, 0, 2), le(z, 0, 2);
+  le(z, 0, 4), le(z, 0, 4);
+  z += name;
+  const size_t cd_size = z.size() - cd;
+  le(z, 0x06054b50, 4), le(z, 0, 2), le(z, 0, 2), le(z, 1, 2), le(z, 1, 2), le(z, cd_size, 4), le(z, cd, 4), le(z, 0, 2);
+  auto st = Storage::allocate(z.size());
+  std::memcpy(st->data(), z.data(), z.size());
+  io::ZipArchive zip(st, "zip bomb");
+  const std::string m = test::error_of([&] { zip.read(name); });
+  EXPECT_NE(m.find("impossible ratio"), std::string::npos) << m;
+}
+
 TEST(TorchBin, NotAZip) {
   const std::string m = error_of(kDir + "expected.safetensors");
   EXPECT_NE(m.find("not a torch.save zip archive"), std::string::npos) << m;

@@ -43,6 +43,8 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, DType dtype
   DL_CHECK(shape_.size() == strides_.size(), "shape ", shape_str(shape_), " and strides ", shape_str(strides_),
            " differ in rank");
   int64_t n = shape_numel(shape_);
+  DL_CHECK(offset_ <= storage_->size(), "tensor ", describe(), " starts at byte ", offset_, ", past the end of its ",
+           storage_->size(), "-byte storage");
   if (n == 0) return;
   const auto& info = dtype_info(dtype_);
   if (info.is_quantized) {
@@ -53,13 +55,17 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, DType dtype
              offset_, " runs past the end of its ", storage_->size(), "-byte storage");
     return;
   }
-  // Furthest element reached must lie inside the storage.
-  int64_t max_index = 0;
+  // Furthest element reached must lie inside the storage; hostile strides must not wrap the arithmetic around.
+  const uint64_t capacity = (storage_->size() - offset_) / info.block_bytes;  // whole elements available
+  uint64_t max_index = 0;
+  bool overflow = false;
   for (size_t i = 0; i < shape_.size(); ++i) {
     DL_CHECK(strides_[i] >= 0, "negative strides are not supported (", shape_str(strides_), ")");
-    max_index += (shape_[i] - 1) * strides_[i];
+    uint64_t term = 0;
+    overflow = overflow || __builtin_mul_overflow(uint64_t(shape_[i] - 1), uint64_t(strides_[i]), &term) ||
+               __builtin_add_overflow(max_index, term, &max_index);
   }
-  DL_CHECK(offset_ + size_t(max_index + 1) * info.block_bytes <= storage_->size(), "tensor ", describe(),
+  DL_CHECK(!overflow && max_index < capacity, "tensor ", describe(), " with strides ", shape_str(strides_),
            " at byte offset ", offset_, " runs past the end of its ", storage_->size(), "-byte storage");
 }
 

@@ -1,5 +1,6 @@
 #include "io/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -29,13 +30,15 @@ class Fields {
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
   int64_t integer(const char* key) const {
     const json& v = at(key);
-    DL_CHECK(v.is_number_integer() || (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>()))),
-             what_, ": field '", key, "' must be an integer");
+    const bool integral_float = v.is_number_float() && std::fabs(v.get<double>()) < 9.0e15 &&
+                                v.get<double>() == std::floor(v.get<double>());
+    DL_CHECK(v.is_number_integer() || integral_float, what_, ": field '", key, "' must be an integer");
     return v.is_number_integer() ? v.get<int64_t>() : int64_t(v.get<double>());
   }
   float number(const char* key) const {
     const json& v = at(key);
-    DL_CHECK(v.is_number(), what_, ": field '", key, "' must be a number");
+    DL_CHECK(v.is_number() && std::fabs(v.get<double>()) <= 3.0e38, what_, ": field '", key,
+             "' must be a number in float range");
     return v.get<float>();
   }
   bool boolean(const char* key) const {

@@ -49,8 +49,8 @@ StateDict read_sharded(const std::string& index_path) {
   for (const auto& [name, shard] : j["weight_map"].items()) {
     DL_CHECK(shard.is_string(), "'", index_path, "': shard of '", name, "' is not a file name");
     const std::string s = shard.get<std::string>();
-    DL_CHECK(s.find('/') == std::string::npos && s != ".." && !s.empty(), "'", index_path, "': shard name '", s,
-             "' must be a plain file name in the same directory");
+    DL_CHECK(s.find('/') == std::string::npos && (ends_with(s, ".safetensors") || ends_with(s, ".bin")), "'",
+             index_path, "': shard name '", s, "' must be a .safetensors or .bin file in the same directory");
     by_shard[s].push_back(name);
   }
   const std::string dir = dirname_of(index_path);

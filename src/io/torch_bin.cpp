@@ -308,7 +308,8 @@ class Unpickler {
     for (size_t k = 0; k < kv.size(); k += 2) dict.entries.emplace_back(kv[k], kv[k + 1]);
   }
   void memo_put(uint64_t idx) {
-    DL_CHECK(idx <= memo_.size() + (1u << 20), what_, ": pickle memo index ", idx, " is implausible");
+    // Every PUT costs at least two bytes of pickle, so an index beyond the pickle's size is a lie.
+    DL_CHECK(idx <= total_, what_, ": pickle memo index ", idx, " is implausible for a ", total_, "-byte pickle");
     if (idx >= memo_.size()) memo_.resize(size_t(idx) + 1);
     memo_[size_t(idx)] = top("PUT");
   }

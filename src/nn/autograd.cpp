@@ -154,17 +154,29 @@ Var checkpoint(const std::function<Var(const std::vector<Var>&)>& fn, const std:
     for (const Var& v : inputs) detached.emplace_back(v.value(), false);
     out = fn(detached).value();
   }
-  return record("checkpoint", out, inputs,
-                [fn, inputs](const Tensor& gout, const std::vector<bool>& need, std::vector<Tensor>& gin) {
-                  std::vector<Var> leaves;
-                  for (size_t i = 0; i < inputs.size(); ++i) leaves.emplace_back(inputs[i].value(), need[i]);
-                  Var y = fn(leaves);
-                  if (y.requires_grad()) y.backward(gout);
-                  for (size_t i = 0; i < inputs.size(); ++i) {
-                    if (!need[i]) continue;
-                    gin[i] = leaves[i].grad().defined() ? leaves[i].grad() : Tensor::zeros(inputs[i].shape());
-                  }
-                });
+  if (!grad_enabled()) return Var(out, false);
+  // Recorded even when no explicit input needs a gradient: parameters captured by fn may.
+  auto node = std::make_shared<Node>();
+  node->inputs = inputs;
+  node->name = "checkpoint";
+  node->backward = [fn, inputs](const Tensor& gout, const std::vector<bool>& need, std::vector<Tensor>& gin) {
+    // Recompute with recording on, whatever mode the caller's backward() runs in.
+    const bool prev = t_grad_enabled;
+    t_grad_enabled = true;
+    struct Restore {
+      bool v;
+      ~Restore() { t_grad_enabled = v; }
+    } restore{prev};
+    std::vector<Var> leaves;
+    for (size_t i = 0; i < inputs.size(); ++i) leaves.emplace_back(inputs[i].value(), need[i]);
+    Var y = fn(leaves);
+    if (y.requires_grad()) y.backward(gout);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      if (!need[i]) continue;
+      gin[i] = leaves[i].grad().defined() ? leaves[i].grad() : Tensor::zeros(inputs[i].shape());
+    }
+  };
+  return Var::make_result(out, std::move(node));
 }
 
 }  // namespace dl::nn

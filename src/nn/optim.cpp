@@ -13,22 +13,26 @@ AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(param
     DL_CHECK(p.is_leaf(), "AdamW: parameters must be leaves");
     DL_CHECK(p.value().dtype() == DType::F32 && p.value().is_contiguous(), "AdamW: parameter ",
              p.value().describe(), " must be contiguous F32");
+    DL_CHECK(p.value().storage()->is_writable(), "AdamW: parameter ", p.name().empty() ? p.value().describe() : p.name(),
+             " is read-only (memory-mapped from its file): copy it before training");
     m_.push_back(Tensor::zeros(p.shape()));
     v_.push_back(Tensor::zeros(p.shape()));
+    steps_.push_back(0);
   }
 }
 
 void AdamW::step(float lr) {
   ++t_;
-  const float bc1 = 1.f - std::pow(cfg_.beta1, float(t_));
-  const float bc2 = 1.f - std::pow(cfg_.beta2, float(t_));
-  const float step_size = lr / bc1;
-  const float bc2_sqrt = std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
     const Var& p = params_[i];
     if (!p.grad().defined()) continue;
+    const int64_t t = ++steps_[i];
+    const float bc1 = 1.f - std::pow(cfg_.beta1, float(t));
+    const float bc2_sqrt = std::sqrt(1.f - std::pow(cfg_.beta2, float(t)));
+    const float step_size = lr / bc1;
     float* w = p.value().f32();
-    const float* g = p.grad().contiguous().f32();
+    const Tensor grad = p.grad().contiguous();  // kept alive for the loop below
+    const float* g = grad.f32();
     float* m = m_[i].f32();
     float* v = v_[i].f32();
     const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps, decay = 1.f - lr * cfg_.weight_decay;

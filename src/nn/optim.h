@@ -17,7 +17,10 @@ class AdamW {
   void step(float lr);
   void step() { step(cfg_.lr); }
   void zero_grad();
-  int64_t steps() const { return t_; }
+  int64_t steps() const { return t_; }  // step() calls so far
+  // Updates applied to parameter i: like PyTorch, bias correction counts only the steps a parameter took part
+  // in, so a parameter without a gradient in some steps (dream queries on text-only batches) stays exact.
+  int64_t parameter_steps(size_t i) const { return steps_.at(i); }
   const std::vector<Tensor>& exp_avg() const { return m_; }
   const std::vector<Tensor>& exp_avg_sq() const { return v_; }
 
@@ -25,6 +28,7 @@ class AdamW {
   std::vector<Var> params_;
   AdamWConfig cfg_;
   std::vector<Tensor> m_, v_;
+  std::vector<int64_t> steps_;
   int64_t t_ = 0;
 };
 

@@ -55,14 +55,19 @@ Tensor DreamLLMDecoder::step(const std::vector<int32_t>& tokens) {
   std::vector<int64_t> pos(static_cast<size_t>(R));
   std::vector<float> keep_flat;
   for (int64_t r = 0; r < R; ++r) {
-    keep_[size_t(r)].push_back(1.f);
     keep_flat.insert(keep_flat.end(), keep_[size_t(r)].begin(), keep_[size_t(r)].end());
-    pos[size_t(r)] = next_position_[size_t(r)]++;
+    keep_flat.push_back(1.f);
+    pos[size_t(r)] = next_position_[size_t(r)];
   }
   const int64_t past = cache_.length;
   const Tensor id_t = Tensor::from_vector_i32(tokens, {R, 1});
   nn::Var hidden = model_.llm().forward(model_.llm().embed(id_t), Tensor::from_vector(keep_flat, {R, past + 1}),
                                         &cache_, Tensor::from_vector_i64(pos, {R, 1}));
+  // The row state advances only once the cache holds the new position (a failed step leaves both unchanged).
+  for (int64_t r = 0; r < R; ++r) {
+    keep_[size_t(r)].push_back(1.f);
+    ++next_position_[size_t(r)];
+  }
   return last_logits(hidden);
 }
 
