@@ -101,6 +101,10 @@ void add_inplace(Tensor& dst, const Tensor& src);  // dst += src, same shape (ac
 // ---- layout ----
 Tensor upsample_nearest2x(const Tensor& x);  // [N,C,H,W] -> [N,C,2H,2W]
 Tensor upsample_nearest2x_backward(const Tensor& gy);
+// Nearest resize [N,C,H,W] -> [N,C,OH,OW] with PyTorch's source index min(floor(o * (in / out)), in - 1) (what
+// F.interpolate(size=..., mode="nearest") computes); the UNet uses it to meet an odd-sized skip tensor.
+Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w);
+Tensor upsample_nearest_backward(const Tensor& gy, int64_t in_h, int64_t in_w);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 

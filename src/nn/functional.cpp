@@ -170,6 +170,13 @@ Var upsample_nearest2x(const Var& x) {
                 [](const Tensor& g, const auto&, auto& gin) { gin[0] = ops::upsample_nearest2x_backward(g); });
 }
 
+Var upsample_nearest(const Var& x, int64_t out_h, int64_t out_w) {
+  Tensor y = ops::upsample_nearest(x.value(), out_h, out_w);
+  const int64_t h = x.shape()[2], w = x.shape()[3];
+  return record("upsample_nearest", y, {x},
+                [h, w](const Tensor& g, const auto&, auto& gin) { gin[0] = ops::upsample_nearest_backward(g, h, w); });
+}
+
 Var add(const Var& a, const Var& b) {
   Tensor y = ops::add(a.value(), b.value());
   Shape sa = a.shape(), sb = b.shape();

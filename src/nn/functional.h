@@ -35,6 +35,7 @@ inline Var quick_gelu(const Var& x) { return activation(ops::Act::QuickGelu, x);
 Var geglu(const Var& x);
 Var swiglu(const Var& gate, const Var& up);
 Var upsample_nearest2x(const Var& x);
+Var upsample_nearest(const Var& x, int64_t out_h, int64_t out_w);  // ops::upsample_nearest
 Var add(const Var& a, const Var& b);
 Var sub(const Var& a, const Var& b);
 Var mul(const Var& a, const Var& b);

@@ -278,6 +278,55 @@ Tensor upsample_nearest2x_backward(const Tensor& gy_in) {
   return gx;
 }
 
+namespace {
+// PyTorch's nearest source index for an output size given without a scale factor (the scale is a float ratio).
+std::vector<int64_t> nearest_sources(int64_t in, int64_t out) {
+  const float scale = float(in) / float(out);
+  std::vector<int64_t> src(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) src[size_t(o)] = std::min(int64_t(std::floor(float(o) * scale)), in - 1);
+  return src;
+}
+}  // namespace
+
+Tensor upsample_nearest(const Tensor& x_in, int64_t out_h, int64_t out_w) {
+  DL_CHECK(x_in.dim() == 4 && out_h > 0 && out_w > 0, "upsample_nearest: input ", x_in.describe(),
+           " is not [N,C,H,W] or the output size ", out_h, "x", out_w, " is not positive");
+  if (out_h == 2 * x_in.size(2) && out_w == 2 * x_in.size(3)) return upsample_nearest2x(x_in);
+  Tensor x = x_in.to(DType::F32);
+  const int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+  const std::vector<int64_t> sy = nearest_sources(H, out_h), sx = nearest_sources(W, out_w);
+  Tensor y = Tensor::empty({x.size(0), x.size(1), out_h, out_w});
+  parallel_for(NC * out_h, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x.f32() + (r / out_h) * H * W + sy[size_t(r % out_h)] * W;
+      float* yr = y.f32() + r * out_w;
+      for (int64_t i = 0; i < out_w; ++i) yr[i] = xr[sx[size_t(i)]];
+    }
+  });
+  return y;
+}
+
+Tensor upsample_nearest_backward(const Tensor& gy_in, int64_t in_h, int64_t in_w) {
+  DL_CHECK(gy_in.dim() == 4 && in_h > 0 && in_w > 0, "upsample_nearest backward: gradient ", gy_in.describe(),
+           " is not [N,C,OH,OW]");
+  const int64_t OH = gy_in.size(2), OW = gy_in.size(3);
+  if (OH == 2 * in_h && OW == 2 * in_w) return upsample_nearest2x_backward(gy_in);
+  Tensor gy = gy_in.contiguous();
+  const std::vector<int64_t> sy = nearest_sources(in_h, OH), sx = nearest_sources(in_w, OW);
+  const int64_t NC = gy.size(0) * gy.size(1);
+  Tensor gx = Tensor::zeros({gy.size(0), gy.size(1), in_h, in_w});
+  // One task per (n, c) plane: output rows of a plane scatter into shared input rows, so planes are the unit.
+  parallel_for(NC, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        const float* g = gy.f32() + (p * OH + oy) * OW;
+        float* o = gx.f32() + (p * in_h + sy[size_t(oy)]) * in_w;
+        for (int64_t ox = 0; ox < OW; ++ox) o[sx[size_t(ox)]] += g[ox];
+      }
+  });
+  return gx;
+}
+
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   DL_CHECK(!xs.empty(), "concat: no tensors");
   const Tensor& first = xs[0];
