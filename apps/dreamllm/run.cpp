@@ -1,5 +1,6 @@
 // `dreamllm run COMPONENT --model PATH --in inputs.safetensors --out outputs.safetensors [--threads N]`: the
 // tensor-file interface of design.md section 3, for parity checks against any reference implementation.
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -9,6 +10,7 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
+#include "pipelines/create.h"
 #include "nn/autograd.h"
 
 namespace dl::app {
@@ -23,7 +25,23 @@ void usage() {
       "  llm    input_ids [B,T]; optional attention_mask [B,T] (1 keep, right padding); optional pixel_values\n"
       "         [N,3,S,S] consumed in order by <im_start> spans\n"
       "         -> logits [B,T,V], hidden_states [B,T,D] (after the final norm), dream_conditions [M,Q,C]\n"
-      "  clip   pixel_values [N,3,S,S] -> clip_features [N,P,Dv], image_embeds [N,P,D]\n");
+      "  clip   pixel_values [N,3,S,S] -> clip_features [N,P,Dv], image_embeds [N,P,D]\n"
+      "  unet   sample [B,4,h,w], timestep [B] (or [1]), encoder_hidden_states [B,S,C] -> eps [B,4,h,w]\n"
+      "  vae_decode  latents [B,4,h,w] as the sampler produces them (divided by the scaling factor here)\n"
+      "         -> image [B,3,H,W] (decoder output before clamping)\n"
+      "  vae_encode  image [B,3,H,W] in [-1,1] -> mean, logvar [B,4,h,w] (unscaled)\n"
+      "  txt2img  input_ids [B,T], optional attention_mask [B,T] (right padding), optional negative_input_ids\n"
+      "         [B,T'] and negative_attention_mask (default: [BOS]), noise [B,4,h,w], step_noise [S,B,4,h,w]\n"
+      "         (stochastic samplers), steps I32 [1], guidance_scale [1]; optional pixel_values for <im_start>\n"
+      "         spans in the prompt -> latents [B,4,h,w], image [B,3,H,W] in [0,1], conditions [B,Q,C],\n"
+      "         negative_conditions [B,Q,C]\n"
+      "\n"
+      "txt2img options:\n"
+      "  --scheduler NAME     ddpm (default, as the original), ddim, pndm, dpmpp2m, euler, euler_a\n"
+      "  --eta X              DDIM eta (default 0)\n"
+      "  --karras             Karras sigmas for dpmpp2m\n"
+      "  --guidance-rescale X diffusers' guidance rescale in [0, 1] (default 0)\n"
+      "  --tiled              decode the VAE in tiles (bounded memory for large images)\n");
 }
 
 const Tensor& require(const std::map<std::string, Tensor>& in, const std::string& name, const std::string& component) {
@@ -49,11 +67,90 @@ Tensor float_tensor(const Tensor& t, const char* name) {
   return t.to(DType::F32);
 }
 
+double parse_number(const std::string& s, const char* option) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  DL_CHECK(used == s.size() && !s.empty() && std::isfinite(v), "option ", option, " needs a number, got '", s, "'");
+  return v;
+}
+float parse_float(const std::string& s, const char* option) { return float(parse_number(s, option)); }
+int64_t parse_int(const std::string& s, const char* option) {
+  const double v = parse_number(s, option);
+  DL_CHECK(v == std::floor(v) && std::fabs(v) < 1e9, "option ", option, " needs an integer, got '", s, "'");
+  return int64_t(v);
+}
+
+float scalar(const Tensor& t, const char* name) {
+  DL_CHECK(t.numel() == 1, "'", name, "' must hold one value, got ", t.describe());
+  return t.to(DType::F32).to_vector()[0];
+}
+
+std::map<std::string, Tensor> txt2img(const io::ModelDir& dir, const std::map<std::string, Tensor>& in,
+                                      pipelines::SamplingOptions sampling, bool tiled) {
+  const std::string c = "txt2img";
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const pipelines::DiffusionHead head(dir);
+  const Tensor ids = ids_tensor(require(in, "input_ids", c), "input_ids");
+  DL_CHECK(ids.dim() == 2, "'input_ids' must be [B, T], got ", ids.describe());
+  const int64_t B = ids.size(0);
+  Tensor mask = optional(in, "attention_mask");
+  if (mask.defined()) mask = float_tensor(mask, "attention_mask");
+  Tensor pixels = optional(in, "pixel_values");
+  if (pixels.defined()) pixels = float_tensor(pixels, "pixel_values");
+  const Tensor noise = float_tensor(require(in, "noise", c), "noise").contiguous();
+  const float steps = scalar(require(in, "steps", c), "steps");
+  DL_CHECK(steps == std::floor(steps) && steps >= 1.f && steps <= 1e6f, "'steps' must be a positive integer, got ",
+           steps);
+  sampling.steps = int64_t(steps);
+  sampling.guidance_scale = scalar(require(in, "guidance_scale", c), "guidance_scale");
+  const Tensor cond = pipelines::prompt_conditions(m, ids, mask, pixels);
+  Tensor uncond;
+  if (sampling.guidance_scale > 1.f) {
+    Tensor neg = optional(in, "negative_input_ids");
+    Tensor neg_mask;
+    if (neg.defined()) {
+      neg = ids_tensor(neg, "negative_input_ids");
+      DL_CHECK(neg.dim() == 2 && neg.size(0) == B, "'negative_input_ids' must be [", B, ", T'], got ",
+               neg.describe());
+      neg_mask = optional(in, "negative_attention_mask");
+      if (neg_mask.defined()) neg_mask = float_tensor(neg_mask, "negative_attention_mask");
+    } else {  // the empty negative prompt: tokenizer("") is just BOS
+      const int64_t bos = m.config().token_id("<s>");
+      neg = Tensor::from_vector_i64(std::vector<int64_t>(size_t(B), bos), {B, 1});
+    }
+    uncond = pipelines::prompt_conditions(m, neg, neg_mask);
+  }
+  const Tensor step_noise = optional(in, "step_noise");
+  pipelines::StepNoise draw = [&](size_t i) {
+    DL_CHECK(step_noise.defined(), "the ", sampling.scheduler, " sampler is stochastic: 'step_noise' [S,B,4,h,w] is ",
+             "required");
+    DL_CHECK(step_noise.dim() == 5 && int64_t(i) < step_noise.size(0) &&
+                 Shape(step_noise.shape().begin() + 1, step_noise.shape().end()) == noise.shape(),
+             "'step_noise' ", step_noise.describe(), " is not [", sampling.steps, ", ", noise.describe(),
+             " dims] for step ", i);
+    return step_noise.select(0, int64_t(i)).to(DType::F32).contiguous();
+  };
+  const Tensor latents = pipelines::sample_latents(head.unet, head.scheduler, cond, uncond, noise, sampling, draw);
+  std::map<std::string, Tensor> out;
+  out["latents"] = latents;
+  out["image"] = pipelines::decode_latents(head.vae, latents, tiled);
+  out["conditions"] = cond;
+  if (uncond.defined()) out["negative_conditions"] = uncond;
+  return out;
+}
+
 }  // namespace
 
 int run_main(int argc, char** argv) {
   std::string component, model, in_path, out_path;
   int threads = 0;
+  pipelines::SamplingOptions sampling;
+  bool tiled = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -70,7 +167,17 @@ int run_main(int argc, char** argv) {
     } else if (a == "--out") {
       out_path = next();
     } else if (a == "--threads" || a == "-t") {
-      threads = std::stoi(next());
+      threads = int(parse_int(next(), "--threads"));
+    } else if (a == "--scheduler") {
+      sampling.scheduler = next();
+    } else if (a == "--eta") {
+      sampling.scheduler_options.eta = parse_float(next(), "--eta");
+    } else if (a == "--karras") {
+      sampling.scheduler_options.use_karras_sigmas = true;
+    } else if (a == "--guidance-rescale") {
+      sampling.guidance_rescale = parse_float(next(), "--guidance-rescale");
+    } else if (a == "--tiled") {
+      tiled = true;
     } else if (!a.empty() && a[0] == '-') {
       fail("unknown option '", a, "' (see dreamllm run --help)");
     } else {
@@ -106,6 +213,26 @@ int run_main(int argc, char** argv) {
     const nn::Var px(pixels);
     out["clip_features"] = m.vision().features(px, dir.config().clip_select_layer).value();
     out["image_embeds"] = m.image_embeds(px).value();
+  } else if (component == "unet") {
+    const pipelines::DiffusionHead head(dir);
+    const Tensor sample = float_tensor(require(in.tensors, "sample", component), "sample");
+    const Tensor t = float_tensor(require(in.tensors, "timestep", component), "timestep");
+    const Tensor ctx = float_tensor(require(in.tensors, "encoder_hidden_states", component), "encoder_hidden_states");
+    out["eps"] = head.unet.forward(nn::Var(sample), t.reshape({t.numel()}), nn::Var(ctx)).value();
+  } else if (component == "vae_decode") {
+    const pipelines::DiffusionHead head(dir);
+    Tensor z = float_tensor(require(in.tensors, "latents", component), "latents").contiguous().clone();
+    const float sf = head.vae.config().scaling_factor;
+    for (int64_t i = 0; i < z.numel(); ++i) z.f32()[i] = z.f32()[i] / sf;
+    out["image"] = tiled ? head.vae.decode_tiled(z) : head.vae.decode(nn::Var(z)).value();
+  } else if (component == "vae_encode") {
+    const pipelines::DiffusionHead head(dir);
+    const Tensor image = float_tensor(require(in.tensors, "image", component), "image");
+    const auto post = head.vae.encode(nn::Var(image));
+    out["mean"] = post.mean.value();
+    out["logvar"] = post.logvar.value();
+  } else if (component == "txt2img") {
+    out = txt2img(dir, in.tensors, sampling, tiled);
   } else {
     fail("unknown component '", component, "' (see dreamllm run --help)");
   }

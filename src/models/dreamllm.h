@@ -21,6 +21,7 @@ class DreamLLM {
   static DreamLLM load(const io::ModelDir& dir);
   DreamLLM(const io::ModelDir& dir, ParameterSet params);
 
+  const io::DreamLLMConfig& config() const { return config_; }
   const Llama& llm() const { return llm_; }
   const ClipVision& vision() const { return vision_; }
   const ParameterSet& parameters() const { return params_; }

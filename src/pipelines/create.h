@@ -1,0 +1,60 @@
+// Creation: DreamLLM writes the diffusion conditions, Stable Diffusion draws (architecture doc sections 1.6, 1.7,
+// 4.1). The conditions of a prompt are the projected final-norm LLM states at the Q dream-query positions of
+// [prompt, <dream_start>, queries, <dream_end>]; classifier-free guidance takes its negative branch from the same
+// LLM path run on the negative prompt (the empty prompt is just [BOS]); both branches go through one batched UNet
+// call, unconditional first, and eps = eps_u + s * (eps_c - eps_u), optionally rescaled.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "diffusion/schedulers.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+namespace dl::pipelines {
+
+// The drawing half of a DreamLLM directory: UNet, VAE and the scheduler configuration (the condition projector
+// lives with the LLM, in models::DreamLLM).
+struct DiffusionHead {
+  explicit DiffusionHead(const io::ModelDir& dir);
+  models::ParameterSet params;
+  models::UNet unet;
+  models::Vae vae;
+  io::SchedulerConfig scheduler;
+};
+
+// Conditions [B, Q, C] of prompts ids [B, T] (right padding with keep [B, T] = 0 where padded; undefined keep: no
+// padding). pixel_values [N, 3, S, S] feed the prompts' <im_start> spans in order (image-conditioned creation).
+// The dream span follows the padded length and positions are arange over the whole row, as the original does.
+Tensor prompt_conditions(const models::DreamLLM& model, const Tensor& ids, const Tensor& keep,
+                         const Tensor& pixel_values = Tensor());
+
+struct SamplingOptions {
+  int64_t steps = 50;
+  float guidance_scale = 7.5f;   // > 1 enables classifier-free guidance; exactly 1 skips the negative branch
+  float guidance_rescale = 0.f;  // diffusers' rescale_noise_cfg mix (0: off)
+  std::string scheduler = "ddpm";
+  diffusion::SchedulerOptions scheduler_options;
+};
+
+// Standard-normal draw shaped like the latents for stochastic step `step`.
+using StepNoise = std::function<Tensor(size_t step)>;
+using StepCallback = std::function<void(size_t step, size_t steps)>;
+
+// Runs the sampler from standard-normal `noise` [B, 4, h, w] (scaled by init_noise_sigma here) with conditions
+// `cond` [B, Q, C] and, when guidance_scale > 1, `uncond` [B, Q', C]. Returns the final latents (scaled space).
+Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& scheduler_config, const Tensor& cond,
+                      const Tensor& uncond, const Tensor& noise, const SamplingOptions& options,
+                      const StepNoise& step_noise, const StepCallback& on_step = {});
+
+// VAE decode of sampler latents (divided by the scaling factor here) into images [B, 3, H, W] in [0, 1]. Latents
+// larger than the VAE's tile are decoded in tiles when `tiled` (bounded memory; blended seams as diffusers).
+Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled = false);
+
+// Images [B, 3, H, W] in [0, 1] -> 8-bit RGB HWC buffers (round(x * 255), as diffusers' postprocess).
+std::vector<std::vector<uint8_t>> to_rgb8(const Tensor& images);
+
+}  // namespace dl::pipelines
