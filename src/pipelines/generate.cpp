@@ -135,6 +135,10 @@ GenerationResult greedy_or_sample(Decoder& decoder, Tensor logits, const std::ve
       gen.push_back(tok);
       ctx[size_t(r)].push_back(tok);
       if (cb.on_token) cb.on_token(r, tok);
+      if (std::find(cfg.stop_token_ids.begin(), cfg.stop_token_ids.end(), tok) != cfg.stop_token_ids.end()) {
+        res.finish_reasons[size_t(r)] = FinishReason::kStopToken;
+        continue;
+      }
       if (!cfg.stop_strings.empty()) {
         std::string text = cb.decode(gen);
         if (size_t pos = find_stop(text, cfg.stop_strings); pos != std::string::npos) {
@@ -350,6 +354,8 @@ const char* finish_reason_name(FinishReason r) {
       return "length";
     case FinishReason::kStopString:
       return "stop_string";
+    case FinishReason::kStopToken:
+      return "stop_token";
   }
   return "?";
 }
@@ -379,6 +385,10 @@ void validate(const GenerationConfig& c) {
   for (const auto& s : c.stop_strings) DL_CHECK(!s.empty(), "generation: empty stop string");
   DL_CHECK(c.stop_strings.empty() || c.num_beams == 1,
            "generation: stop strings are only supported by greedy search and sampling, not beam search");
+  DL_CHECK(c.stop_token_ids.empty() || c.num_beams == 1,
+           "generation: stop tokens are only supported by greedy search and sampling, not beam search");
+  for (const auto& [id, bias] : c.logit_bias)
+    DL_CHECK(id >= 0 && !std::isnan(bias), "generation: logit bias for token ", id, " is invalid (", bias, ")");
 }
 
 void apply_repetition_penalty(std::span<float> scores, std::span<const int32_t> ids, double penalty) {
@@ -459,6 +469,10 @@ void log_softmax_inplace(std::span<float> scores) {
 void process_scores(std::span<float> scores, std::span<const int32_t> ids, int64_t generated,
                     const GenerationConfig& c) {
   const bool beam = c.num_beams > 1;
+  for (const auto& [id, bias] : c.logit_bias) {
+    DL_CHECK(size_t(id) < scores.size(), "logit bias: token id ", id, " outside the vocabulary of ", scores.size());
+    scores[size_t(id)] += bias;
+  }
   if (beam) log_softmax_inplace(scores);
   if (c.repetition_penalty != 1.0) apply_repetition_penalty(scores, ids, c.repetition_penalty);
   if (c.min_new_tokens > 0) apply_min_new_tokens(scores, generated, c.min_new_tokens, c.eos_token_id);

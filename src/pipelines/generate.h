@@ -20,6 +20,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -64,6 +65,12 @@ struct GenerationConfig {
   uint64_t seed = 0;
   // Greedy/sampling: a row stops once its decoded text contains one of these; needs GenerationCallbacks::decode.
   std::vector<std::string> stop_strings;
+  // Greedy/sampling: a row stops right after emitting one of these (kept in its tokens, unlike EOS). Interleaved
+  // writing stops at <dream_start> to draw, then resumes.
+  std::vector<int32_t> stop_token_ids;
+  // Added to the raw logits before any processor (not an HF feature; empty in every HF-parity path). A bias of
+  // -inf bans a token.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 struct GenerationCallbacks {
@@ -75,7 +82,7 @@ struct GenerationCallbacks {
   std::function<std::string(const std::vector<int32_t>&)> decode;
 };
 
-enum class FinishReason { kEos, kLength, kStopString };
+enum class FinishReason { kEos, kLength, kStopString, kStopToken };
 const char* finish_reason_name(FinishReason r);
 
 struct GenerationResult {
