@@ -91,6 +91,7 @@ TEST(FiniteDifference, ActivationsAndLayout) {
   finite_difference_check([](auto& v) { return nn::geglu(v[0]); }, {randn({3, 8}, 1)});
   finite_difference_check([](auto& v) { return nn::swiglu(v[0], v[1]); }, {randn({3, 4}, 1), randn({3, 4}, 2)});
   finite_difference_check([](auto& v) { return nn::upsample_nearest2x(v[0]); }, {randn({1, 2, 3, 3}, 1)});
+  finite_difference_check([](auto& v) { return nn::upsample_nearest(v[0], 5, 7); }, {randn({1, 2, 3, 4}, 2)});
   finite_difference_check([](auto& v) { return nn::mul(nn::add(v[0], v[1]), v[1]); }, {randn({2, 3}, 1), randn({3}, 2)});
   finite_difference_check([](auto& v) { return nn::concat({v[0], nn::scale(v[1], 3.f)}, 0); },
                           {randn({2, 3}, 1), randn({1, 3}, 2)});

@@ -74,6 +74,17 @@ TEST(UNet, MatchesReferenceInBothConfigs) {
   }
 }
 
+TEST(UNet, OddLatentSidesMeetTheSkipsByNearestResize) {
+  nn::NoGradGuard ng;
+  Head h = load("b");
+  models::UNet unet(h.unet, h.params, kHead + "unet.");
+  const Tensor eps = unet.forward(nn::Var(reference("b/sample_odd")), Tensor::from_vector({300.f}, {1}),
+                                  nn::Var(reference("b/context_odd")))
+                         .value();
+  EXPECT_EQ(eps.shape(), Shape({1, 4, 7, 5}));
+  EXPECT_TRUE(test::close_rel(eps, reference("b/f32/eps_odd")));
+}
+
 TEST(UNet, Bf16WeightsMatchTheRoundedReference) {
   nn::NoGradGuard ng;
   for (const std::string v : {"a", "b"}) {
