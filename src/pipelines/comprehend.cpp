@@ -71,6 +71,25 @@ Tensor DreamLLMDecoder::step(const std::vector<int32_t>& tokens) {
   return last_logits(hidden);
 }
 
+Tensor DreamLLMDecoder::feed(const std::vector<int32_t>& chunk, const Tensor& pixel_values, Tensor* hidden_out) {
+  nn::NoGradGuard inference;
+  DL_CHECK(keep_.size() == 1, "feed: the session must hold exactly one row, it holds ", keep_.size());
+  DL_CHECK(!chunk.empty(), "feed: empty chunk");
+  const int64_t n = int64_t(chunk.size()), past = cache_.length;
+  std::vector<float> keep_flat = keep_[0];
+  keep_flat.insert(keep_flat.end(), size_t(n), 1.f);
+  std::vector<int64_t> pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = next_position_[0] + i;
+  const Tensor id_t = Tensor::from_vector_i32(chunk, {1, n});
+  nn::Var images = pixel_values.defined() ? model_.image_embeds(nn::Var(pixel_values.to(DType::F32))) : nn::Var();
+  nn::Var hidden = model_.llm().forward(model_.embed(id_t, images), Tensor::from_vector(keep_flat, {1, past + n}),
+                                        &cache_, Tensor::from_vector_i64(pos, {1, n}));
+  keep_[0].insert(keep_[0].end(), size_t(n), 1.f);
+  next_position_[0] += n;
+  if (hidden_out) *hidden_out = hidden.value();
+  return last_logits(hidden);
+}
+
 void DreamLLMDecoder::select_rows(const std::vector<int64_t>& src) {
   cache_.select_rows(src);
   std::vector<std::vector<float>> keep;

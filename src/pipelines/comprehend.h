@@ -17,6 +17,13 @@ class DreamLLMDecoder : public Decoder {
   // returns the logits at each row's last prompt token, [rows, V].
   Tensor prefill(const std::vector<std::vector<int32_t>>& prompts, const Tensor& pixel_values);
   Tensor step(const std::vector<int32_t>& tokens) override;
+  // Appends a chunk of ids to a single-row session (after prefill): image spans in it take `pixel_values`
+  // [N, C, S, S] in order and dream spans take the dream queries, exactly as in a full forward of the whole
+  // sequence. Returns the logits at the chunk's last position [1, V]; with `hidden`, also the chunk's final-norm
+  // hidden states [1, n, D] (the dream conditions are read from them).
+  Tensor feed(const std::vector<int32_t>& chunk, const Tensor& pixel_values, Tensor* hidden = nullptr);
+  // Positions consumed so far in each row (prompt, padding excluded, plus everything fed since).
+  int64_t consumed(size_t row = 0) const { return next_position_.at(row); }
   void select_rows(const std::vector<int64_t>& src) override;
 
  private:

@@ -1,0 +1,173 @@
+#include "pipelines/interleave.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+
+#include "core/error.h"
+#include "core/ops.h"
+#include "core/random.h"
+
+namespace dl::pipelines {
+
+namespace {
+
+// Streams a text block: the block is re-decoded as a whole after every token (SentencePiece spacing depends on
+// the neighbours), and only the new suffix is emitted.
+class TextStream {
+ public:
+  TextStream(const text::Tokenizer& tok, const WriteEvents& ev) : tok_(tok), ev_(ev) {}
+  void push(int32_t id) {
+    tokens_.push_back(id);
+    std::string now = tok_.decode(tokens_);
+    if (now.size() > text_.size() && now.compare(0, text_.size(), text_) == 0) {
+      if (ev_.on_text) ev_.on_text(now.substr(text_.size()));
+      text_ = std::move(now);
+    } else if (now != text_) {
+      text_ = std::move(now);  // an earlier piece changed (rare byte-fallback merges): emit nothing, keep the truth
+    }
+  }
+  // Ends the block, returning its final text.
+  std::string finish() {
+    std::string t = tok_.decode(tokens_);
+    tokens_.clear();
+    text_.clear();
+    return t;
+  }
+  bool empty() const { return tokens_.empty(); }
+
+ private:
+  const text::Tokenizer& tok_;
+  const WriteEvents& ev_;
+  std::vector<int32_t> tokens_;
+  std::string text_;
+};
+
+}  // namespace
+
+io::ClipPreprocessConfig clip_preprocess_config(const io::ModelDir& dir) {
+  const std::string path = dir.path() + "/preprocessor_config.json";
+  if (std::filesystem::exists(path)) return io::read_clip_preprocess_config(path);
+  io::ClipPreprocessConfig cfg;
+  const int64_t s = dir.clip_config().image_size;
+  cfg.shortest_edge = s;
+  cfg.crop_height = cfg.crop_width = s;
+  return cfg;
+}
+
+Document write_document(const models::DreamLLM& model, const DiffusionHead& head, const text::Tokenizer& tokenizer,
+                        const io::ClipPreprocessConfig& clip_cfg, const std::vector<int32_t>& prompt,
+                        const Tensor& prompt_pixels, const WriteOptions& options, const WriteEvents& events) {
+  validate(options.text);
+  DL_CHECK(options.max_images >= 0, "write: max_images must be >= 0, got ", options.max_images);
+  const auto& cfg = model.config();
+  const int32_t dream_start = int32_t(cfg.token_id("<dream_start>")), dream_end = int32_t(cfg.token_id("<dream_end>"));
+  const int32_t im_start = int32_t(cfg.token_id("<im_start>")), im_end = int32_t(cfg.token_id("<im_end>"));
+  const int32_t im_patch = int32_t(cfg.token_id("<im_patch>"));
+  const int64_t Q = model.dream_queries(), P = model.image_tokens();
+  const int64_t max_positions = model.llm().config().max_position_embeddings;
+  const auto& uc = head.unet.config();
+  const int64_t lh = options.latent_height > 0 ? options.latent_height : uc.sample_size;
+  const int64_t lw = options.latent_width > 0 ? options.latent_width : uc.sample_size;
+  DL_CHECK(int64_t(prompt.size()) < max_positions, "write: the prompt has ", prompt.size(),
+           " tokens, the model supports ", max_positions, " positions");
+
+  Document doc;
+  doc.ids = prompt;
+  doc.prompt_length = prompt.size();
+  std::vector<Tensor> pixels;
+  if (prompt_pixels.defined()) pixels.push_back(prompt_pixels.to(DType::F32));
+
+  DreamLLMDecoder decoder(model);
+  Tensor logits = decoder.prefill({prompt}, prompt_pixels);
+  Tensor uncond;  // the negative branch, made once by the LLM
+  TextStream stream(tokenizer, events);
+  int64_t text_budget = options.text.max_new_tokens;
+  uint64_t segment = 0;
+
+  auto close_text = [&] {
+    if (stream.empty()) return;
+    Document::Block b;
+    b.text = stream.finish();
+    doc.blocks.push_back(std::move(b));
+  };
+
+  while (true) {
+    GenerationConfig gc = options.text;
+    gc.max_new_tokens = std::min<int64_t>(text_budget, max_positions - int64_t(doc.ids.size()));
+    gc.seed = options.text.seed + segment++;  // each segment its own sampling stream
+    const bool may_draw = int64_t(doc.conditions.size()) < options.max_images;
+    if (may_draw)
+      gc.stop_token_ids.push_back(dream_start);
+    else
+      gc.logit_bias.emplace_back(dream_start, -std::numeric_limits<float>::infinity());
+    GenerationCallbacks cb;
+    cb.on_token = [&](int64_t, int32_t tok) {
+      if (tok != dream_start) stream.push(tok);
+    };
+    const GenerationResult r = generate(decoder, logits, {doc.ids}, gc, cb);
+    const auto& gen = r.tokens[0];
+    text_budget -= int64_t(gen.size());
+    doc.ids.insert(doc.ids.end(), gen.begin(), gen.end());
+    doc.finish = r.finish_reasons[0];
+    if (doc.finish != FinishReason::kStopToken) break;
+
+    // <dream_start>: the decoder has consumed everything before it. Draw, if the spans still fit the context.
+    close_text();
+    const int64_t consumed = decoder.consumed();
+    if (consumed + (Q + 2) + (P + 2) >= max_positions) {
+      doc.ids.pop_back();  // no room for the image: the document ends before it
+      doc.finish = FinishReason::kLength;
+      break;
+    }
+    const size_t index = doc.conditions.size();
+    if (events.on_image_begin) events.on_image_begin(index);
+    std::vector<int32_t> dream_chunk{dream_start};
+    dream_chunk.insert(dream_chunk.end(), size_t(Q), im_patch);
+    dream_chunk.push_back(dream_end);
+    Tensor hidden;
+    decoder.feed(dream_chunk, Tensor(), &hidden);
+    doc.ids.insert(doc.ids.end(), dream_chunk.begin() + 1, dream_chunk.end());
+    const Tensor cond = model.conditions(nn::Var(hidden.slice(1, 1, 1 + Q).contiguous())).value();
+    doc.conditions.push_back(cond);
+    if (options.drawing.guidance_scale > 1.f && !uncond.defined()) {
+      std::vector<int32_t> neg = options.negative_ids;
+      if (neg.empty()) neg.push_back(int32_t(cfg.token_id("<s>")));
+      uncond = prompt_conditions(model, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
+    }
+    Rng rng(options.seed + index + 1);
+    const Tensor noise = rng.randn({1, uc.in_channels, lh, lw});
+    const Tensor latents = sample_latents(
+        head.unet, head.scheduler, cond, uncond, noise, options.drawing,
+        [&](size_t) { return rng.randn({1, uc.in_channels, lh, lw}); },
+        [&](size_t s, size_t n) {
+          if (events.on_diffusion_step) events.on_diffusion_step(s, n);
+        });
+    const Tensor image = decode_latents(head.vae, latents, options.tiled_decode);
+    io::Image picture(image.size(3), image.size(2), to_rgb8(image)[0]);
+    if (events.on_image) events.on_image(index, picture);
+
+    // Read it back: <im_start> + CLIP(image) + <im_end>, then continue writing from <im_end>'s logits.
+    const Tensor px = io::clip_preprocess(picture, clip_cfg);
+    const Tensor px4 = px.reshape({1, px.size(0), px.size(1), px.size(2)});
+    std::vector<int32_t> image_chunk{im_start};
+    image_chunk.insert(image_chunk.end(), size_t(P), im_patch);
+    image_chunk.push_back(im_end);
+    logits = decoder.feed(image_chunk, px4);
+    doc.ids.insert(doc.ids.end(), image_chunk.begin(), image_chunk.end());
+    pixels.push_back(px4);
+    Document::Block b;
+    b.is_image = true;
+    b.image = std::move(picture);
+    doc.blocks.push_back(std::move(b));
+    if (text_budget <= 0 || int64_t(doc.ids.size()) >= max_positions) {
+      doc.finish = FinishReason::kLength;
+      break;
+    }
+  }
+  close_text();
+  if (!pixels.empty()) doc.pixel_values = ops::concat(pixels, 0);
+  return doc;
+}
+
+}  // namespace dl::pipelines
