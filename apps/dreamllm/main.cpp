@@ -10,6 +10,10 @@
 namespace dl::app {
 int demo_main(int argc, char** argv);
 int run_main(int argc, char** argv);
+int ask_main(int argc, char** argv);
+int chat_main(int argc, char** argv);
+int create_main(int argc, char** argv);
+int write_main(int argc, char** argv);
 }
 
 namespace {
@@ -19,9 +23,16 @@ void usage(FILE* out) {
                "usage: dreamllm <command> [options]\n"
                "\n"
                "commands:\n"
+               "  ask     answer a question about images:       dreamllm ask -m MODEL -i photo.png -p \"What is it?\"\n"
+               "  chat    chat, attaching images with /image:   dreamllm chat -m MODEL\n"
+               "  create  draw images from a prompt:            dreamllm create -m MODEL -p \"a red circle\" -o out.png\n"
+               "  write   write a document with images that the model places itself:\n"
+               "                                                dreamllm write -m MODEL -p \"Write a story\" -o doc.html\n"
+               "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
-               "  run     run one model component on tensors from a safetensors file (parity checks)\n"
+               "\n"
+               "exit codes: 0 success, 1 error in the inputs, files or model, 2 bad usage, 3 internal error\n"
                "\n"
                "Run 'dreamllm <command> --help' for the options of a command.\n");
 }
@@ -37,6 +48,10 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "demo") return dl::app::demo_main(argc - 1, argv + 1);
     if (cmd == "run") return dl::app::run_main(argc - 1, argv + 1);
+    if (cmd == "ask") return dl::app::ask_main(argc - 1, argv + 1);
+    if (cmd == "chat") return dl::app::chat_main(argc - 1, argv + 1);
+    if (cmd == "create") return dl::app::create_main(argc - 1, argv + 1);
+    if (cmd == "write") return dl::app::write_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

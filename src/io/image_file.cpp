@@ -50,4 +50,15 @@ void write_png(const std::string& path, const Image& image) {
   });
 }
 
+std::string encode_png(const Image& image) {
+  DL_CHECK(image.width > 0 && image.height > 0 && image.rgb.size() == size_t(image.width * image.height * 3),
+           "encode_png: invalid ", image.width, "x", image.height, " image");
+  std::string bytes;
+  auto sink = [](void* ctx, void* data, int n) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), n); };
+  DL_CHECK(stbi_write_png_to_func(sink, &bytes, int(image.width), int(image.height), 3, image.rgb.data(),
+                                  int(image.width * 3)),
+           "cannot encode a ", image.width, "x", image.height, " image as PNG");
+  return bytes;
+}
+
 }  // namespace dl::io

@@ -11,5 +11,7 @@ namespace dl::io {
 Image read_image(const std::string& path);
 Image decode_image(const unsigned char* data, size_t size, const std::string& what);
 void write_png(const std::string& path, const Image& image);
+// The PNG file bytes of an image (for embedding, e.g. as an HTML data URI).
+std::string encode_png(const Image& image);
 
 }  // namespace dl::io

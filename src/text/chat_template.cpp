@@ -82,6 +82,11 @@ std::vector<int32_t> dream_span_ids(const Tokenizer& tok, int queries) {
   return span_ids(tok, kDreamStartToken, queries, kDreamEndToken, "dream");
 }
 
+void Conversation::set_last_message(std::string_view text) {
+  DL_CHECK(!turns_.empty(), "conversation: no turn to set");
+  turns_.back().text = std::string(text);
+}
+
 std::string vqa_prompt(std::string_view system_prompt, std::string_view question, std::string_view prompt,
                        std::string_view post_prompt, int patches) {
   std::string qs(system_prompt);

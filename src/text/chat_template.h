@@ -37,6 +37,8 @@ class Conversation {
   void append(std::string_view role) { append(role, std::nullopt); }
   void append_user(std::string_view text) { append(user_role(), text); }
   void append_assistant(std::optional<std::string_view> text) { append(assistant_role(), text); }
+  // Sets the message of the last turn (e.g. the answer to an open assistant turn). Throws when there is none.
+  void set_last_message(std::string_view text);
 
   // get_prompt(): the exact string of the original code.
   std::string prompt() const;

@@ -1,0 +1,61 @@
+// `dreamllm ask`: image(s) + question -> answer, with the vicuna v1.1 template of the original VQA evaluation
+// (omni/eval/vqa: " <system> USER: <system prompt><image span>...<question> ASSISTANT:"), streamed.
+#include <cstdio>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "pipelines/comprehend.h"
+#include "text/chat_template.h"
+
+namespace dl::app {
+
+int ask_main(int argc, char** argv) {
+  CLI::App app("Answer a question about images (or plain text) with DreamLLM.", "ask");
+  std::string model, question, system_prompt, post_prompt;
+  std::vector<std::string> images;
+  int threads = 0;
+  TextOptions text;
+  app.add_option("-m,--model", model, "model directory (official DreamLLM release layout)")->required();
+  app.add_option("-i,--image", images, "image file (PNG, JPEG, BMP, ...); repeat for several")->check(CLI::ExistingFile);
+  app.add_option("-p,--prompt", question, "the question")->required();
+  app.add_option("--system", system_prompt, "text before the images in the user turn (the benchmarks' system prompt)");
+  app.add_option("--post-prompt", post_prompt, "text the answer starts with (e.g. \"The image depicts\")");
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  text.add_to(app);
+  if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  set_num_threads(threads);
+
+  const Model m(model, false);
+  const Tensor pixels = load_pixels(m, images);
+  std::string user = system_prompt + place_images(m, question, images.size());
+  text::Conversation conv(text::VicunaVariant::Eval);
+  conv.append_user(user);
+  conv.append_assistant(post_prompt);
+  const std::vector<int32_t> ids = m.tokenizer.encode(conv.generation_prompt());
+  const int64_t limit = m.dir.config().llm.max_position_embeddings;
+  DL_CHECK(int64_t(ids.size()) < limit, "the prompt has ", ids.size(), " tokens; the model supports ", limit);
+  pipelines::GenerationConfig gc = text.config(m.tokenizer.eos_id());
+  gc.max_new_tokens = std::min<int64_t>(gc.max_new_tokens, limit - int64_t(ids.size()));
+
+  // Stream: re-decode the answer so far and print what is new (SentencePiece spacing depends on neighbours).
+  std::vector<int32_t> answer;
+  std::string shown;
+  pipelines::GenerationCallbacks cb;
+  cb.decode = [&](const std::vector<int32_t>& t) { return m.tokenizer.decode(t); };
+  cb.on_token = [&](int64_t, int32_t tok) {
+    answer.push_back(tok);
+    const std::string now = m.tokenizer.decode(answer);
+    if (now.size() > shown.size() && now.compare(0, shown.size(), shown) == 0) {
+      std::fwrite(now.data() + shown.size(), 1, now.size() - shown.size(), stdout);
+      std::fflush(stdout);
+    }
+    shown = now;
+  };
+  const auto r = pipelines::generate_text(m.llm, {ids}, pixels, gc, cb);
+  if (gc.num_beams > 1) std::fputs(r.texts[0].c_str(), stdout);  // beam search settles only at the end
+  std::fputs("\n", stdout);
+  return 0;
+}
+
+}  // namespace dl::app

@@ -1,0 +1,88 @@
+// What the user-facing commands share: option sets (CLI11), model loading with clear errors, image input,
+// prompt building, progress bars, and the exit-code convention (0 success, 1 error in inputs/files/models,
+// 2 bad usage, 3 internal error).
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "io/image.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "pipelines/create.h"
+#include "pipelines/generate.h"
+#include "text/tokenizer.h"
+
+namespace dl::app {
+
+// Parses argv with `app`; returns the exit code to stop with (0 after --help, 2 on bad usage), or nullopt to go on.
+std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv);
+
+// A model directory opened for the commands: configs, tokenizer and the LLM side; the diffusion head on demand.
+struct Model {
+  explicit Model(const std::string& path, bool with_diffusion);
+  io::ModelDir dir;
+  text::Tokenizer tokenizer;
+  models::DreamLLM llm;
+  std::unique_ptr<pipelines::DiffusionHead> head;  // null unless requested
+  io::ClipPreprocessConfig clip_preprocess;
+};
+
+struct TextOptions {
+  int64_t max_tokens = 256;
+  double temperature = 0.0;  // 0: greedy
+  int64_t top_k = 50;
+  double top_p = 1.0;
+  double repeat_penalty = 1.0;
+  int64_t beams = 1;
+  int64_t seed = 0;
+  void add_to(CLI::App& app);
+  pipelines::GenerationConfig config(int32_t eos) const;
+};
+
+struct DrawOptions {
+  int64_t steps = 50;
+  float cfg_scale = 7.5f;
+  float guidance_rescale = 0.f;
+  std::string sampler = "ddpm";
+  float eta = 0.f;
+  bool karras = false;
+  int64_t width = 0, height = 0;  // 0: the model's native size
+  int64_t seed = 42;
+  std::string negative;
+  bool tiled = false;
+  void add_to(CLI::App& app);
+  pipelines::SamplingOptions sampling() const;
+  // Latent height and width for the model, checking the pixel sizes (multiples of the VAE factor).
+  std::pair<int64_t, int64_t> latent_size(const Model& m) const;
+};
+
+// Loads images and preprocesses them for CLIP: [N, 3, S, S] (undefined when `paths` is empty).
+Tensor load_pixels(const Model& m, const std::vector<std::string>& paths);
+
+// Replaces each "<image>" in `text` with an image span, or, when the text has none, puts one span per image in
+// front of it. Throws when the placeholders and images disagree in number.
+std::string place_images(const Model& m, const std::string& text, size_t images);
+
+// A progress bar on stderr: redrawn in place on a terminal, one line at the end otherwise.
+class Progress {
+ public:
+  Progress(std::string label, size_t total);
+  void update(size_t done);
+  void finish();
+
+ private:
+  std::string label_;
+  size_t total_;
+  bool tty_, done_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// "name.ext" -> "name_<i>.ext" (i from 1) when there are several outputs; the path itself for one.
+std::string numbered_path(const std::string& path, size_t index, size_t count);
+
+}  // namespace dl::app

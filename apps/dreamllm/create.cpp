@@ -1,0 +1,72 @@
+// `dreamllm create`: prompt (optionally with reference images) -> dream conditions -> diffusion -> PNG, as the
+// original stable_diffusion_pipeline: the raw prompt with BOS and no template, the negative branch from the LLM.
+#include <chrono>
+#include <cstdio>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "core/thread_pool.h"
+#include "io/image_file.h"
+
+namespace dl::app {
+
+int create_main(int argc, char** argv) {
+  CLI::App app("Draw images from a prompt with DreamLLM.", "create");
+  std::string model, prompt, out = "dreamllm.png";
+  std::vector<std::string> images;
+  int threads = 0;
+  int64_t count = 1;
+  DrawOptions draw;
+  app.add_option("-m,--model", model, "model directory (official DreamLLM release layout)")->required();
+  app.add_option("-p,--prompt", prompt, "what to draw")->required();
+  app.add_option("-i,--image", images, "reference image(s), placed at <image> in the prompt or before it")
+      ->check(CLI::ExistingFile);
+  app.add_option("-o,--output", out, "PNG file to write (numbered _1, _2, ... when -n > 1)");
+  app.add_option("-n,--count", count, "how many images (image k uses seed + k)")->check(CLI::Range(1, 1000));
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  draw.add_to(app);
+  if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  set_num_threads(threads);
+
+  const Model m(model, true);
+  const auto [lh, lw] = draw.latent_size(m);
+  const Tensor pixels = load_pixels(m, images);
+  const std::string text = images.empty() ? prompt : place_images(m, prompt, images.size());
+  const std::vector<int32_t> ids = m.tokenizer.encode(text);
+  const Tensor cond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(ids, {1, int64_t(ids.size())}),
+                                                   Tensor(), pixels);
+  Tensor uncond;
+  if (draw.cfg_scale > 1.f) {
+    const std::vector<int32_t> neg = m.tokenizer.encode(draw.negative);
+    uncond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
+  }
+  int64_t seed = draw.seed;
+  if (seed < 0) {
+    seed = int64_t(std::chrono::system_clock::now().time_since_epoch().count() & 0x7fffffff);
+    std::fprintf(stderr, "create: seed %lld\n", static_cast<long long>(seed));
+  }
+  const auto& unet = m.head->unet;
+  for (int64_t k = 0; k < count; ++k) {
+    Rng rng(uint64_t(seed + k));
+    const Tensor noise = rng.randn({1, unet.config().in_channels, lh, lw});
+    std::unique_ptr<Progress> progress;  // created at the first step, when the sampler's step count is known
+    const Tensor latents = pipelines::sample_latents(
+        unet, m.head->scheduler, cond, uncond, noise, draw.sampling(),
+        [&](size_t) { return rng.randn({1, unet.config().in_channels, lh, lw}); },
+        [&](size_t step, size_t steps) {
+          if (!progress)
+            progress = std::make_unique<Progress>("create " + std::to_string(k + 1) + "/" + std::to_string(count),
+                                                  steps);
+          progress->update(step);
+        });
+    const Tensor image = pipelines::decode_latents(m.head->vae, latents, draw.tiled);
+    const io::Image picture(image.size(3), image.size(2), pipelines::to_rgb8(image)[0]);
+    const std::string path = numbered_path(out, size_t(k), size_t(count));
+    io::write_png(path, picture);
+    std::printf("%s\n", path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace dl::app

@@ -1,0 +1,187 @@
+// The user-facing commands end to end on the complete tiny model (official layout): outputs exist and are
+// reproducible, `ask` answers what the library answers for the evaluation template, bad usage and bad inputs exit
+// non-zero with a message.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "io/image_file.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "pipelines/comprehend.h"
+#include "pipelines/interleave.h"
+#include "test_util.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
+
+namespace dl {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kModel = std::string(DL_FIXTURE_DIR) + "/tiny_full";
+
+struct CliResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs the CLI with `args` (a shell word list), capturing stdout and stderr.
+CliResult cli(const std::string& args, const std::string& stdin_text = "") {
+  const fs::path dir = fs::temp_directory_path() / ("dl_cli_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string out = (dir / "stdout").string(), err = (dir / "stderr").string(), in = (dir / "stdin").string();
+  std::ofstream(in) << stdin_text;
+  const std::string cmd = std::string(DL_CLI) + " " + args + " < " + in + " > " + out + " 2> " + err;
+  const int status = std::system(cmd.c_str());
+  auto slurp = [](const std::string& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  };
+  CliResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+struct Scratch {
+  fs::path dir = fs::temp_directory_path() / ("dl_cli_out_" + std::to_string(getpid()));
+  Scratch() { fs::create_directories(dir); }
+  ~Scratch() { fs::remove_all(dir); }
+  std::string operator/(const std::string& name) const { return (dir / name).string(); }
+};
+
+std::string test_image(const Scratch& s) {
+  io::Image img(30, 40);
+  for (size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = uint8_t((i * 37) % 251);
+  const std::string p = s / "input.png";
+  io::write_png(p, img);
+  return p;
+}
+
+TEST(Cli, AskAnswersAsTheEvaluationTemplateDoes) {
+  Scratch s;
+  const std::string img = test_image(s);
+  const CliResult r = cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The same question through the library: eval template, one image span, greedy.
+  const io::ModelDir dir = io::ModelDir::open(kModel);
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const text::Tokenizer tok = text::Tokenizer::load(kModel);
+  const std::vector<int32_t> ids =
+      tok.encode(text::vqa_prompt("", "What shape is it?", "", "", int(m.image_tokens())));
+  const Tensor px = io::clip_preprocess(io::read_image(img), pipelines::clip_preprocess_config(dir));
+  pipelines::GenerationConfig gc;
+  gc.max_new_tokens = 10;
+  gc.eos_token_id = tok.eos_id();
+  const auto res = pipelines::generate_text(m, {ids}, px.reshape({1, 3, 28, 28}), gc);
+  EXPECT_EQ(r.out, tok.decode(res.tokens[0]) + "\n");
+  EXPECT_EQ(cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1").out, r.out);
+}
+
+TEST(Cli, CreateIsReproducibleBySeed) {
+  Scratch s;
+  const CliResult a = cli("create -m " + kModel + " -p 'a red circle' -o " + (s / "a.png") + " -n 2 --steps 4 --seed 3");
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_NE(a.err.find("create 1/2"), std::string::npos);  // progress
+  const io::Image a1 = io::read_image(s / "a_1.png"), a2 = io::read_image(s / "a_2.png");
+  EXPECT_EQ(a1.width, 16);
+  EXPECT_EQ(a1.height, 16);
+  EXPECT_NE(a1.rgb, a2.rgb);  // image k uses seed + k
+  ASSERT_EQ(cli("create -m " + kModel + " -p 'a red circle' -o " + (s / "b.png") + " --steps 4 --seed 3").code, 0);
+  EXPECT_EQ(slurp(s / "b.png"), slurp(s / "a_1.png"));
+  // Another size, sampler and a reference image.
+  const CliResult c = cli("create -m " + kModel + " -p 'like <image> but blue' -i " + test_image(s) + " -o " +
+                    (s / "c.png") + " -W 24 -H 16 --steps 3 --sampler euler_a --negative 'green' --cfg-scale 3");
+  ASSERT_EQ(c.code, 0) << c.err;
+  EXPECT_EQ(io::read_image(s / "c.png").width, 24);
+}
+
+TEST(Cli, WriteProducesHtmlMarkdownAndImagesReproducibly) {
+  Scratch s;
+  const std::string args = "write -m " + kModel + " -p 'Write about shapes' --steps 3 --image-bias 6 -n 24 " +
+                           "--max-images 2 -o ";
+  const CliResult a = cli(args + (s / "doc.html"));
+  ASSERT_EQ(a.code, 0) << a.err;
+  const std::string html = slurp(s / "doc.html"), md = slurp(s / "doc.md");
+  size_t inline_images = 0;
+  for (size_t at = html.find("data:image/png;base64,"); at != std::string::npos;
+       at = html.find("data:image/png;base64,", at + 1))
+    ++inline_images;
+  EXPECT_GE(inline_images, 1u);
+  EXPECT_NE(html.find("<!DOCTYPE html>"), std::string::npos);
+  for (size_t i = 1; i <= inline_images; ++i) {
+    EXPECT_TRUE(fs::exists(s / ("doc_" + std::to_string(i) + ".png")));
+    EXPECT_NE(md.find("(doc_" + std::to_string(i) + ".png)"), std::string::npos);
+  }
+  EXPECT_NE(a.out.find("[image 1]"), std::string::npos);  // streamed progress
+  const CliResult b = cli(args + (s / "again.html"));
+  ASSERT_EQ(b.code, 0);
+  EXPECT_EQ(slurp(s / "again.html"), html);  // self-contained: identical bytes
+  EXPECT_EQ(slurp(s / "again_1.png"), slurp(s / "doc_1.png"));
+}
+
+TEST(Cli, ChatKeepsTheConversationAndAttachesImages) {
+  Scratch s;
+  const std::string img = test_image(s);
+  const CliResult r = cli("chat -m " + kModel + " -q -n 6", "/image " + img + "\nhello\n/image missing.png\nagain\n/quit\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("missing.png"), std::string::npos);  // a bad image is reported and the chat goes on
+  size_t lines = 0;
+  for (char c : r.out) lines += c == '\n';
+  EXPECT_EQ(lines, 2u);  // one answer per message
+  // The second answer continues the cached conversation: the same as a fresh session given the same history.
+  EXPECT_EQ(cli("chat -m " + kModel + " -q -n 6", "/image " + img + "\nhello\nagain\n").out, r.out);
+}
+
+TEST(Cli, BadUsageAndBadInputsExitNonZeroWithAMessage) {
+  Scratch s;
+  const std::string img = test_image(s);
+  std::ofstream(s / "broken.png") << "not a png at all";
+  struct Case {
+    std::string args;
+    int code;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"ask -p hi", 2, "--model is required"},
+      {"ask -m " + kModel, 2, "--prompt is required"},
+      {"ask -m /no/such/model -p hi", 1, "does not exist"},
+      {"ask -m " + kModel + "/config.json -p hi", 1, "is a file"},
+      {"ask -m " + std::string(DL_FIXTURE_DIR) + " -p hi", 1, "config.json"},
+      {"ask -m " + kModel + " -p hi -i " + (s / "broken.png"), 1, "broken.png"},
+      {"ask -m " + kModel + " -p hi -i /no/such.png", 2, "/no/such.png"},
+      {"ask -m " + kModel + " -p '<image> and <image>' -i " + img, 1, "2 <image> placeholder(s) but 1 image"},
+      {"ask -m " + kModel + " -p hi --bogus", 2, "--bogus"},
+      {"create -m " + kModel + " -p hi -W 15", 1, "not a multiple of 2"},
+      {"create -m " + kModel + " -p hi --steps 0", 2, "--steps"},
+      {"create -m " + kModel + " -p hi --sampler heun", 2, "heun"},
+      {"create -m " + kModel + " -p hi -o /no/such/dir/x.png --steps 1", 1, "/no/such/dir"},
+      {"write -m " + kModel + " -p hi --beams 2", 1, "--beams"},
+      {"create -m " + kModel + " -p '" + std::string(3000, 'a') + "'", 1, "exceeds the 512"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.args.substr(0, 120));
+    const CliResult r = cli(c.args);
+    EXPECT_EQ(r.code, c.code) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+  }
+  // --help succeeds everywhere.
+  for (const char* cmd : {"ask", "chat", "create", "write"}) EXPECT_EQ(cli(std::string(cmd) + " --help").code, 0);
+}
+
+}  // namespace
+}  // namespace dl
