@@ -30,7 +30,9 @@ int create_main(int argc, char** argv) {
   set_num_threads(threads);
 
   const Model m(model, true);
-  const auto [lh, lw] = draw.latent_size(m);
+  // Plain variables: clang 14 cannot capture structured bindings in lambdas.
+  const auto latent = draw.latent_size(m);
+  const int64_t lh = latent.first, lw = latent.second;
   const Tensor pixels = load_pixels(m, images);
   const std::string text = images.empty() ? prompt : place_images(m, prompt, images.size());
   const std::vector<int32_t> ids = m.tokenizer.encode(text);
