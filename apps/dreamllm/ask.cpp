@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "pipelines/comprehend.h"
+#include "pipelines/text_stream.h"
 #include "text/chat_template.h"
 
 namespace dl::app {
@@ -38,20 +39,13 @@ int ask_main(int argc, char** argv) {
   pipelines::GenerationConfig gc = text.config(m.tokenizer.eos_id());
   gc.max_new_tokens = std::min<int64_t>(gc.max_new_tokens, limit - int64_t(ids.size()));
 
-  // Stream: re-decode the answer so far and print what is new (SentencePiece spacing depends on neighbours).
-  std::vector<int32_t> answer;
-  std::string shown;
+  pipelines::TextStream stream(m.tokenizer, [](const std::string& piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
   pipelines::GenerationCallbacks cb;
   cb.decode = [&](const std::vector<int32_t>& t) { return m.tokenizer.decode(t); };
-  cb.on_token = [&](int64_t, int32_t tok) {
-    answer.push_back(tok);
-    const std::string now = m.tokenizer.decode(answer);
-    if (now.size() > shown.size() && now.compare(0, shown.size(), shown) == 0) {
-      std::fwrite(now.data() + shown.size(), 1, now.size() - shown.size(), stdout);
-      std::fflush(stdout);
-    }
-    shown = now;
-  };
+  cb.on_token = [&](int64_t, int32_t tok) { stream.push(tok); };
   const auto r = pipelines::generate_text(m.llm, {ids}, pixels, gc, cb);
   if (gc.num_beams > 1) std::fputs(r.texts[0].c_str(), stdout);  // beam search settles only at the end
   std::fputs("\n", stdout);

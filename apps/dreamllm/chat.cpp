@@ -10,6 +10,7 @@
 #include "core/thread_pool.h"
 #include "io/image_file.h"
 #include "pipelines/comprehend.h"
+#include "pipelines/text_stream.h"
 #include "text/chat_template.h"
 
 namespace dl::app {
@@ -115,22 +116,17 @@ int chat_main(int argc, char** argv) {
     } else {
       logits = decoder.prefill({ids}, all_px);
     }
-    std::vector<int32_t> answer;
-    std::string shown;
     if (!quiet) std::fputs("ASSISTANT: ", stdout);
-    pipelines::GenerationCallbacks cb;
-    cb.on_token = [&](int64_t, int32_t tok) {
-      answer.push_back(tok);
-      const std::string now = m.tokenizer.decode(answer);
-      if (now.size() > shown.size() && now.compare(0, shown.size(), shown) == 0)
-        std::fwrite(now.data() + shown.size(), 1, now.size() - shown.size(), stdout);
+    pipelines::TextStream stream(m.tokenizer, [](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      shown = now;
-    };
+    });
+    pipelines::GenerationCallbacks cb;
+    cb.on_token = [&](int64_t, int32_t tok) { stream.push(tok); };
     const auto r = pipelines::generate(decoder, logits, {ids}, gc, cb);
+    const std::vector<int32_t>& answer = r.tokens[0];
     if (gc.num_beams > 1) {
-      answer = r.tokens[0];
-      std::fputs(m.tokenizer.decode(answer).c_str(), stdout);
+      std::fputs(m.tokenizer.decode(answer).c_str(), stdout);  // beam search streams nothing
       seen.clear();  // beam search reshaped the session: the next turn re-reads
     } else {
       seen = ids;

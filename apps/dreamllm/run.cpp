@@ -221,10 +221,8 @@ int run_main(int argc, char** argv) {
     out["eps"] = head.unet.forward(nn::Var(sample), t.reshape({t.numel()}), nn::Var(ctx)).value();
   } else if (component == "vae_decode") {
     const pipelines::DiffusionHead head(dir);
-    Tensor z = float_tensor(require(in.tensors, "latents", component), "latents").contiguous().clone();
-    const float sf = head.vae.config().scaling_factor;
-    for (int64_t i = 0; i < z.numel(); ++i) z.f32()[i] = z.f32()[i] / sf;
-    out["image"] = tiled ? head.vae.decode_tiled(z) : head.vae.decode(nn::Var(z)).value();
+    const Tensor z = float_tensor(require(in.tensors, "latents", component), "latents");
+    out["image"] = pipelines::decode_latents_unclamped(head.vae, z, tiled);
   } else if (component == "vae_encode") {
     const pipelines::DiffusionHead head(dir);
     const Tensor image = float_tensor(require(in.tensors, "image", component), "image");

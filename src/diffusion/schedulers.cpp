@@ -137,15 +137,11 @@ std::vector<float> to_float(const std::vector<int64_t>& v) { return {v.begin(), 
 float clip_x0(float v, bool clip) { return clip ? std::clamp(v, -1.f, 1.f) : v; }
 
 // ---------------------------------------------------------------------------------------------------------------
-class DDPM final : public Scheduler {
+// DDPM, DDIM and PNDM: integer timesteps spaced over the training range ("leading", "trailing", ...); each step goes
+// back by the stride num_train_timesteps / n.
+class DiscreteScheduler : public Scheduler {
  public:
-  DDPM(const io::SchedulerConfig& c, std::string spacing) : Scheduler(c), spacing_(std::move(spacing)) {
-    DL_CHECK(c.variance_type == "fixed_small" || c.variance_type == "fixed_small_log" ||
-                 c.variance_type == "fixed_large",
-             "ddpm: variance_type '", c.variance_type, "' is not supported");
-  }
-  const char* name() const override { return "ddpm"; }
-  bool stochastic() const override { return true; }
+  DiscreteScheduler(const io::SchedulerConfig& c, std::string spacing) : Scheduler(c), spacing_(std::move(spacing)) {}
 
   void set_timesteps(int64_t n) override {
     check_steps(n);
@@ -154,11 +150,32 @@ class DDPM final : public Scheduler {
     timesteps_ = to_float(ts_);
   }
 
+ protected:
+  int64_t stride() const { return cfg_.num_train_timesteps / num_inference_steps_; }
+  // Throws naming the scheduler unless t indexes alphas_cumprod.
+  void check_timestep(int64_t t) const {
+    DL_CHECK(t >= 0 && t < cfg_.num_train_timesteps, name(), ": timestep ", t, " is out of range");
+  }
+
+  std::string spacing_;
+  std::vector<int64_t> ts_;
+};
+
+class DDPM final : public DiscreteScheduler {
+ public:
+  DDPM(const io::SchedulerConfig& c, std::string spacing) : DiscreteScheduler(c, std::move(spacing)) {
+    DL_CHECK(c.variance_type == "fixed_small" || c.variance_type == "fixed_small_log" ||
+                 c.variance_type == "fixed_large",
+             "ddpm: variance_type '", c.variance_type, "' is not supported");
+  }
+  const char* name() const override { return "ddpm"; }
+  bool stochastic() const override { return true; }
+
   Tensor step(const Tensor& eps_in, size_t i, const Tensor& sample_in, const Tensor* noise_in) override {
     check_step(eps_in, i, sample_in, noise_in);
     const int64_t t = ts_[i];
-    DL_CHECK(t >= 0 && t < cfg_.num_train_timesteps, "ddpm: timestep ", t, " is out of range");
-    const int64_t prev_t = t - cfg_.num_train_timesteps / num_inference_steps_;
+    check_timestep(t);
+    const int64_t prev_t = t - stride();
     const float a_t = alphas_cumprod_[size_t(t)];
     const float a_prev = prev_t >= 0 ? alphas_cumprod_[size_t(prev_t)] : 1.f;
     const float b_t = 1.f - a_t, b_prev = 1.f - a_prev;
@@ -189,35 +206,23 @@ class DDPM final : public Scheduler {
     }
     return out;
   }
-
- private:
-  std::string spacing_;
-  std::vector<int64_t> ts_;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-class DDIM final : public Scheduler {
+class DDIM final : public DiscreteScheduler {
  public:
-  DDIM(const io::SchedulerConfig& c, std::string spacing, float eta)
-      : Scheduler(c), spacing_(std::move(spacing)), eta_(eta) {
+  DDIM(const io::SchedulerConfig& c, std::string spacing, float eta) : DiscreteScheduler(c, std::move(spacing)), eta_(eta) {
     DL_CHECK(std::isfinite(eta) && eta >= 0.f, "ddim: eta must be >= 0, got ", eta);
     final_alpha_ = c.set_alpha_to_one ? 1.f : alphas_cumprod_[0];
   }
   const char* name() const override { return "ddim"; }
   bool stochastic() const override { return eta_ > 0.f; }
 
-  void set_timesteps(int64_t n) override {
-    check_steps(n);
-    num_inference_steps_ = n;
-    ts_ = discrete_timesteps(spacing_, cfg_.num_train_timesteps, n, cfg_.steps_offset);
-    timesteps_ = to_float(ts_);
-  }
-
   Tensor step(const Tensor& eps_in, size_t i, const Tensor& sample_in, const Tensor* noise_in) override {
     check_step(eps_in, i, sample_in, noise_in);
     const int64_t t = ts_[i];
-    DL_CHECK(t >= 0 && t < cfg_.num_train_timesteps, "ddim: timestep ", t, " is out of range");
-    const int64_t prev_t = t - cfg_.num_train_timesteps / num_inference_steps_;
+    check_timestep(t);
+    const int64_t prev_t = t - stride();
     const float a_t = alphas_cumprod_[size_t(t)];
     const float a_prev = prev_t >= 0 ? alphas_cumprod_[size_t(prev_t)] : final_alpha_;
     const float b_t = 1.f - a_t, b_prev = 1.f - a_prev;
@@ -249,27 +254,23 @@ class DDIM final : public Scheduler {
   }
 
  private:
-  std::string spacing_;
   float eta_;
   float final_alpha_;
-  std::vector<int64_t> ts_;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
 // PLMS with skip_prk_steps (the SD setting). The second step re-evaluates the first interval with the averaged eps,
 // which is why the second-to-last training-order timestep appears twice.
-class PNDM final : public Scheduler {
+class PNDM final : public DiscreteScheduler {
  public:
-  PNDM(const io::SchedulerConfig& c, std::string spacing) : Scheduler(c), spacing_(std::move(spacing)) {
+  PNDM(const io::SchedulerConfig& c, std::string spacing) : DiscreteScheduler(c, std::move(spacing)) {
     final_alpha_ = c.set_alpha_to_one ? 1.f : alphas_cumprod_[0];
   }
   const char* name() const override { return "pndm"; }
 
   void set_timesteps(int64_t n) override {
-    check_steps(n);
-    num_inference_steps_ = n;
-    auto desc = discrete_timesteps(spacing_, cfg_.num_train_timesteps, n, cfg_.steps_offset);
-    std::vector<int64_t> asc(desc.rbegin(), desc.rend());
+    DiscreteScheduler::set_timesteps(n);
+    std::vector<int64_t> asc(ts_.rbegin(), ts_.rend());
     // concat(asc[:-1], asc[-2:-1], asc[-1:]) reversed.
     std::vector<int64_t> plms(asc.begin(), asc.end() - 1);
     if (asc.size() >= 2) plms.push_back(asc[asc.size() - 2]);
@@ -285,7 +286,7 @@ class PNDM final : public Scheduler {
     check_step(eps_in, i, sample_in, noise_in);
     DL_CHECK(int64_t(i) == counter_, "pndm: steps must be taken in order after set_timesteps; expected step ",
              counter_, ", got ", i);
-    const int64_t ratio = cfg_.num_train_timesteps / num_inference_steps_;
+    const int64_t ratio = stride();
     int64_t t = ts_[i], prev_t = t - ratio;
     Tensor mo = f32c(eps_in).clone(), x = f32c(sample_in);
     if (counter_ != 1) {
@@ -319,7 +320,7 @@ class PNDM final : public Scheduler {
       const float c = float(1.0 / 24.0);
       for (int64_t k = 0; k < numel; ++k) pm[k] = c * (55.f * e1[k] - 59.f * e2[k] + 37.f * e3[k] - 9.f * e4[k]);
     }
-    DL_CHECK(t >= 0 && t < cfg_.num_train_timesteps, "pndm: timestep ", t, " is out of range");
+    check_timestep(t);
     const float a_t = alphas_cumprod_[size_t(t)];
     const float a_prev = prev_t >= 0 ? alphas_cumprod_[size_t(prev_t)] : final_alpha_;
     const float b_t = 1.f - a_t, b_prev = 1.f - a_prev;
@@ -340,9 +341,7 @@ class PNDM final : public Scheduler {
   }
 
  private:
-  std::string spacing_;
   float final_alpha_;
-  std::vector<int64_t> ts_;
   std::vector<Tensor> ets_;
   Tensor cur_sample_;
   int64_t counter_ = 0;

@@ -141,7 +141,7 @@ Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& sched
   return x;
 }
 
-Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled) {
+Tensor decode_latents_unclamped(const models::Vae& vae, const Tensor& latents, bool tiled) {
   const auto& vc = vae.config();
   DL_CHECK(latents.dim() == 4 && latents.size(1) == vc.latent_channels, "latents ", latents.describe(),
            " are not [B, ", vc.latent_channels, ", h, w]");
@@ -149,8 +149,11 @@ Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled)
   const float sf = vc.scaling_factor;
   for (int64_t i = 0; i < z.numel(); ++i) z.f32()[i] = z.f32()[i] / sf;
   nn::NoGradGuard inference;
-  Tensor img = tiled ? vae.decode_tiled(z) : vae.decode(nn::Var(z)).value();
-  img = img.contiguous().clone();
+  return tiled ? vae.decode_tiled(z) : vae.decode(nn::Var(z)).value();
+}
+
+Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled) {
+  Tensor img = decode_latents_unclamped(vae, latents, tiled).contiguous().clone();
   for (int64_t i = 0; i < img.numel(); ++i) img.f32()[i] = std::clamp(img.f32()[i] / 2.f + 0.5f, 0.f, 1.f);
   return img;
 }

@@ -50,8 +50,10 @@ Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& sched
                       const Tensor& uncond, const Tensor& noise, const SamplingOptions& options,
                       const StepNoise& step_noise, const StepCallback& on_step = {});
 
-// VAE decode of sampler latents (divided by the scaling factor here) into images [B, 3, H, W] in [0, 1]. Latents
-// larger than the VAE's tile are decoded in tiles when `tiled` (bounded memory; blended seams as diffusers).
+// The VAE decoder's output [B, 3, H, W] for sampler latents (divided by the scaling factor here), not clamped.
+// Latents larger than the VAE's tile are decoded in tiles when `tiled` (bounded memory; blended seams as diffusers).
+Tensor decode_latents_unclamped(const models::Vae& vae, const Tensor& latents, bool tiled = false);
+// The same as images in [0, 1]: clamp(x / 2 + 0.5, 0, 1), as diffusers' postprocess.
 Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled = false);
 
 // Images [B, 3, H, W] in [0, 1] -> 8-bit RGB HWC buffers (round(x * 255), as diffusers' postprocess).

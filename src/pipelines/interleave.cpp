@@ -7,43 +7,9 @@
 #include "core/error.h"
 #include "core/ops.h"
 #include "core/random.h"
+#include "pipelines/text_stream.h"
 
 namespace dl::pipelines {
-
-namespace {
-
-// Streams a text block: the block is re-decoded as a whole after every token (SentencePiece spacing depends on
-// the neighbours), and only the new suffix is emitted.
-class TextStream {
- public:
-  TextStream(const text::Tokenizer& tok, const WriteEvents& ev) : tok_(tok), ev_(ev) {}
-  void push(int32_t id) {
-    tokens_.push_back(id);
-    std::string now = tok_.decode(tokens_);
-    if (now.size() > text_.size() && now.compare(0, text_.size(), text_) == 0) {
-      if (ev_.on_text) ev_.on_text(now.substr(text_.size()));
-      text_ = std::move(now);
-    } else if (now != text_) {
-      text_ = std::move(now);  // an earlier piece changed (rare byte-fallback merges): emit nothing, keep the truth
-    }
-  }
-  // Ends the block, returning its final text.
-  std::string finish() {
-    std::string t = tok_.decode(tokens_);
-    tokens_.clear();
-    text_.clear();
-    return t;
-  }
-  bool empty() const { return tokens_.empty(); }
-
- private:
-  const text::Tokenizer& tok_;
-  const WriteEvents& ev_;
-  std::vector<int32_t> tokens_;
-  std::string text_;
-};
-
-}  // namespace
 
 io::ClipPreprocessConfig clip_preprocess_config(const io::ModelDir& dir) {
   const std::string path = dir.path() + "/preprocessor_config.json";
@@ -81,7 +47,7 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
   DreamLLMDecoder decoder(model);
   Tensor logits = decoder.prefill({prompt}, prompt_pixels);
   Tensor uncond;  // the negative branch, made once by the LLM
-  TextStream stream(tokenizer, events);
+  TextStream stream(tokenizer, events.on_text);
   int64_t text_budget = options.text.max_new_tokens;
   uint64_t segment = 0;
 

@@ -105,12 +105,17 @@ bool DocumentBuilder::is_unlearned_span_token(int32_t id) const {
 // ---------------------------------------------------------------------------------------------------------------
 // Image-text pairs (DatasetType.ImageTextPair)
 // ---------------------------------------------------------------------------------------------------------------
-Sample DocumentBuilder::image_to_text(const PairRecord& pair) const {
-  // tokenizer(text, max_length=model_max_length - len(image_ids) - 1, truncation=True): <s> counts against the
-  // limit, the caption is cut from the right.
-  std::vector<int32_t> caption = encode(pair.caption);
-  const size_t limit = size_t(options_.max_length) - image_span_.size() - 1;
+std::vector<int32_t> DocumentBuilder::pair_caption(const std::string& text, size_t span) const {
+  // tokenizer(text, max_length=model_max_length - len(span) - 1, truncation=True): <s> counts against the limit,
+  // the caption is cut from the right.
+  std::vector<int32_t> caption = encode(text);
+  const size_t limit = size_t(options_.max_length) - span - 1;
   if (caption.size() + 1 > limit) caption.resize(limit - 1);
+  return caption;
+}
+
+Sample DocumentBuilder::image_to_text(const PairRecord& pair) const {
+  const std::vector<int32_t> caption = pair_caption(pair.caption, image_span_.size());
 
   Sample s;
   s.input_ids.push_back(bos_);
@@ -127,9 +132,7 @@ Sample DocumentBuilder::image_to_text(const PairRecord& pair) const {
 }
 
 Sample DocumentBuilder::text_to_image(const PairRecord& pair) const {
-  std::vector<int32_t> caption = encode(pair.caption);
-  const size_t limit = size_t(options_.max_length) - dream_span_.size() - 1;
-  if (caption.size() + 1 > limit) caption.resize(limit - 1);
+  const std::vector<int32_t> caption = pair_caption(pair.caption, dream_span_.size());
 
   Sample s;
   s.input_ids.push_back(bos_);

@@ -86,6 +86,8 @@ class DocumentBuilder {
   Sample interleaved_body(const InterleavedRecord& doc, std::vector<int32_t> prefix) const;
   // The ids of `text` without BOS, and SentencePiece's / the Trie's behaviour exactly as tokenizer(text) has it.
   std::vector<int32_t> encode(const std::string& text) const;
+  // A pair's caption ids, cut from the right so that <s> + caption fit beside a span of `span` ids and </s>.
+  std::vector<int32_t> pair_caption(const std::string& text, size_t span) const;
   bool is_unlearned_span_token(int32_t id) const;
 
   const text::Tokenizer& tok_;
