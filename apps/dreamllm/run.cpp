@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
@@ -10,8 +11,9 @@
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
-#include "pipelines/create.h"
 #include "nn/autograd.h"
+#include "pipelines/create.h"
+#include "train/loss.h"
 
 namespace dl::app {
 
@@ -35,13 +37,23 @@ void usage() {
       "         (stochastic samplers), steps I32 [1], guidance_scale [1]; optional pixel_values for <im_start>\n"
       "         spans in the prompt -> latents [B,4,h,w], image [B,3,H,W] in [0,1], conditions [B,Q,C],\n"
       "         negative_conditions [B,Q,C]\n"
+      "  loss   input_ids [B,T], labels [B,T] (-100 ignored), optional attention_mask [B,T], optional\n"
+      "         pixel_values [N,3,S,S], optional dm_latents [M,4,h,w] (scaled x0, one per <dream_start> span in\n"
+      "         order) with noise [M,4,h,w] and timesteps [M] (integers) -> loss, lm_loss, vm_loss [1]; with\n"
+      "         --grads also grad/NAME for each named parameter (frozen ones too)\n"
       "\n"
       "txt2img options:\n"
       "  --scheduler NAME     ddpm (default, as the original), ddim, pndm, dpmpp2m, euler, euler_a\n"
       "  --eta X              DDIM eta (default 0)\n"
       "  --karras             Karras sigmas for dpmpp2m\n"
       "  --guidance-rescale X diffusers' guidance rescale in [0, 1] (default 0)\n"
-      "  --tiled              decode the VAE in tiles (bounded memory for large images)\n");
+      "  --tiled              decode the VAE in tiles (bounded memory for large images)\n"
+      "\n"
+      "loss options:\n"
+      "  --grads NAME,...     parameters to return gradients of (full state-dict names, see design.md); 'all'\n"
+      "                       names every parameter of the LLM, vision tower, dream queries, projectors and UNet\n"
+      "  --lm-weight X        weight of the LM term (default: the config's loss_weight_lm)\n"
+      "  --vm-weight X        weight of the diffusion term (default: the config's loss_weight_vm)\n");
 }
 
 const Tensor& require(const std::map<std::string, Tensor>& in, const std::string& name, const std::string& component) {
@@ -144,6 +156,74 @@ std::map<std::string, Tensor> txt2img(const io::ModelDir& dir, const std::map<st
   return out;
 }
 
+std::vector<std::string> split_names(const std::string& list) {
+  std::vector<std::string> out;
+  size_t from = 0;
+  while (from <= list.size()) {
+    const size_t comma = list.find(',', from);
+    const std::string name = list.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+    if (!name.empty()) out.push_back(name);
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  return out;
+}
+
+std::map<std::string, Tensor> loss(const io::ModelDir& dir, const std::map<std::string, Tensor>& in,
+                                   const std::string& grads, std::optional<float> lm_weight,
+                                   std::optional<float> vm_weight) {
+  const std::string c = "loss";
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const pipelines::DiffusionHead head(dir);
+  train::Batch batch;
+  batch.input_ids = ids_tensor(require(in, "input_ids", c), "input_ids");
+  batch.labels = ids_tensor(require(in, "labels", c), "labels");
+  batch.attention_mask = optional(in, "attention_mask");
+  if (batch.attention_mask.defined()) batch.attention_mask = float_tensor(batch.attention_mask, "attention_mask");
+  batch.pixel_values = optional(in, "pixel_values");
+  if (batch.pixel_values.defined()) batch.pixel_values = float_tensor(batch.pixel_values, "pixel_values");
+  batch.dm_latents = optional(in, "dm_latents");
+  if (batch.dm_latents.defined()) {
+    batch.dm_latents = float_tensor(batch.dm_latents, "dm_latents");
+    batch.noise = float_tensor(require(in, "noise", c), "noise");
+    const Tensor t = ids_tensor(require(in, "timesteps", c), "timesteps");
+    DL_CHECK(t.dim() == 1, "'timesteps' must be [M], got ", t.describe());
+    for (int64_t i = 0; i < t.numel(); ++i)
+      batch.timesteps.push_back(t.dtype() == DType::I64 ? t.data<int64_t>()[i] : t.data<int32_t>()[i]);
+  }
+  // The gradient check needs every named parameter as a differentiable leaf, frozen or not.
+  std::map<std::string, nn::Var> wanted;
+  auto find = [&](const std::string& name) -> nn::Var {
+    if (m.parameters().contains(name)) return m.parameters().at(name);
+    DL_CHECK(head.params.contains(name), "--grads: no parameter named '", name, "'");
+    return head.params.at(name);
+  };
+  std::vector<std::string> names = split_names(grads);
+  if (names.size() == 1 && names[0] == "all") {
+    names.clear();
+    for (const auto& [n, v] : m.parameters().all()) names.push_back(n);
+    for (const auto& [n, v] : head.params.all())
+      if (n.rfind("stable_diffusion_head.unet.", 0) == 0) names.push_back(n);
+  }
+  for (const std::string& n : names) {
+    nn::Var v = find(n);
+    if (v.value().dtype() != DType::F32) v.set_value(v.value().to(DType::F32));
+    v.set_requires_grad(true);
+    wanted[n] = v;
+  }
+  const train::DreamLLMObjective objective(m, head.unet, dir.scheduler_config());
+  const train::LossWeights weights{lm_weight.value_or(dir.config().loss_weight_lm),
+                                   vm_weight.value_or(dir.config().loss_weight_vm)};
+  const train::LossTerms r = objective(batch, weights);
+  std::map<std::string, Tensor> out;
+  out["loss"] = r.loss.value().reshape({1});
+  out["lm_loss"] = Tensor::from_vector({r.lm_loss}, {1});
+  out["vm_loss"] = Tensor::from_vector({r.vm_loss}, {1});
+  if (!wanted.empty() && r.loss.requires_grad()) r.loss.backward();
+  for (const auto& [n, v] : wanted) out["grad/" + n] = v.grad().defined() ? v.grad() : Tensor::zeros(v.shape());
+  return out;
+}
+
 }  // namespace
 
 int run_main(int argc, char** argv) {
@@ -151,6 +231,8 @@ int run_main(int argc, char** argv) {
   int threads = 0;
   pipelines::SamplingOptions sampling;
   bool tiled = false;
+  std::string grads;
+  std::optional<float> lm_weight, vm_weight;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -178,6 +260,12 @@ int run_main(int argc, char** argv) {
       sampling.guidance_rescale = parse_float(next(), "--guidance-rescale");
     } else if (a == "--tiled") {
       tiled = true;
+    } else if (a == "--grads") {
+      grads = next();
+    } else if (a == "--lm-weight") {
+      lm_weight = parse_float(next(), "--lm-weight");
+    } else if (a == "--vm-weight") {
+      vm_weight = parse_float(next(), "--vm-weight");
     } else if (!a.empty() && a[0] == '-') {
       fail("unknown option '", a, "' (see dreamllm run --help)");
     } else {
@@ -189,7 +277,9 @@ int run_main(int argc, char** argv) {
   DL_CHECK(!model.empty() && !in_path.empty() && !out_path.empty(), "run ", component,
            ": --model, --in and --out are required");
   set_num_threads(threads);
-  nn::NoGradGuard inference;
+  // Only the loss records a graph; every other component is inference.
+  std::optional<nn::NoGradGuard> inference;
+  if (component != "loss") inference.emplace();
   const io::SafetensorsFile in = io::read_safetensors(in_path);
   const io::ModelDir dir = io::ModelDir::open(model);
   std::map<std::string, Tensor> out;
@@ -231,6 +321,8 @@ int run_main(int argc, char** argv) {
     out["logvar"] = post.logvar.value();
   } else if (component == "txt2img") {
     out = txt2img(dir, in.tensors, sampling, tiled);
+  } else if (component == "loss") {
+    out = loss(dir, in.tensors, grads, lm_weight, vm_weight);
   } else {
     fail("unknown component '", component, "' (see dreamllm run --help)");
   }

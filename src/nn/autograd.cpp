@@ -44,6 +44,14 @@ void Var::set_requires_grad(bool on) {
   if (!on) impl_->grad = Tensor();
 }
 
+void Var::set_value(Tensor value) {
+  DL_CHECK(is_leaf(), "set_value: only leaves can be replaced");
+  DL_CHECK(value.defined() && value.shape() == impl_->value.shape(), "set_value: ", value.describe(),
+           " does not match ", impl_->value.describe(), impl_->name.empty() ? "" : " of ", impl_->name);
+  impl_->value = std::move(value);
+  impl_->grad = Tensor();
+}
+
 const Tensor& Var::grad() const {
   DL_CHECK(impl_, "Var: undefined");
   return impl_->grad;

@@ -36,6 +36,9 @@ class Var {
   // A leaf requires a gradient when flagged; a computed Var when any input does.
   bool requires_grad() const;
   void set_requires_grad(bool on);  // leaves only; freezing drops the gradient buffer
+  // Replaces a leaf's value in place for every holder of this Var (same shape; the dtype may change): how a
+  // trainer turns a low-precision or memory-mapped frozen weight into a writable F32 master copy.
+  void set_value(Tensor value);
   bool is_leaf() const;
   // Accumulated gradient (undefined until a backward pass reached this leaf).
   const Tensor& grad() const;

@@ -1,0 +1,166 @@
+#include "train/loss.h"
+
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "diffusion/schedulers.h"
+#include "nn/functional.h"
+
+namespace dl::train {
+
+using nn::Var;
+
+namespace {
+
+int64_t int_at(const Tensor& t, int64_t i) {
+  return t.dtype() == DType::I64 ? t.data<int64_t>()[i] : int64_t(t.data<int32_t>()[i]);
+}
+
+Tensor integer_matrix(const Tensor& t, const char* name) {
+  DL_CHECK(t.defined() && t.dim() == 2 && (t.dtype() == DType::I32 || t.dtype() == DType::I64), name,
+           " must be an integer [B, T] tensor, got ", t.defined() ? t.describe() : std::string("nothing"));
+  return t.contiguous();
+}
+
+}  // namespace
+
+Tensor shifted_targets(const Tensor& labels_in) {
+  const Tensor labels = integer_matrix(labels_in, "labels");
+  const int64_t B = labels.size(0), T = labels.size(1);
+  std::vector<int64_t> out;
+  out.reserve(size_t(B * std::max<int64_t>(T - 1, 0)));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T; ++t) out.push_back(int_at(labels, b * T + t + 1));
+  return Tensor::from_vector_i64(out, {int64_t(out.size())});
+}
+
+DreamLLMObjective::DreamLLMObjective(const models::DreamLLM& model, const models::UNet& unet,
+                                     const io::SchedulerConfig& scheduler)
+    : model_(model), unet_(unet), alphas_cumprod_(diffusion::make_scheduler("ddpm", scheduler)->alphas_cumprod()) {}
+
+Var DreamLLMObjective::unconditional_conditions() const {
+  const auto& cfg = model_.config();
+  std::vector<int64_t> ids{cfg.token_id("<s>"), cfg.token_id("<dream_start>")};
+  ids.insert(ids.end(), size_t(model_.dream_queries()), cfg.token_id("<im_patch>"));
+  ids.push_back(cfg.token_id("<dream_end>"));
+  const int64_t T = int64_t(ids.size());
+  return model_.forward(Tensor::from_vector_i64(ids, {1, T}), Tensor(), Tensor()).conditions;
+}
+
+LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w, bool compute_all) const {
+  const Tensor ids = integer_matrix(batch.input_ids, "input_ids");
+  const Tensor labels = integer_matrix(batch.labels, "labels");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  DL_CHECK(labels.shape() == ids.shape(), "labels ", labels.describe(), " do not match input_ids ", ids.describe());
+  Tensor keep;
+  if (batch.attention_mask.defined()) {
+    DL_CHECK(batch.attention_mask.shape() == ids.shape(), "attention_mask ", batch.attention_mask.describe(),
+             " does not match input_ids ", ids.describe());
+    keep = batch.attention_mask.to(DType::F32).contiguous();
+  }
+  const int64_t M = batch.dm_latents.defined() ? batch.dm_latents.size(0) : 0;
+  const auto dream_spans = models::DreamLLM::spans(ids, model_.dream_start_id());
+  if (M > 0) {
+    DL_CHECK(batch.dm_latents.dim() == 4, "dm_latents must be [M, C, h, w], got ", batch.dm_latents.describe());
+    DL_CHECK(batch.noise.defined() && batch.noise.shape() == batch.dm_latents.shape(), "noise ",
+             batch.noise.defined() ? batch.noise.describe() : std::string("(missing)"), " does not match dm_latents ",
+             batch.dm_latents.describe());
+    DL_CHECK(int64_t(batch.timesteps.size()) == M, "timesteps has ", batch.timesteps.size(), " value(s) for ", M,
+             " diffusion target(s)");
+    DL_CHECK(int64_t(dream_spans.size()) >= M, "the batch has ", dream_spans.size(), " <dream_start> span(s) but ", M,
+             " diffusion target(s)");
+    DL_CHECK(batch.drop_condition.empty() || int64_t(batch.drop_condition.size()) == M, "drop_condition has ",
+             batch.drop_condition.size(), " flag(s) for ", M, " diffusion target(s)");
+  }
+
+  const Var images = batch.pixel_values.defined() ? model_.image_embeds(Var(batch.pixel_values.to(DType::F32)))
+                                                  : Var();
+  const Var hidden = model_.llm().forward(model_.embed(ids, images), keep);  // [B, T, D]
+  const int64_t D = hidden.shape()[2];
+
+  LossTerms out;
+  out.dream_images = M;
+  Var lm, vm;
+  // LM term: only the rows whose next label counts reach the lm_head; the mean is the same as over full logits.
+  if (compute_all || w.lm != 0.f) {
+    const Tensor targets = shifted_targets(labels);
+    const int64_t* tg = targets.data<int64_t>();
+    const Var flat = nn::reshape(hidden, {B * T, D});
+    std::vector<Var> runs;
+    std::vector<int64_t> kept;
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t t = 0;
+      while (t + 1 < T) {
+        if (tg[b * (T - 1) + t] == -100) {
+          ++t;
+          continue;
+        }
+        const int64_t start = t;
+        while (t + 1 < T && tg[b * (T - 1) + t] != -100) kept.push_back(tg[b * (T - 1) + t++]);
+        runs.push_back(nn::slice(flat, 0, b * T + start, b * T + t));
+      }
+    }
+    out.lm_tokens = int64_t(kept.size());
+    if (kept.empty()) {
+      out.lm_loss = 0.f;
+    } else {
+      const int64_t V = model_.llm().config().vocab_size;
+      for (int64_t id : kept)
+        DL_CHECK(id >= 0 && id < V, "label ", id, " is outside the vocabulary of ", V, " (use -100 to ignore)");
+      const Var rows = runs.size() == 1 ? runs[0] : nn::concat(runs, 0);
+      lm = nn::cross_entropy(model_.llm().logits(rows), Tensor::from_vector_i64(kept, {int64_t(kept.size())}));
+      out.lm_loss = lm.value().f32()[0];
+    }
+  } else {
+    out.lm_loss = std::numeric_limits<float>::quiet_NaN();
+  }
+
+  // Diffusion term: the first M dream spans condition the UNet on their noised targets.
+  if (M > 0 && (compute_all || w.vm != 0.f)) {
+    const int64_t Q = model_.dream_queries();
+    std::vector<Var> query_rows;
+    for (int64_t m = 0; m < M; ++m) {
+      const auto [b, t] = dream_spans[size_t(m)];
+      query_rows.push_back(nn::slice(nn::slice(hidden, 0, b, b + 1), 1, t + 1, t + 1 + Q));
+    }
+    Var cond = model_.conditions(nn::concat(query_rows, 0));  // [M, Q, C]
+    bool any_drop = false;
+    for (bool d : batch.drop_condition) any_drop = any_drop || d;
+    if (any_drop) {
+      const Var uncond = unconditional_conditions();
+      std::vector<Var> rows;
+      for (int64_t m = 0; m < M; ++m) rows.push_back(batch.drop_condition[size_t(m)] ? uncond : nn::slice(cond, 0, m, m + 1));
+      cond = nn::concat(rows, 0);
+    }
+    const Tensor x0 = batch.dm_latents.to(DType::F32).contiguous(), eps = batch.noise.to(DType::F32).contiguous();
+    const int64_t per = x0.numel() / M;
+    Tensor noisy = Tensor::empty(x0.shape());
+    std::vector<float> tf;
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t t = batch.timesteps[size_t(m)];
+      DL_CHECK(t >= 0 && t < int64_t(alphas_cumprod_.size()), "timestep ", t, " is outside [0, ",
+               alphas_cumprod_.size(), ")");
+      // diffusers' add_noise: sqrt of the f32 cumulative product, in f32.
+      const float a = alphas_cumprod_[size_t(t)], sa = std::sqrt(a), so = std::sqrt(1.f - a);
+      for (int64_t k = m * per; k < (m + 1) * per; ++k) noisy.f32()[k] = sa * x0.f32()[k] + so * eps.f32()[k];
+      tf.push_back(float(t));
+    }
+    const Var pred = unet_.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
+    vm = nn::mse(pred, Var(eps));
+    out.vm_loss = vm.value().f32()[0];
+  }
+
+  // The original's NaN guards: a NaN term is dropped when the other one exists.
+  const bool lm_ok = lm.defined() && !std::isnan(out.lm_loss), vm_ok = vm.defined() && !std::isnan(out.vm_loss);
+  Var total;
+  if (lm.defined() && w.lm != 0.f && (lm_ok || !vm_ok)) total = nn::scale(lm, w.lm);
+  if (vm.defined() && w.vm != 0.f && (vm_ok || !lm_ok)) {
+    Var term = nn::scale(vm, w.vm);
+    total = total.defined() ? nn::add(total, term) : term;
+  }
+  out.loss = total.defined() ? total : Var(Tensor::zeros({1}));
+  return out;
+}
+
+}  // namespace dl::train

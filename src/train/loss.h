@@ -1,0 +1,67 @@
+// DreamLLM's training objective (docs/dreamllm-architecture.md section 3.1): one forward of the LLM over a collated
+// batch, then
+//   L_lm = token-mean cross-entropy of logits[:, :-1] against labels[:, 1:] over every label != -100 in the whole
+//          batch (0 when there is none);
+//   L_vm = mean((UNet(x_t, t, projector(H at the Q rows after each <dream_start>)) - noise)^2), x_t the DDPM
+//          forward process of the scaled VAE latents at integer t;
+//   loss = w_lm * L_lm + w_vm * L_vm.
+// The diffusion term is differentiated through the frozen UNet into the condition projector, the dream queries and
+// the LLM: the UNet's parameters are frozen leaves, so they get no gradient buffers while the chain rule passes them.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "io/config.h"
+#include "models/dreamllm.h"
+#include "models/unet.h"
+
+namespace dl::train {
+
+// One micro-batch, right-padded, as the collator produces it.
+struct Batch {
+  Tensor input_ids;       // [B, T] I32/I64
+  Tensor labels;          // [B, T] I32/I64, -100 where no LM loss
+  Tensor attention_mask;  // [B, T] 1 keep / 0 padding; undefined: no padding
+  Tensor pixel_values;    // [N, 3, S, S] CLIP inputs for the <im_start> spans in batch-major order; undefined: none
+  Tensor dm_latents;      // [M, C, h, w] scaled x0 for the first M <dream_start> spans; undefined: no diffusion term
+  Tensor noise;           // [M, C, h, w] standard-normal
+  std::vector<int64_t> timesteps;  // M integer timesteps in [0, num_train_timesteps)
+  // Optional classifier-free-guidance dropout: span m's condition is replaced by the unconditional one, computed
+  // as inference computes the negative branch (the LLM on [<s>, <dream_start>, queries, <dream_end>]). Empty: none.
+  std::vector<bool> drop_condition;
+};
+
+struct LossWeights {
+  float lm = 1.f, vm = 10.f;
+};
+
+struct LossTerms {
+  nn::Var loss;          // [1], differentiable
+  float lm_loss = 0.f;   // NaN when not computed (weight 0 and not forced)
+  float vm_loss = 0.f;   // 0 when the batch has no diffusion target
+  int64_t lm_tokens = 0;  // labels that counted
+  int64_t dream_images = 0;
+};
+
+class DreamLLMObjective {
+ public:
+  // Keeps references: the model, UNet and scheduler config must outlive the objective.
+  DreamLLMObjective(const models::DreamLLM& model, const models::UNet& unet, const io::SchedulerConfig& scheduler);
+
+  // Both terms are always computed when `compute_all`; otherwise a term whose weight is 0 is skipped (the trainer
+  // saves the lm_head GEMM in creation-only stages).
+  LossTerms operator()(const Batch& batch, const LossWeights& weights, bool compute_all = true) const;
+
+  // Conditions [1, Q, C] of the unconditional prompt [<s>] (differentiable), as inference's negative branch.
+  nn::Var unconditional_conditions() const;
+
+ private:
+  const models::DreamLLM& model_;
+  const models::UNet& unet_;
+  std::vector<float> alphas_cumprod_;
+};
+
+// Shifted labels: targets[b, t] = labels[b, t + 1] for t < T - 1, flattened to [B * (T - 1)] I64.
+Tensor shifted_targets(const Tensor& labels);
+
+}  // namespace dl::train
