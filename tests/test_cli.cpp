@@ -83,7 +83,7 @@ TEST(Cli, AskAnswersAsTheEvaluationTemplateDoes) {
   const text::Tokenizer tok = text::Tokenizer::load(kModel);
   const std::vector<int32_t> ids =
       tok.encode(text::vqa_prompt("", "What shape is it?", "", "", int(m.image_tokens())));
-  const Tensor px = io::clip_preprocess(io::read_image(img), pipelines::clip_preprocess_config(dir));
+  const Tensor px = io::clip_preprocess(io::read_image(img), io::clip_preprocess_config(dir));
   pipelines::GenerationConfig gc;
   gc.max_new_tokens = 10;
   gc.eos_token_id = tok.eos_id();

@@ -19,7 +19,7 @@ struct Loaded {
   models::DreamLLM model = models::DreamLLM::load(dir);
   pipelines::DiffusionHead head{dir};
   text::Tokenizer tok = text::Tokenizer::load(kModel);
-  io::ClipPreprocessConfig clip = pipelines::clip_preprocess_config(dir);
+  io::ClipPreprocessConfig clip = io::clip_preprocess_config(dir);
 };
 
 const Loaded& loaded() {

@@ -14,6 +14,7 @@
 #include "test_util.h"
 #include "train/loss.h"
 #include "train/stages.h"
+#include "train/trainer.h"
 
 namespace dl {
 namespace {
@@ -24,7 +25,7 @@ const io::SafetensorsFile& loss_fixture() {
   static const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/loss.safetensors");
   return f;
 }
-[[maybe_unused]] const io::SafetensorsFile& adamw_fixture() {
+const io::SafetensorsFile& adamw_fixture() {
   static const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/adamw.safetensors");
   return f;
 }
@@ -54,7 +55,7 @@ struct Trainable {
   }
   void train(const std::string& name) {
     nn::Var v = find(name);
-    if (v.value().dtype() != DType::F32) v.set_value(v.value().to(DType::F32));
+    v.set_value(v.value().to(DType::F32).clone());  // writable (the fixture files are memory-mapped)
     v.set_requires_grad(true);
     params[name] = v;
   }
@@ -137,6 +138,72 @@ TEST(TrainLoss, BadBatchesAreRefusedWithAClearError) {
   b = fixture_batch();
   b.labels = Tensor::zeros({2, 3}, DType::I64);
   EXPECT_NE(test::error_of([&] { objective(b, {}); }).find("do not match input_ids"), std::string::npos);
+}
+
+TEST(TrainSchedule, CosineWithWarmupFollowsHuggingFace) {
+  const Tensor lrs = get(adamw_fixture(), "lrs");
+  const int64_t warm = train::warmup_steps(10, 0.15);
+  EXPECT_EQ(warm, 2);
+  for (int64_t s = 0; s < 10; ++s)
+    EXPECT_NEAR(1e-2 * train::cosine_with_warmup(s, 10, warm), lrs.to_vector()[size_t(s)], 1e-9) << "step " << s;
+  EXPECT_EQ(train::cosine_with_warmup(0, 100, 0), 1.0);
+  EXPECT_NEAR(train::cosine_with_warmup(100, 100, 3), 0.0, 1e-12);
+}
+
+// Stage II, ten optimizer steps of two accumulated micro-batches each, clipped at 1.0, AdamW with HF's decay split
+// and the cosine warm-up schedule: the trajectory tracks torch.optim.AdamW's.
+TEST(TrainAdamW, TenStageIIStepsTrackPyTorch) {
+  const auto& f = adamw_fixture();
+  const auto& lf = loss_fixture();
+  Trainable t;
+  std::vector<nn::Var> params;
+  std::vector<std::string> names;
+  for (const auto& [key, _] : f.tensors)
+    if (key.rfind("final/", 0) == 0) names.push_back(key.substr(6));
+  // State-dict order of the reference (LLM, vision projector, dream queries, condition projector) does not matter
+  // to AdamW; the set does.
+  for (const std::string& n : names) {
+    t.train(n);
+    EXPECT_NO_THROW(train::group_of(n));
+    params.push_back(t.params.at(n));
+  }
+  ASSERT_EQ(params.size(), 25u);
+  const float base_lr = scalar(get(f, "config/base_lr")), wd = scalar(get(f, "config/weight_decay"));
+  auto opt = train::make_optimizer(params, names, base_lr, wd);
+  const train::DreamLLMObjective objective(t.model, t.head.unet, t.dir.scheduler_config());
+
+  const Tensor ids = get(lf, "input_ids"), labels = get(lf, "labels"), mask = get(lf, "attention_mask");
+  const Tensor x0 = get(f, "dm_latents"), noise = get(f, "noise");
+  const std::vector<int64_t> ts = as_i64(get(f, "timesteps"));
+  int64_t len1 = 0;
+  for (int64_t j = 0; j < mask.size(1); ++j) len1 += mask.to(DType::I64).data<int64_t>()[mask.size(1) + j];
+  const std::vector<float> losses = get(f, "losses").to_vector(), norms = get(f, "grad_norms").to_vector(),
+                           lrs = get(f, "lrs").to_vector();
+  for (int64_t s = 0; s < 10; ++s) {
+    std::vector<train::Batch> mb(2);
+    mb[0].input_ids = ids.slice(0, 0, 1).contiguous();
+    mb[0].labels = labels.slice(0, 0, 1).contiguous();
+    mb[0].attention_mask = mask.slice(0, 0, 1).contiguous();
+    mb[0].pixel_values = get(lf, "pixel_values");
+    mb[1].input_ids = ids.slice(0, 1, 2).slice(1, 0, len1).contiguous();
+    mb[1].labels = labels.slice(0, 1, 2).slice(1, 0, len1).contiguous();
+    for (int64_t m = 0; m < 2; ++m) {
+      mb[size_t(m)].dm_latents = x0.slice(0, m, m + 1).contiguous();
+      mb[size_t(m)].noise = noise.select(0, s).slice(0, m, m + 1).contiguous();
+      mb[size_t(m)].timesteps = {ts[size_t(s * 2 + m)]};
+    }
+    const float lr = float(base_lr * train::cosine_with_warmup(s, 10, train::warmup_steps(10, 0.15)));
+    EXPECT_NEAR(lr, lrs[size_t(s)], 1e-8);
+    const train::StepLosses r = train::optimizer_step(objective, mb, {1.f, 10.f}, *opt, lr, 1.f);
+    EXPECT_NEAR(r.loss, losses[size_t(s)], 1e-4 * losses[size_t(s)]) << "step " << s;
+    EXPECT_NEAR(r.grad_norm, norms[size_t(s)], 1e-4 * norms[size_t(s)]) << "step " << s;
+    if (s == 2) {
+      for (size_t i = 0; i < names.size(); ++i)
+        EXPECT_TRUE(test::close_rel(params[i].value(), get(f, "step3/" + names[i]), 1e-4f)) << names[i];
+    }
+  }
+  for (size_t i = 0; i < names.size(); ++i)
+    EXPECT_TRUE(test::close_rel(params[i].value(), get(f, "final/" + names[i]), 1e-4f)) << names[i];
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ Model::Model(const std::string& path, bool with_diffusion)
     : dir(open_model(path)),
       tokenizer(text::Tokenizer::load(path)),
       llm(models::DreamLLM::load(dir)),
-      clip_preprocess(pipelines::clip_preprocess_config(dir)) {
+      clip_preprocess(io::clip_preprocess_config(dir)) {
   DL_CHECK(tokenizer.vocab_size() <= dir.config().llm.vocab_size, "the tokenizer of '", path, "' has ",
            tokenizer.vocab_size(), " tokens but the model only ", dir.config().llm.vocab_size);
   if (with_diffusion) head = std::make_unique<pipelines::DiffusionHead>(dir);

@@ -180,6 +180,49 @@ Layout ModelDir::expected(Component c) const {
   return out;
 }
 
+std::vector<std::string> ModelDir::weight_files(Component c) const {
+  std::string f;
+  switch (c) {
+    case kLLM:
+      f = find_first(dir_, {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                            "pytorch_model.bin.index.json"});
+      break;
+    case kClip: f = find_first(dir_, {"clip_vision_embedding.safetensors", "clip_vision_embedding.bin"}); break;
+    case kDream: f = find_first(dir_, {"dream_embedding.safetensors", "dream_embedding.bin"}); break;
+    case kDiffusion:
+    case kConditionProjector:
+      f = find_first(dir_, {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"});
+      break;
+    default: fail("weight_files: pass a single component");
+  }
+  DL_CHECK(!f.empty(), "model directory '", dir_, "' has no weight file for component ", unsigned(c));
+  std::vector<std::string> files{f};
+  if (ends_with(f, ".index.json")) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text_file(f));
+    } catch (const nlohmann::json::exception& e) {
+      fail("'", f, "': invalid JSON (", e.what(), ")");
+    }
+    DL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), "'", f, "': no weight_map object");
+    std::set<std::string> shards;
+    for (const auto& [name, shard] : j["weight_map"].items())
+      if (shard.is_string()) shards.insert(shard.get<std::string>());
+    for (const auto& s : shards) files.push_back(dir_ + "/" + s);
+  }
+  return files;
+}
+
+ClipPreprocessConfig clip_preprocess_config(const ModelDir& dir) {
+  const std::string path = dir.path() + "/preprocessor_config.json";
+  if (file_exists(path)) return read_clip_preprocess_config(path);
+  ClipPreprocessConfig cfg;
+  const int64_t s = dir.clip_config().image_size;
+  cfg.shortest_edge = s;
+  cfg.crop_height = cfg.crop_width = s;
+  return cfg;
+}
+
 StateDict ModelDir::load(unsigned mask) const {
   StateDict all;
   auto need = [&](const std::string& file, const char* component) {

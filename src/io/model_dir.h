@@ -8,6 +8,7 @@
 
 #include "io/checkpoint_layout.h"
 #include "io/config.h"
+#include "io/image.h"
 #include "io/torch_bin.h"
 
 namespace dl::io {
@@ -38,6 +39,9 @@ class ModelDir {
   Layout expected(Component c) const;
   // Loads the components in `mask` (a bitwise or of Component values).
   StateDict load(unsigned mask = kAllComponents) const;
+  // The file(s) a component's weights are read from (the index and its shards for a sharded LLM); kDiffusion and
+  // kConditionProjector share stable_diffusion_head.*. Throws when the component has no weight file.
+  std::vector<std::string> weight_files(Component c) const;
 
  private:
   std::string dir_;
@@ -47,6 +51,10 @@ class ModelDir {
   VaeConfig vae_;
   SchedulerConfig scheduler_;
 };
+
+// The CLIP image preprocessing of a model directory: its preprocessor_config.json, or CLIP's defaults at the
+// vision tower's image size.
+ClipPreprocessConfig clip_preprocess_config(const ModelDir& dir);
 
 // Reads one weight file: .bin (torch.save zip), .safetensors, or a sharded checkpoint's *.index.json.
 StateDict read_weights(const std::string& path);

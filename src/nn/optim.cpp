@@ -18,7 +18,19 @@ AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(param
     m_.push_back(Tensor::zeros(p.shape()));
     v_.push_back(Tensor::zeros(p.shape()));
     steps_.push_back(0);
+    decay_.push_back(cfg_.weight_decay);
   }
+}
+
+void AdamW::load_state(size_t i, const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t steps) {
+  DL_CHECK(i < params_.size(), "AdamW: no parameter ", i);
+  DL_CHECK(exp_avg.shape() == m_[i].shape() && exp_avg_sq.shape() == v_[i].shape(), "AdamW: saved moments ",
+           exp_avg.describe(), " / ", exp_avg_sq.describe(), " do not match parameter ", params_[i].name(), " ",
+           params_[i].value().describe());
+  DL_CHECK(steps >= 0, "AdamW: negative step count for ", params_[i].name());
+  m_[i] = exp_avg.to(DType::F32).clone();
+  v_[i] = exp_avg_sq.to(DType::F32).clone();
+  steps_[i] = steps;
 }
 
 void AdamW::step(float lr) {
@@ -35,7 +47,7 @@ void AdamW::step(float lr) {
     const float* g = grad.f32();
     float* m = m_[i].f32();
     float* v = v_[i].f32();
-    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps, decay = 1.f - lr * cfg_.weight_decay;
+    const float b1 = cfg_.beta1, b2 = cfg_.beta2, eps = cfg_.eps, decay = 1.f - lr * decay_[i];
     parallel_for(p.value().numel(), 1 << 14, [&](int64_t a, int64_t b) {
       for (int64_t j = a; j < b; ++j) {
         w[j] *= decay;

@@ -23,12 +23,20 @@ class AdamW {
   int64_t parameter_steps(size_t i) const { return steps_.at(i); }
   const std::vector<Tensor>& exp_avg() const { return m_; }
   const std::vector<Tensor>& exp_avg_sq() const { return v_; }
+  const std::vector<Var>& params() const { return params_; }
+  // Per-parameter weight decay (HF Trainer exempts biases and normalisation weights); defaults to cfg.weight_decay.
+  void set_weight_decay(size_t i, float weight_decay) { decay_.at(i) = weight_decay; }
+  float weight_decay(size_t i) const { return decay_.at(i); }
+  // Restores the state of a saved run: moments of parameter i, its own step count, and the step() call count.
+  void load_state(size_t i, const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t steps);
+  void set_steps(int64_t t) { t_ = t; }
 
  private:
   std::vector<Var> params_;
   AdamWConfig cfg_;
   std::vector<Tensor> m_, v_;
   std::vector<int64_t> steps_;
+  std::vector<float> decay_;
   int64_t t_ = 0;
 };
 

@@ -11,16 +11,6 @@
 
 namespace dl::pipelines {
 
-io::ClipPreprocessConfig clip_preprocess_config(const io::ModelDir& dir) {
-  const std::string path = dir.path() + "/preprocessor_config.json";
-  if (std::filesystem::exists(path)) return io::read_clip_preprocess_config(path);
-  io::ClipPreprocessConfig cfg;
-  const int64_t s = dir.clip_config().image_size;
-  cfg.shortest_edge = s;
-  cfg.crop_height = cfg.crop_width = s;
-  return cfg;
-}
-
 Document write_document(const models::DreamLLM& model, const DiffusionHead& head, const text::Tokenizer& tokenizer,
                         const io::ClipPreprocessConfig& clip_cfg, const std::vector<int32_t>& prompt,
                         const Tensor& prompt_pixels, const WriteOptions& options, const WriteEvents& events) {

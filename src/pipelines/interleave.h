@@ -53,8 +53,4 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
                         const io::ClipPreprocessConfig& clip_preprocess, const std::vector<int32_t>& prompt,
                         const Tensor& prompt_pixels, const WriteOptions& options, const WriteEvents& events = {});
 
-// The CLIPImageProcessor settings of a model directory: preprocessor_config.json when present, otherwise the
-// CLIP ViT-L/14 defaults resized to the vision tower's image size.
-io::ClipPreprocessConfig clip_preprocess_config(const io::ModelDir& dir);
-
 }  // namespace dl::pipelines

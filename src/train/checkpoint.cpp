@@ -1,0 +1,213 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+
+namespace dl::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+bool is_weight_file(const std::string& name) {
+  return ends_with(name, ".safetensors") || ends_with(name, ".bin") || ends_with(name, ".index.json") ||
+         ends_with(name, ".pt") || ends_with(name, ".pth");
+}
+
+void copy_or_link(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::create_hard_link(from, to, ec);
+  if (!ec) return;
+  fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+  DL_CHECK(!ec, "cannot copy '", from.string(), "' to '", to.string(), "': ", ec.message());
+}
+
+void sync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+  const bool ok = fd >= 0 && ::fsync(fd) == 0;
+  if (fd >= 0) ::close(fd);
+  DL_CHECK(ok, "cannot flush '", path, "' to disk");
+}
+
+// Which file a full parameter name is stored in, and its name there.
+struct Placement {
+  io::Component component;
+  std::string file_name;
+};
+Placement place(const std::string& n) {
+  const std::string clip = "model.clip_vision_embedding.", dream = "model.dream_embedding.",
+                    head = "stable_diffusion_head.";
+  if (starts_with(n, clip)) return {io::kClip, n.substr(clip.size())};
+  if (starts_with(n, dream)) return {io::kDream, n.substr(dream.size())};
+  if (starts_with(n, head)) return {io::kDiffusion, n.substr(head.size())};
+  return {io::kLLM, n};
+}
+
+const char* file_of(io::Component c) {
+  switch (c) {
+    case io::kLLM: return "model.safetensors";
+    case io::kClip: return "clip_vision_embedding.safetensors";
+    case io::kDream: return "dream_embedding.safetensors";
+    default: return "stable_diffusion_head.safetensors";
+  }
+}
+
+std::string checkpoint_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
+
+}  // namespace
+
+void write_model_files(const std::string& dir, const io::ModelDir& source, const ModelWeights& weights,
+                       unsigned rewrite) {
+  DL_CHECK(weights.model && weights.head, "write_model_files: no weights");
+  // Configs, tokenizer and base configs: everything in the source that is not a weight file or a checkpoint.
+  for (const auto& e : fs::directory_iterator(source.path())) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && !is_weight_file(name)) {
+      copy_or_link(e.path(), fs::path(dir) / name);
+    } else if (e.is_directory() && (name == "clip_vision" || name == "unet" || name == "vae" || name == "scheduler")) {
+      fs::create_directories(fs::path(dir) / name);
+      for (const auto& f : fs::directory_iterator(e.path()))
+        if (f.is_regular_file() && !is_weight_file(f.path().filename().string()))
+          copy_or_link(f.path(), fs::path(dir) / name / f.path().filename());
+    }
+  }
+  std::map<io::Component, std::map<std::string, Tensor>> files;
+  auto add = [&](const models::ParameterSet& set, bool head_side) {
+    for (const auto& [n, v] : set.all()) {
+      const Placement p = place(n);
+      if (!(rewrite & p.component)) continue;
+      // Both sides hold the condition projector; the LLM side's copy is the one that trains.
+      if (head_side && n == "stable_diffusion_head.projector.projector.weight" && weights.model->contains(n)) continue;
+      files[p.component][p.file_name] = v.value();
+    }
+  };
+  add(*weights.model, false);
+  add(*weights.head, true);
+  for (io::Component c : {io::kLLM, io::kClip, io::kDream, io::kDiffusion}) {
+    if (rewrite & c) {
+      DL_CHECK(files.count(c), "write_model_files: no weights for ", file_of(c));
+      io::write_safetensors(dir + "/" + file_of(c), files[c], {{"format", "pt"}});
+    } else {
+      for (const std::string& f : source.weight_files(c)) copy_or_link(f, fs::path(dir) / fs::path(f).filename());
+    }
+  }
+}
+
+std::string save_checkpoint(const std::string& out, const io::ModelDir& source, const ModelWeights& weights,
+                            unsigned rewrite, const nn::AdamW& optimizer, const CheckpointState& state) {
+  const std::string final_dir = out + "/" + checkpoint_name(state.step);
+  const std::string tmp = out + "/." + checkpoint_name(state.step) + ".tmp";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  try {
+    fs::create_directories(tmp);
+    write_model_files(tmp, source, weights, rewrite);
+    std::map<std::string, Tensor> opt;
+    for (size_t i = 0; i < optimizer.params().size(); ++i) {
+      const std::string& n = optimizer.params()[i].name();
+      opt["exp_avg/" + n] = optimizer.exp_avg()[i];
+      opt["exp_avg_sq/" + n] = optimizer.exp_avg_sq()[i];
+      opt["steps/" + n] = Tensor::from_vector_i64({optimizer.parameter_steps(i)}, {1});
+    }
+    io::write_safetensors(tmp + "/optimizer.safetensors", opt);
+    nlohmann::json js = {{"step", state.step},
+                         {"optimizer_steps", optimizer.steps()},
+                         {"samples_drawn", state.samples_drawn},
+                         {"options", state.options},
+                         {"metrics", state.metrics}};
+    io::write_file_atomically(tmp + "/trainer_state.json", [&](std::ostream& f) { f << js.dump(1) << "\n"; });
+    sync_path(tmp, true);
+    fs::remove_all(final_dir, ec);
+    fs::rename(tmp, final_dir);
+    sync_path(out, true);
+  } catch (const std::exception& e) {
+    fs::remove_all(tmp, ec);
+    fail("could not save checkpoint ", final_dir, " (the earlier checkpoints are intact): ", e.what());
+  }
+  return final_dir;
+}
+
+std::string latest_checkpoint(const std::string& out) {
+  std::error_code ec;
+  if (!fs::is_directory(out, ec)) return "";
+  int64_t best = -1;
+  std::string path;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || !starts_with(name, "checkpoint-")) continue;
+    if (!fs::exists(e.path() / "trainer_state.json")) continue;
+    const std::string digits = name.substr(11);
+    if (digits.empty() || digits.size() > 15 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    const int64_t step = std::stoll(digits);
+    if (step > best) best = step, path = e.path().string();
+  }
+  return path;
+}
+
+CheckpointState read_checkpoint_state(const std::string& dir) {
+  const std::string p = dir + "/trainer_state.json";
+  nlohmann::json js;
+  try {
+    js = nlohmann::json::parse(io::read_text_file(p));
+  } catch (const nlohmann::json::exception& e) {
+    fail("'", p, "': invalid JSON (", e.what(), ")");
+  }
+  DL_CHECK(js.is_object() && js.contains("step") && js["step"].is_number_integer() && js.contains("samples_drawn") &&
+               js["samples_drawn"].is_number_integer(),
+           "'", p, "' lacks step / samples_drawn");
+  CheckpointState s;
+  s.step = js["step"].get<int64_t>();
+  s.samples_drawn = js["samples_drawn"].get<int64_t>();
+  DL_CHECK(s.step >= 0 && s.samples_drawn >= 0, "'", p, "': negative step or position");
+  if (js.contains("options")) s.options = js["options"];
+  if (js.contains("metrics")) s.metrics = js["metrics"];
+  return s;
+}
+
+void load_optimizer_state(const std::string& dir, nn::AdamW& optimizer, int64_t step) {
+  const io::SafetensorsFile f = io::read_safetensors(dir + "/optimizer.safetensors");
+  auto get = [&](const std::string& n) -> const Tensor& {
+    auto it = f.tensors.find(n);
+    DL_CHECK(it != f.tensors.end(), "'", dir, "/optimizer.safetensors' has no '", n,
+             "' (was the checkpoint made with another set of trainable parameters?)");
+    return it->second;
+  };
+  for (size_t i = 0; i < optimizer.params().size(); ++i) {
+    const std::string& n = optimizer.params()[i].name();
+    const Tensor& steps = get("steps/" + n);
+    DL_CHECK(steps.dtype() == DType::I64 && steps.numel() == 1, "'", dir, "/optimizer.safetensors': steps/", n,
+             " is not one I64");
+    optimizer.load_state(i, get("exp_avg/" + n), get("exp_avg_sq/" + n), steps.data<int64_t>()[0]);
+  }
+  optimizer.set_steps(step);
+}
+
+void prune_checkpoints(const std::string& out, int keep) {
+  if (keep <= 0) return;
+  std::vector<std::pair<int64_t, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || !starts_with(name, "checkpoint-")) continue;
+    const std::string digits = name.substr(11);
+    if (digits.empty() || digits.size() > 15 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    all.emplace_back(std::stoll(digits), e.path());
+  }
+  std::sort(all.begin(), all.end());
+  std::error_code ec;
+  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+}
+
+}  // namespace dl::train

@@ -1,0 +1,397 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "core/error.h"
+#include "core/ops.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "models/unet.h"
+#include "models/vae.h"
+#include "nn/functional.h"
+#include "text/tokenizer.h"
+#include "train/checkpoint.h"
+
+namespace dl::train {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kHead = "stable_diffusion_head.";
+
+// A writable F32 master copy of a parameter (bf16 release weights, memory-mapped files).
+void make_writable_f32(nn::Var v) {
+  if (v.value().dtype() == DType::F32 && v.value().is_contiguous() && v.value().storage()->is_writable()) return;
+  v.set_value(v.value().to(DType::F32).clone());
+}
+
+// HF Trainer's decay split: no weight decay on biases and on normalisation weights.
+bool decays(const std::string& name) {
+  auto ends = [&](const char* s) {
+    const std::string x(s);
+    return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
+  };
+  return !ends("bias") && !ends("norm.weight");
+}
+
+nlohmann::json fixed_options(const TrainOptions& o) {
+  nlohmann::json data = nlohmann::json::array();
+  for (const DatasetSpec& d : o.data)
+    data.push_back({{"path", d.path}, {"format", data_format_name(d.format)}, {"size", d.size}});
+  return {{"stage", o.stage.name},
+          {"micro_batch", o.micro_batch},
+          {"grad_accum", o.grad_accum},
+          {"seed", o.seed},
+          {"max_length", o.max_length},
+          {"shuffle_buffer", o.shuffle_buffer},
+          {"data", data}};
+}
+
+}  // namespace
+
+void reinitialise(const std::vector<Reinit>& what, const models::ParameterSet& params,
+                  const io::DreamLLMConfig& config, uint64_t seed) {
+  for (Reinit r : what) {
+    Rng rng(derive_seed(seed, 0x696e6974, uint64_t(r)));
+    auto normal = [&](const std::string& name) {
+      nn::Var v = params.at(name);
+      make_writable_f32(v);
+      float* p = v.value().f32();
+      for (int64_t i = 0; i < v.value().numel(); ++i) p[i] = 0.02f * rng.normal();
+    };
+    // PyTorch's Linear.reset_parameters: kaiming_uniform(a = sqrt 5) is U(+-1/sqrt(fan_in)), the bias too.
+    auto linear = [&](const std::string& prefix, bool bias) {
+      nn::Var w = params.at(prefix + "weight");
+      make_writable_f32(w);
+      const int64_t fan_in = w.shape()[1];
+      const double bound = 1.0 / std::sqrt(double(fan_in));
+      float* p = w.value().f32();
+      for (int64_t i = 0; i < w.value().numel(); ++i) p[i] = float((2.0 * rng.uniform() - 1.0) * bound);
+      if (!bias) return;
+      nn::Var b = params.at(prefix + "bias");
+      make_writable_f32(b);
+      float* q = b.value().f32();
+      for (int64_t i = 0; i < b.value().numel(); ++i) q[i] = float((2.0 * rng.uniform() - 1.0) * bound);
+    };
+    switch (r) {
+      case Reinit::kDreamQueries: normal("model.dream_embedding.dream_queries"); break;
+      case Reinit::kVisionProjector: linear("model.clip_vision_embedding.projector.projector.", true); break;
+      case Reinit::kConditionProjector: linear(kHead + "projector.projector.", false); break;
+      case Reinit::kNewTokenRows: {
+        // [PAD] and the additional special tokens are the rows resize_token_embeddings adds.
+        std::vector<int64_t> rows{config.token_id("[PAD]")};
+        for (const char* t : {"<image>", "<im_patch>", "<im_start>", "<im_end>", "<dream>", "<dream_start>",
+                              "<dream_end>"})
+          rows.push_back(config.token_id(t));
+        for (const std::string name : {"model.embed_tokens.weight", "lm_head.weight"}) {
+          if (!params.contains(name)) continue;  // tied embeddings
+          nn::Var v = params.at(name);
+          make_writable_f32(v);
+          const int64_t D = v.shape()[1];
+          for (int64_t row : rows) {
+            DL_CHECK(row >= 0 && row < v.shape()[0], "token id ", row, " is outside ", name);
+            float* p = v.value().f32() + row * D;
+            for (int64_t i = 0; i < D; ++i) p[i] = 0.02f * rng.normal();
+          }
+        }
+        break;
+      }
+    }
+  }
+}
+
+StepLosses optimizer_step(const DreamLLMObjective& objective, const std::vector<Batch>& micro_batches,
+                          const LossWeights& weights, nn::AdamW& optimizer, float lr, float max_grad_norm) {
+  DL_CHECK(!micro_batches.empty(), "optimizer_step: no micro-batches");
+  const float share = 1.f / float(micro_batches.size());
+  StepLosses out;
+  double lm_sum = 0, vm_sum = 0;
+  int64_t lm_n = 0, vm_n = 0;
+  for (const Batch& b : micro_batches) {
+    const LossTerms t = objective(b, weights, false);
+    out.loss += t.loss.value().f32()[0] * share;
+    if (!std::isnan(t.lm_loss) && t.lm_tokens > 0) lm_sum += t.lm_loss, ++lm_n;
+    if (t.dream_images > 0 && !std::isnan(t.vm_loss)) vm_sum += t.vm_loss, ++vm_n;
+    out.lm_tokens += t.lm_tokens;
+    // A micro-batch with nothing to learn (a text-to-image pair in a comprehension stage) has no graph.
+    if (t.loss.requires_grad()) nn::scale(t.loss, share).backward();
+  }
+  out.lm_loss = lm_n ? float(lm_sum / double(lm_n)) : 0.f;
+  out.vm_loss = vm_n ? float(vm_sum / double(vm_n)) : 0.f;
+  out.grad_norm = nn::clip_grad_norm(optimizer.params(), max_grad_norm > 0.f ? max_grad_norm : INFINITY);
+  optimizer.step(lr);
+  return out;
+}
+
+std::unique_ptr<nn::AdamW> make_optimizer(const std::vector<nn::Var>& params, const std::vector<std::string>& names,
+                                          float lr, float weight_decay) {
+  DL_CHECK(params.size() == names.size(), "make_optimizer: ", params.size(), " parameters but ", names.size(),
+           " names");
+  auto opt = std::make_unique<nn::AdamW>(params, nn::AdamWConfig{lr, 0.9f, 0.999f, 1e-8f, weight_decay});
+  for (size_t i = 0; i < params.size(); ++i) opt->set_weight_decay(i, decays(names[i]) ? weight_decay : 0.f);
+  return opt;
+}
+
+struct Trainer::Impl {
+  TrainOptions opt;
+  TrainEvents events;
+  std::string start_dir;  // the model directory the weights came from (a checkpoint when resuming)
+  io::ModelDir dir;
+  models::DreamLLM model;
+  models::ParameterSet head_params;
+  models::UNet unet;
+  models::Vae vae;
+  text::Tokenizer tokenizer;
+  DocumentBuilder builder;
+  ImagePrep prep;
+  MixedStream stream;
+  DreamLLMObjective objective;
+  std::unique_ptr<nn::AdamW> optimizer;
+  std::vector<std::string> trainable_names;
+  unsigned rewrite = 0;  // components whose weights train
+  int64_t total = 0, start = 0, skipped_samples = 0;
+  float lr = 0.f;
+
+  static std::string resolve_start(const TrainOptions& o) {
+    if (o.resume) {
+      const std::string ck = latest_checkpoint(o.out);
+      if (!ck.empty()) return ck;
+    }
+    return o.model;
+  }
+  static models::ParameterSet head_of(const io::ModelDir& d) {
+    models::ParameterSet p;
+    p.adopt(d.load(io::kDiffusion), kHead);
+    return p;
+  }
+  static DocumentOptions doc_options(const TrainOptions& o, const models::DreamLLM& m) {
+    DocumentOptions d;
+    d.image_tokens = int(m.image_tokens());
+    d.dream_queries = int(m.dream_queries());
+    d.max_length = int(std::min<int64_t>(o.max_length, m.llm().config().max_position_embeddings));
+    d.comprehension = o.stage.comprehension;
+    d.creation = o.stage.creation;
+    return d;
+  }
+
+  Impl(TrainOptions o, TrainEvents e)
+      : opt(std::move(o)),
+        events(std::move(e)),
+        start_dir(resolve_start(opt)),
+        dir(io::ModelDir::open(start_dir)),
+        model(models::DreamLLM::load(dir)),
+        head_params(head_of(dir)),
+        unet(dir.unet_config(), head_params, kHead + "unet."),
+        vae(dir.vae_config(), head_params, kHead + "vae."),
+        tokenizer(text::Tokenizer::load(start_dir)),
+        builder(tokenizer, doc_options(opt, model)),
+        prep{io::clip_preprocess_config(dir), dir.unet_config().sample_size * dir.vae_config().scale_factor()},
+        stream(opt.data, opt.seed, opt.shuffle_buffer,
+               [this](const DataIssue& i) { warn(i.where() + ": " + i.message + " (skipped)"); }),
+        objective(model, unet, dir.scheduler_config()) {
+    DL_CHECK(opt.micro_batch >= 1 && opt.grad_accum >= 1, "micro-batch and accumulation must be >= 1");
+    DL_CHECK(opt.condition_dropout >= 0.f && opt.condition_dropout < 1.f, "condition dropout ", opt.condition_dropout,
+             " is outside [0, 1)");
+    DL_CHECK(!opt.out.empty(), "no output directory given");
+    if (opt.learning_rate <= 0.f) opt.learning_rate = opt.stage.learning_rate;
+    const int64_t per_step = opt.micro_batch * opt.grad_accum;
+    total = opt.max_steps > 0 ? opt.max_steps
+                              : std::max<int64_t>(1, int64_t(std::ceil(opt.epochs * double(stream.epoch_size()) /
+                                                                       double(per_step))));
+    const bool resumed = start_dir != opt.model;
+    if (!resumed) reinitialise(opt.stage.reinit, model.parameters(), dir.config(), opt.seed);
+
+    // The trainable set, in state-dict order.
+    std::set<Group> groups(opt.stage.trainable.begin(), opt.stage.trainable.end());
+    std::vector<nn::Var> params;
+    for (const auto& [name, v] : model.parameters().all()) {
+      if (!groups.count(group_of(name))) continue;
+      nn::Var p = v;
+      make_writable_f32(p);
+      p.set_requires_grad(true);
+      params.push_back(p);
+      trainable_names.push_back(name);
+      rewrite |= name.rfind("model.clip_vision_embedding.", 0) == 0 ? io::kClip
+                 : name.rfind("model.dream_embedding.", 0) == 0    ? io::kDream
+                 : name.rfind(kHead, 0) == 0                        ? io::kDiffusion
+                                                                    : io::kLLM;
+    }
+    DL_CHECK(!params.empty(), "stage ", opt.stage.name, " has no trainable parameters");
+    // Re-initialised parts change even when they do not train.
+    for (Reinit r : opt.stage.reinit)
+      rewrite |= r == Reinit::kDreamQueries       ? io::kDream
+                 : r == Reinit::kVisionProjector  ? io::kClip
+                 : r == Reinit::kConditionProjector ? io::kDiffusion
+                                                    : io::kLLM;
+    optimizer = make_optimizer(params, trainable_names, opt.learning_rate, opt.weight_decay);
+
+    fs::create_directories(opt.out);
+    if (resumed) {
+      const CheckpointState st = read_checkpoint_state(start_dir);
+      const nlohmann::json now = fixed_options(opt);
+      DL_CHECK(st.options.is_null() || st.options == now, "cannot resume from '", start_dir,
+               "': it was made with different options (", st.options.dump(), " vs now ", now.dump(), ")");
+      DL_CHECK(st.step <= total, "checkpoint step ", st.step, " is beyond the run's ", total, " steps");
+      load_optimizer_state(start_dir, *optimizer, st.step);
+      stream.skip(st.samples_drawn);
+      start = st.step;
+      if (st.metrics.is_object() && st.metrics.contains("skipped_samples"))
+        skipped_samples = st.metrics["skipped_samples"].get<int64_t>();
+      trim_metrics(start);
+    } else {
+      std::error_code ec;
+      fs::remove(opt.out + "/metrics.jsonl", ec);
+    }
+  }
+
+  void warn(const std::string& message) {
+    if (events.on_warning) events.on_warning(message);
+  }
+
+  // Keeps the metrics of steps up to `step` (a resumed run rewrites what came after its checkpoint).
+  void trim_metrics(int64_t step) {
+    const std::string path = opt.out + "/metrics.jsonl";
+    std::ifstream in(path);
+    if (!in) return;
+    std::string kept, line;
+    while (std::getline(in, line)) {
+      try {
+        const auto j = nlohmann::json::parse(line);
+        if (j.contains("step") && j["step"].get<int64_t>() <= step) kept += line + "\n";
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+    in.close();
+    std::ofstream(path, std::ios::trunc) << kept;
+  }
+
+  // Builds the next usable sample: records whose images cannot be read are skipped with a warning.
+  PreparedSample next_sample() {
+    for (int attempts = 0;; ++attempts) {
+      DL_CHECK(attempts < 10000, "10000 consecutive samples had unreadable images: check the dataset paths");
+      MixedStream::Item item = stream.next();
+      Rng coin(derive_seed(opt.seed, 0x73616d70, uint64_t(item.index)));
+      PreparedSample p;
+      try {
+        p.sample = builder.build(item.record, coin);
+        for (const ImageRef& r : p.sample.images) p.pixels.push_back(io::clip_preprocess(load_image(r.path), prep.clip));
+        for (const ImageRef& r : p.sample.dream_images) p.dm_pixels.push_back(diffusion_pixels(load_image(r.path), prep.resolution));
+      } catch (const Error& e) {
+        ++skipped_samples;
+        warn("sample " + std::to_string(item.index) + " of '" + stream.datasets()[item.dataset].path +
+             "' skipped: " + e.what());
+        continue;
+      }
+      return p;
+    }
+  }
+
+  // One micro-batch with its diffusion targets: VAE posterior samples x scaling factor, noise and timesteps from a
+  // generator derived from the micro-batch's global index.
+  Batch next_batch(int64_t micro_index, StepReport& r) {
+    std::vector<PreparedSample> samples;
+    for (int64_t i = 0; i < opt.micro_batch; ++i) samples.push_back(next_sample());
+    Collated c = collate(samples, int32_t(dir.config().token_id("[PAD]")));
+    Rng rng(derive_seed(opt.seed, 0x6e6f6973, uint64_t(micro_index)));
+    Batch& b = c.batch;
+    r.samples += opt.micro_batch;
+    r.tokens += int64_t(ops::sum_all(b.attention_mask));
+    r.images += b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
+    if (c.dm_images.defined() && opt.stage.weights.vm != 0.f) {
+      const int64_t M = c.dm_images.size(0);
+      Tensor latents;
+      {
+        nn::NoGradGuard frozen;
+        const auto post = vae.encode(nn::Var(c.dm_images));
+        // latent_dist.sample() (mean + exp(logvar / 2) * eps) times the scaling factor, as the original encodes.
+        const Tensor mean = post.mean.value().contiguous(), logvar = post.logvar.value().contiguous();
+        const Tensor eps = rng.randn(mean.shape());
+        latents = Tensor::empty(mean.shape());
+        const float k = dir.vae_config().scaling_factor;
+        for (int64_t i = 0; i < mean.numel(); ++i)
+          latents.f32()[i] = (mean.f32()[i] + std::exp(0.5f * logvar.f32()[i]) * eps.f32()[i]) * k;
+      }
+      b.dm_latents = latents;
+      b.noise = rng.randn(latents.shape());
+      const int64_t T = dir.scheduler_config().num_train_timesteps;
+      for (int64_t m = 0; m < M; ++m) b.timesteps.push_back(int64_t(rng.below(uint64_t(T))));
+      if (opt.condition_dropout > 0.f)
+        for (int64_t m = 0; m < M; ++m) b.drop_condition.push_back(rng.uniform() < opt.condition_dropout);
+      r.dream_images += M;
+    }
+    return b;
+  }
+
+  StepReport step(int64_t s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    StepReport r;
+    r.step = s + 1;
+    r.total_steps = total;
+    r.lr = float(double(opt.learning_rate) * cosine_with_warmup(s, total, warmup_steps(total, opt.warmup_ratio)));
+    std::vector<Batch> batches;
+    for (int64_t a = 0; a < opt.grad_accum; ++a) batches.push_back(next_batch(s * opt.grad_accum + a, r));
+    const StepLosses l = optimizer_step(objective, batches, opt.stage.weights, *optimizer, r.lr, opt.max_grad_norm);
+    r.loss = l.loss;
+    r.lm_loss = l.lm_loss;
+    r.vm_loss = l.vm_loss;
+    r.grad_norm = l.grad_norm;
+    r.lm_tokens = l.lm_tokens;
+    r.skipped_samples = skipped_samples;
+    r.skipped_records = stream.skipped_records();
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r;
+  }
+
+  nlohmann::json metrics_json(const StepReport& r) const {
+    return {{"step", r.step},       {"total_steps", r.total_steps}, {"loss", r.loss},
+            {"lm_loss", r.lm_loss}, {"vm_loss", r.vm_loss},         {"lr", r.lr},
+            {"grad_norm", r.grad_norm}, {"tokens", r.tokens},       {"lm_tokens", r.lm_tokens},
+            {"images", r.images},   {"dream_images", r.dream_images}, {"samples", r.samples},
+            {"skipped_samples", r.skipped_samples}, {"skipped_records", r.skipped_records},
+            {"seconds", r.seconds}};
+  }
+
+  ModelWeights weights() const { return {&model.parameters(), &head_params}; }
+
+  void checkpoint(const StepReport& r) {
+    CheckpointState st{r.step, stream.drawn(), fixed_options(opt), metrics_json(r)};
+    const std::string path = save_checkpoint(opt.out, dir, weights(), rewrite, *optimizer, st);
+    prune_checkpoints(opt.out, opt.save_total_limit);
+    if (events.on_checkpoint) events.on_checkpoint(path);
+  }
+};
+
+Trainer::Trainer(TrainOptions options, TrainEvents events)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(events))) {}
+Trainer::~Trainer() = default;
+
+int64_t Trainer::total_steps() const { return impl_->total; }
+int64_t Trainer::start_step() const { return impl_->start; }
+std::vector<std::string> Trainer::trainable() const { return impl_->trainable_names; }
+
+StepReport Trainer::run(int64_t stop_after) {
+  Impl& m = *impl_;
+  const int64_t end = stop_after < 0 ? m.total : std::min(m.total, stop_after);
+  StepReport last;
+  for (int64_t s = m.start; s < end; ++s) {
+    last = m.step(s);
+    {
+      std::ofstream f(m.opt.out + "/metrics.jsonl", std::ios::app);
+      f << m.metrics_json(last).dump() << "\n";
+      DL_CHECK(f.good(), "cannot append to '", m.opt.out, "/metrics.jsonl'");
+    }
+    if (m.events.on_step) m.events.on_step(last);
+    const bool done = last.step == m.total;
+    if ((m.opt.save_every > 0 && last.step % m.opt.save_every == 0) || done || last.step == end) m.checkpoint(last);
+  }
+  m.start = end;
+  if (end == m.total && m.opt.write_final) write_model_files(m.opt.out, m.dir, m.weights(), m.rewrite);
+  return last;
+}
+
+}  // namespace dl::train
