@@ -24,38 +24,9 @@ namespace {
 namespace fs = std::filesystem;
 const std::string kModel = std::string(DL_FIXTURE_DIR) + "/tiny_full";
 
-struct CliResult {
-  int code = -1;
-  std::string out, err;
-};
-
-// Runs the CLI with `args` (a shell word list), capturing stdout and stderr.
-CliResult cli(const std::string& args, const std::string& stdin_text = "") {
-  const fs::path dir = fs::temp_directory_path() / ("dl_cli_" + std::to_string(getpid()));
-  fs::create_directories(dir);
-  const std::string out = (dir / "stdout").string(), err = (dir / "stderr").string(), in = (dir / "stdin").string();
-  std::ofstream(in) << stdin_text;
-  const std::string cmd = std::string(DL_CLI) + " " + args + " < " + in + " > " + out + " 2> " + err;
-  const int status = std::system(cmd.c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  };
-  CliResult r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
+using test::cli;
+using test::CliResult;
+using test::slurp;
 
 struct Scratch {
   fs::path dir = fs::temp_directory_path() / ("dl_cli_out_" + std::to_string(getpid()));

@@ -2,7 +2,12 @@
 
 #include "core/error.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <sstream>
 
@@ -87,5 +92,29 @@ std::string error_of(const std::function<void()>& fn) {
   }
   return "no error";
 }
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+#ifdef DL_CLI
+CliResult cli(const std::string& args, const std::string& stdin_text, const std::string& shell_prefix) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("dl_cli_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string out = (dir / "stdout").string(), err = (dir / "stderr").string(), in = (dir / "stdin").string();
+  std::ofstream(in) << stdin_text;
+  const std::string cmd = shell_prefix + std::string(DL_CLI) + " " + args + " < " + in + " > " + out + " 2> " + err;
+  const int status = std::system(cmd.c_str());
+  CliResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+#endif
 
 }  // namespace dl::test

@@ -29,4 +29,13 @@ Tensor randn(const Shape& shape, uint64_t seed, float scale = 1.f);
 // The message of the dl::Error that fn throws, or "no error".
 std::string error_of(const std::function<void()>& fn);
 
+struct CliResult {
+  int code = -1;
+  std::string out, err;
+};
+// Runs the dreamllm binary with `args` (a shell word list, optionally prefixed by the caller with shell commands
+// through `shell_prefix`, e.g. "ulimit -f 64;"), capturing stdout and stderr.
+CliResult cli(const std::string& args, const std::string& stdin_text = "", const std::string& shell_prefix = "");
+std::string slurp(const std::string& path);
+
 }  // namespace dl::test

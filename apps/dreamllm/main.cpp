@@ -14,6 +14,7 @@ int ask_main(int argc, char** argv);
 int chat_main(int argc, char** argv);
 int create_main(int argc, char** argv);
 int write_main(int argc, char** argv);
+int train_main(int argc, char** argv);
 }
 
 namespace {
@@ -28,6 +29,8 @@ void usage(FILE* out) {
                "  create  draw images from a prompt:            dreamllm create -m MODEL -p \"a red circle\" -o out.png\n"
                "  write   write a document with images that the model places itself:\n"
                "                                                dreamllm write -m MODEL -p \"Write a story\" -o doc.html\n"
+               "  train   train a stage (I-a, I-b, II, III) on data files:\n"
+               "                                                dreamllm train --stage II -m MODEL --data docs.jsonl -o out\n"
                "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
     if (cmd == "chat") return dl::app::chat_main(argc - 1, argv + 1);
     if (cmd == "create") return dl::app::create_main(argc - 1, argv + 1);
     if (cmd == "write") return dl::app::write_main(argc - 1, argv + 1);
+    if (cmd == "train") return dl::app::train_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

@@ -27,12 +27,30 @@ bool is_weight_file(const std::string& name) {
          ends_with(name, ".pt") || ends_with(name, ".pth");
 }
 
-void copy_or_link(const fs::path& from, const fs::path& to) {
+// Big unchanged weight files are hard-linked when the file system allows (they are never written in place: every
+// write replaces a file by rename); small files are copied. The destination is removed first, so a destination
+// that is itself a link to the source is never truncated.
+void copy_file_to(const fs::path& from, const fs::path& to, bool link) {
   std::error_code ec;
-  fs::create_hard_link(from, to, ec);
-  if (!ec) return;
-  fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
+  fs::remove(to, ec);
+  if (link) {
+    fs::create_hard_link(from, to, ec);
+    if (!ec) return;
+  }
+  fs::copy_file(from, to, ec);
   DL_CHECK(!ec, "cannot copy '", from.string(), "' to '", to.string(), "': ", ec.message());
+}
+
+// Every file name a component's weights may have, so a rewritten directory never keeps a stale twin that the
+// loader would prefer.
+std::vector<std::string> weight_names(io::Component c) {
+  switch (c) {
+    case io::kLLM:
+      return {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"};
+    case io::kClip: return {"clip_vision_embedding.safetensors", "clip_vision_embedding.bin"};
+    case io::kDream: return {"dream_embedding.safetensors", "dream_embedding.bin"};
+    default: return {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"};
+  }
 }
 
 void sync_path(const std::string& path, bool directory) {
@@ -75,13 +93,13 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
   // Configs, tokenizer and base configs: everything in the source that is not a weight file or a checkpoint.
   for (const auto& e : fs::directory_iterator(source.path())) {
     const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && !is_weight_file(name)) {
-      copy_or_link(e.path(), fs::path(dir) / name);
+    if (e.is_regular_file() && !is_weight_file(name) && name != "metrics.jsonl") {
+      copy_file_to(e.path(), fs::path(dir) / name, false);
     } else if (e.is_directory() && (name == "clip_vision" || name == "unet" || name == "vae" || name == "scheduler")) {
       fs::create_directories(fs::path(dir) / name);
       for (const auto& f : fs::directory_iterator(e.path()))
         if (f.is_regular_file() && !is_weight_file(f.path().filename().string()))
-          copy_or_link(f.path(), fs::path(dir) / name / f.path().filename());
+          copy_file_to(f.path(), fs::path(dir) / name / f.path().filename(), false);
     }
   }
   std::map<io::Component, std::map<std::string, Tensor>> files;
@@ -97,11 +115,21 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
   add(*weights.model, false);
   add(*weights.head, true);
   for (io::Component c : {io::kLLM, io::kClip, io::kDream, io::kDiffusion}) {
+    const std::vector<std::string> sources = (rewrite & c) ? std::vector<std::string>{} : source.weight_files(c);
+    std::error_code ec;
+    for (const std::string& n : weight_names(c))
+      if (fs::exists(fs::path(dir) / n) && std::find_if(sources.begin(), sources.end(), [&](const std::string& s) {
+                                             return fs::equivalent(s, fs::path(dir) / n, ec);
+                                           }) == sources.end())
+        fs::remove(fs::path(dir) / n, ec);
     if (rewrite & c) {
       DL_CHECK(files.count(c), "write_model_files: no weights for ", file_of(c));
       io::write_safetensors(dir + "/" + file_of(c), files[c], {{"format", "pt"}});
     } else {
-      for (const std::string& f : source.weight_files(c)) copy_or_link(f, fs::path(dir) / fs::path(f).filename());
+      for (const std::string& f : sources) {
+        const fs::path to = fs::path(dir) / fs::path(f).filename();
+        if (!fs::equivalent(f, to, ec)) copy_file_to(f, to, true);  // already the same file: writing in place
+      }
     }
   }
 }

@@ -163,7 +163,8 @@ Record MixedStream::draw(size_t i) {
     // Epoch boundary: the file is read again from the start.
     DL_CHECK(d.read_this_epoch > 0, "dataset '", specs_[i].path, "' yielded no usable records");
     d.skipped_before += d.source->skipped();
-    d.source = open_source(specs_[i], on_issue_);
+    // Later epochs count the same bad lines again but do not report them again.
+    d.source = open_source(specs_[i], {});
     d.exhausted = false;
     d.read_this_epoch = 0;
     ++d.epoch;

@@ -198,6 +198,11 @@ struct Trainer::Impl {
     DL_CHECK(opt.condition_dropout >= 0.f && opt.condition_dropout < 1.f, "condition dropout ", opt.condition_dropout,
              " is outside [0, 1)");
     DL_CHECK(!opt.out.empty(), "no output directory given");
+    {
+      std::error_code ec;
+      DL_CHECK(!fs::equivalent(opt.out, opt.model, ec), "the output directory '", opt.out,
+               "' is the model directory being trained: choose another one");
+    }
     if (opt.learning_rate <= 0.f) opt.learning_rate = opt.stage.learning_rate;
     const int64_t per_step = opt.micro_batch * opt.grad_accum;
     total = opt.max_steps > 0 ? opt.max_steps

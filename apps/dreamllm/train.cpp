@@ -1,0 +1,171 @@
+// `dreamllm train`: DreamLLM's training stages (I-a creation alignment, I-b comprehension alignment, II interleaved
+// generative pretraining, III SFT) on data files, with a live progress line, a JSONL metrics log, release-layout
+// checkpoints and exact resume.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <sstream>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "train/trainer.h"
+
+namespace dl::app {
+
+namespace {
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string clock(double seconds) {
+  const long s = long(seconds + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  return buf;
+}
+
+}  // namespace
+
+int train_main(int argc, char** argv) {
+  CLI::App app(
+      "Train DreamLLM: a stage preset (trainable parts, loss weights, learning rate, data modes, fresh\n"
+      "initialisations as the original) on interleaved documents, image-text pairs and conversations.",
+      "train");
+  std::string stage = "II", model, out, trainable, reinit, metrics;
+  std::vector<std::string> data;
+  train::TrainOptions o;
+  std::optional<float> lr, lm_weight, vm_weight;
+  int threads = 0;
+  bool quiet = false;
+  app.add_option("--stage", stage, "I-a (creation alignment), I-b (comprehension alignment), II (interleaved "
+                                   "pretraining), III (SFT)")
+      ->capture_default_str();
+  app.add_option("-m,--model", model, "model directory to start from (official release layout)")->required();
+  app.add_option("--data", data,
+                 "dataset PATH[:FORMAT][:SIZE], repeatable; FORMAT interleaved (MMC4 JSONL), pair (image-text JSONL), "
+                 "conversation (LLaVA JSON/JSONL), wds (webdataset .tar) or auto; SIZE weights the mixture "
+                 "(default: the record count)")
+      ->required();
+  app.add_option("-o,--out", o.out, "output directory: checkpoint-N/, the final model, metrics.jsonl")->required();
+  app.add_option("--lr", lr, "peak learning rate (default: the stage's: I 2e-3, II 2e-5, III 4e-5)");
+  app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (biases and norms are exempt)")
+      ->capture_default_str();
+  app.add_option("--warmup-ratio", o.warmup_ratio, "fraction of the steps spent warming up")->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--max-grad-norm", o.max_grad_norm, "gradient-norm clipping (0: off)")->capture_default_str();
+  app.add_option("-b,--micro-batch", o.micro_batch, "samples per micro-batch")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--max-steps", o.max_steps, "optimizer steps (default: --epochs over the mixture)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--epochs", o.epochs, "passes over the mixture's declared size")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-length", o.max_length, "token limit per sample (whole spans are dropped beyond it)")
+      ->capture_default_str()->check(CLI::Range(8, 1 << 20));
+  app.add_option("--shuffle-buffer", o.shuffle_buffer, "records held per dataset for shuffling")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 24));
+  app.add_option("--seed", o.seed, "seed of the data order, noise and initialisations")->capture_default_str();
+  app.add_option("--save-every", o.save_every, "checkpoint every N steps (0: at the end only)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--cond-dropout", o.condition_dropout,
+                 "probability of training a dream span on the unconditional condition (classifier-free guidance; "
+                 "0 as the released configs)")
+      ->check(CLI::Range(0.0, 0.99));
+  app.add_option("--trainable", trainable,
+                 "override the stage's trainable groups: comma list of llm, vision_projector, dream_queries, "
+                 "condition_projector, vision_tower");
+  app.add_option("--reinit", reinit,
+                 "override the stage's fresh initialisations: comma list of dream_queries, vision_projector, "
+                 "condition_projector, new_token_rows, or none");
+  app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
+  app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
+  int64_t stop_after = -1;
+  app.add_option("--stop-after", stop_after,
+                 "stop (with a checkpoint) after this optimizer step, e.g. to split a run into time slices; "
+                 "continue with --resume")
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--resume", o.resume, "continue from the newest checkpoint in --out (bit-identical for the same "
+                                     "thread count)");
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("-q,--quiet", quiet, "no progress line");
+  if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  set_num_threads(threads);
+  // A file-size limit (ulimit -f) then fails the write with EFBIG, which the checkpoint writer reports, instead of
+  // killing the process halfway through a checkpoint.
+  std::signal(SIGXFSZ, SIG_IGN);
+
+  o.model = model;
+  o.stage = train::stage_preset(stage);
+  if (lr) o.learning_rate = *lr;
+  if (lm_weight) o.stage.weights.lm = *lm_weight;
+  if (vm_weight) o.stage.weights.vm = *vm_weight;
+  if (!trainable.empty()) {
+    o.stage.trainable.clear();
+    for (const std::string& g : split_list(trainable)) o.stage.trainable.push_back(train::parse_group(g));
+  }
+  if (!reinit.empty()) {
+    o.stage.reinit.clear();
+    if (reinit != "none")
+      for (const std::string& r : split_list(reinit)) o.stage.reinit.push_back(train::parse_reinit(r));
+  }
+  for (const std::string& d : data) o.data.push_back(train::parse_dataset_spec(d));
+
+  const bool tty = isatty(2);
+  int64_t warnings = 0;
+  double elapsed = 0;
+  train::TrainEvents events;
+  events.on_warning = [&](const std::string& message) {
+    // The first warnings in full; after that a count in the progress line and the metrics.
+    if (++warnings <= 20) std::fprintf(stderr, "%swarning: %s\n", tty ? "\r\033[K" : "", message.c_str());
+    if (warnings == 20) std::fprintf(stderr, "warning: further warnings are counted, not shown\n");
+  };
+  int64_t start = 0;
+  events.on_step = [&](const train::StepReport& r) {
+    elapsed += r.seconds;
+    if (quiet) return;
+    const double per_step = elapsed / double(r.step - start);
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "step %lld/%lld | loss %.4f (lm %.4f, vm %.4f) | lr %.3g | |g| %.3g | %.0f tok/s | %.2f img/s | "
+                  "skipped %lld | ETA %s",
+                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss, r.lm_loss,
+                  r.vm_loss, r.lr, r.grad_norm, double(r.tokens) / std::max(r.seconds, 1e-9),
+                  double(r.images + r.dream_images) / std::max(r.seconds, 1e-9),
+                  static_cast<long long>(r.skipped_samples + r.skipped_records),
+                  clock(per_step * double(r.total_steps - r.step)).c_str());
+    if (tty)
+      std::fprintf(stderr, "\r\033[K%s", line);
+    else
+      std::fprintf(stderr, "%s\n", line);
+    std::fflush(stderr);
+  };
+  events.on_checkpoint = [&](const std::string& path) {
+    if (!quiet) std::fprintf(stderr, "%ssaved %s\n", tty ? "\r\033[K" : "", path.c_str());
+  };
+
+  train::Trainer trainer(o, events);
+  start = trainer.start_step();
+  if (!quiet) {
+    std::fprintf(stderr, "stage %s: %s\n", o.stage.name.c_str(), o.stage.description.c_str());
+    std::fprintf(stderr, "%zu trainable tensors; %lld steps%s\n", trainer.trainable().size(),
+                 static_cast<long long>(trainer.total_steps()),
+                 start > 0 ? (", resuming after step " + std::to_string(start)).c_str() : "");
+  }
+  trainer.run(stop_after);
+  if (!quiet && tty) std::fprintf(stderr, "\n");
+  std::printf("%s\n", o.out.c_str());
+  return 0;
+}
+
+}  // namespace dl::app

@@ -1,0 +1,330 @@
+// The trainer end to end on the complete tiny model and a small dataset written here (PNG images, image-text pairs,
+// MMC4 documents, a LLaVA conversation): an interrupted and resumed run equals an uninterrupted one bit for bit,
+// every stage trains exactly its preset's parameters, checkpoints load back as model directories, and bad data
+// (broken images, malformed lines, empty files, a full disk) is handled as documented.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/image_file.h"
+#include "io/model_dir.h"
+#include "io/safetensors.h"
+#include "models/dreamllm.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace dl {
+namespace {
+
+namespace fs = std::filesystem;
+const std::string kModel = std::string(DL_FIXTURE_DIR) + "/tiny_full";
+
+struct Dataset {
+  fs::path dir;
+  explicit Dataset(const std::string& tag) : dir(fs::temp_directory_path() / ("dl_trainer_" + tag + "_" +
+                                                                                std::to_string(getpid()))) {
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const int64_t sizes[][2] = {{28, 28}, {40, 32}, {32, 48}, {30, 30}, {56, 28}, {28, 36}};
+    for (int i = 0; i < 6; ++i) {
+      io::Image img(sizes[i][0], sizes[i][1]);
+      for (size_t k = 0; k < img.rgb.size(); ++k) img.rgb[k] = uint8_t((k * (7 + i * 13) + i * 31) % 256);
+      io::write_png(path("img" + std::to_string(i) + ".png"), img);
+    }
+    std::ofstream(path("broken.png")) << "\x89PNG\r\n\x1a\nnot really";
+    std::ofstream pairs(path("pairs.jsonl"));
+    const char* captions[] = {"a red circle", "two blue squares", "a green triangle on the left", "a small star"};
+    for (int i = 0; i < 4; ++i)
+      pairs << nlohmann::json{{"image", "img" + std::to_string(i) + ".png"}, {"caption", captions[i]}}.dump() << "\n";
+    std::ofstream docs(path("docs.jsonl"));
+    docs << R"({"text_list": ["A red circle.", "It is round.", "A blue square."], "images": [{"path": "img4.png", "matched_text_index": 0}, {"path": "img5.png", "matched_text_index": 2}]})"
+         << "\n"
+         << R"({"text_list": ["A green triangle.", "Then a star."], "images": [{"path": "img2.png", "matched_text_index": 1}]})"
+         << "\n";
+    std::ofstream conv(path("llava.json"));
+    conv << R"([{"image": "img1.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "Two squares."}]}])";
+  }
+  ~Dataset() { fs::remove_all(dir); }
+  std::string path(const std::string& name) const { return (dir / name).string(); }
+};
+
+train::TrainOptions options(const Dataset& d, const std::string& out, const std::string& stage) {
+  train::TrainOptions o;
+  o.model = kModel;
+  o.out = d.path(out);
+  o.data = {train::parse_dataset_spec(d.path("pairs.jsonl")), train::parse_dataset_spec(d.path("docs.jsonl") + ":4"),
+            train::parse_dataset_spec(d.path("llava.json") + ":conversation:2")};
+  o.stage = train::stage_preset(stage);
+  o.learning_rate = 1e-3f;
+  o.micro_batch = 2;
+  o.grad_accum = 2;
+  o.max_steps = 6;
+  o.condition_dropout = 0.25f;
+  return o;
+}
+
+std::map<std::string, Tensor> all_weights(const std::string& dir) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : io::ModelDir::open(dir).load()) out[k] = v.to(DType::F32);
+  return out;
+}
+
+train::TrainEvents collect(std::vector<train::StepReport>& into) {
+  train::TrainEvents e;
+  e.on_step = [&into](const train::StepReport& r) { into.push_back(r); };
+  return e;
+}
+
+TEST(Trainer, AResumedRunEqualsAnUninterruptedOne) {
+  Dataset d("resume");
+  std::vector<train::StepReport> straight, split;
+  {
+    train::Trainer t(options(d, "a", "II"), collect(straight));
+    EXPECT_EQ(t.total_steps(), 6);
+    t.run();
+  }
+  {
+    train::Trainer t(options(d, "b", "II"), collect(split));
+    t.run(4);
+  }
+  EXPECT_TRUE(fs::exists(d.path("b/checkpoint-4/trainer_state.json")));
+  EXPECT_FALSE(fs::exists(d.path("b/model.safetensors")));  // no final model before the end
+  {
+    train::TrainOptions o = options(d, "b", "II");
+    o.resume = true;
+    train::Trainer t(o, collect(split));
+    EXPECT_EQ(t.start_step(), 4);
+    t.run();
+  }
+  ASSERT_EQ(straight.size(), 6u);
+  ASSERT_EQ(split.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(straight[i].loss, split[i].loss) << "step " << i + 1;
+    EXPECT_EQ(straight[i].grad_norm, split[i].grad_norm) << "step " << i + 1;
+    EXPECT_EQ(straight[i].tokens, split[i].tokens) << "step " << i + 1;
+  }
+  const auto a = all_weights(d.path("a")), b = all_weights(d.path("b"));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(test::bit_equal(t, b.at(name))) << name;
+  EXPECT_EQ(test::slurp(d.path("a/checkpoint-6/optimizer.safetensors")),
+            test::slurp(d.path("b/checkpoint-6/optimizer.safetensors")));
+  // The metrics log of the split run has each step once.
+  std::ifstream log(d.path("b/metrics.jsonl"));
+  std::string line;
+  int64_t expect = 1;
+  while (std::getline(log, line)) EXPECT_EQ(nlohmann::json::parse(line)["step"].get<int64_t>(), expect++);
+  EXPECT_EQ(expect, 7);
+}
+
+// Each stage changes exactly its trainable (or re-initialised) parameters and leaves everything else bit-identical.
+TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
+  Dataset d("stages");
+  const auto before = all_weights(kModel);
+  for (const std::string stage : {"I-a", "I-b", "II", "III"}) {
+    SCOPED_TRACE(stage);
+    train::TrainOptions o = options(d, "out_" + stage, stage);
+    o.max_steps = 2;
+    o.condition_dropout = 0.f;
+    train::Trainer(o).run();
+    const train::StagePreset p = train::stage_preset(stage);
+    const auto after = all_weights(o.out);
+    ASSERT_EQ(after.size(), before.size());
+    int64_t changed = 0;
+    for (const auto& [name, t] : before) {
+      bool trains = false;
+      try {
+        const train::Group g = train::group_of(name);
+        trains = std::find(p.trainable.begin(), p.trainable.end(), g) != p.trainable.end();
+      } catch (const Error&) {
+      }
+      const bool same = test::bit_equal(after.at(name), t);
+      if (!trains) {
+        EXPECT_TRUE(same) << name << " is frozen in stage " << stage;
+      } else if (!same) {
+        ++changed;
+      }
+    }
+    EXPECT_GT(changed, 0);
+  }
+  // Frozen components are linked or copied, never rewritten: stage I-a's LLM file is the source's.
+  EXPECT_TRUE(fs::exists(d.path("out_I-a/pytorch_model.bin")));
+  EXPECT_FALSE(fs::exists(d.path("out_I-a/model.safetensors")));
+  EXPECT_EQ(test::slurp(d.path("out_I-a/pytorch_model.bin")), test::slurp(kModel + "/pytorch_model.bin"));
+}
+
+TEST(Trainer, StageIaStartsTheDreamQueriesAndProjectorFresh) {
+  Dataset d("reinit");
+  train::TrainOptions o = options(d, "out", "I-a");
+  o.max_steps = 1;
+  o.learning_rate = 1e-30f;  // practically no update: the saved values are the initialisation
+  o.warmup_ratio = 0.f;
+  train::Trainer(o).run();
+  const auto w = all_weights(o.out);
+  const Tensor q = w.at("model.dream_embedding.dream_queries");
+  double sum = 0, sq = 0;
+  for (float x : q.to_vector()) sum += x, sq += double(x) * x;
+  const double n = double(q.numel()), sd = std::sqrt(sq / n - (sum / n) * (sum / n));
+  EXPECT_NEAR(sd, 0.02, 0.006);  // N(0, 0.02) over 96 values
+  const Tensor proj = w.at("stable_diffusion_head.projector.projector.weight");  // [12, 32]: U(+-1/sqrt(32))
+  float peak = 0;
+  for (float x : proj.to_vector()) peak = std::max(peak, std::fabs(x));
+  EXPECT_LE(peak, 1.f / std::sqrt(32.f));
+  EXPECT_GT(peak, 0.8f / std::sqrt(32.f));
+  EXPECT_FALSE(test::bit_equal(proj, all_weights(kModel).at("stable_diffusion_head.projector.projector.weight")));
+}
+
+TEST(Trainer, BadImagesAndMalformedLinesAreSkippedAndCounted) {
+  Dataset d("bad");
+  {
+    std::ofstream f(d.path("pairs.jsonl"), std::ios::app);
+    f << R"({"image": "broken.png", "caption": "broken"})" << "\n"
+      << R"({"image": "missing.png", "caption": "missing"})" << "\n"
+      << "{not json\n";
+  }
+  std::vector<std::string> warnings;
+  train::TrainOptions o = options(d, "out", "II");
+  o.data.resize(1);  // the pairs only
+  o.max_steps = 4;
+  train::TrainEvents ev;
+  ev.on_warning = [&](const std::string& w) { warnings.push_back(w); };
+  train::StepReport last;
+  ev.on_step = [&](const train::StepReport& r) { last = r; };
+  train::Trainer(o, ev).run();
+  EXPECT_GT(last.skipped_samples, 0);
+  EXPECT_GE(last.skipped_records, 1);
+  bool line7 = false, broken = false, missing = false;
+  for (const std::string& w : warnings) {
+    line7 = line7 || w.find("pairs.jsonl:7") != std::string::npos;
+    broken = broken || w.find("broken.png") != std::string::npos;
+    missing = missing || w.find("missing.png") != std::string::npos;
+  }
+  EXPECT_TRUE(line7);
+  EXPECT_TRUE(broken);
+  EXPECT_TRUE(missing);
+}
+
+TEST(Trainer, EmptyOrUnusableDatasetsAreRefused) {
+  Dataset d("empty");
+  std::ofstream(d.path("empty.jsonl")) << "\n\n";
+  train::TrainOptions o = options(d, "out", "II");
+  o.data = {train::parse_dataset_spec(d.path("empty.jsonl") + ":pair")};
+  EXPECT_NE(test::error_of([&] { train::Trainer t(o); }).find("has no usable records"), std::string::npos);
+  o.data = {train::parse_dataset_spec(d.path("nothing_here.jsonl"))};
+  EXPECT_NE(test::error_of([&] { train::Trainer t(o); }).find("nothing_here.jsonl"), std::string::npos);
+  o.data = {train::parse_dataset_spec(d.path("pairs.jsonl"))};
+  o.out = kModel;
+  EXPECT_NE(test::error_of([&] { train::Trainer t(o); }).find("is the model directory"), std::string::npos);
+}
+
+TEST(TrainData, DatasetSpecsParse) {
+  auto s = train::parse_dataset_spec("/d/a.jsonl:pair:500");
+  EXPECT_EQ(s.path, "/d/a.jsonl");
+  EXPECT_EQ(s.format, train::DataFormat::kPair);
+  EXPECT_EQ(s.size, 500);
+  s = train::parse_dataset_spec("c:/x/mmc4.jsonl:1000");
+  EXPECT_EQ(s.path, "c:/x/mmc4.jsonl");
+  EXPECT_EQ(s.format, train::DataFormat::kAuto);
+  s = train::parse_dataset_spec("shards.tar:wds");
+  EXPECT_EQ(s.format, train::DataFormat::kWebDataset);
+  EXPECT_NE(test::error_of([] { train::parse_dataset_spec(":pair"); }).find("names no file"), std::string::npos);
+  EXPECT_NE(test::error_of([] { train::parse_dataset_spec("a.jsonl:0"); }).find("must be positive"),
+            std::string::npos);
+}
+
+// The mixture draws datasets in proportion to their declared sizes and is a pure function of the seed.
+TEST(TrainData, MixingFollowsDeclaredSizesAndTheSeed) {
+  Dataset d("mix");
+  auto draw = [&](uint64_t seed) {
+    train::MixedStream s({train::parse_dataset_spec(d.path("pairs.jsonl") + ":300"),
+                          train::parse_dataset_spec(d.path("docs.jsonl") + ":100")},
+                         seed, 3, {});
+    std::vector<size_t> which;
+    for (int i = 0; i < 2000; ++i) which.push_back(s.next().dataset);
+    return which;
+  };
+  const auto a = draw(7), b = draw(7), c = draw(8);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  const double first = double(std::count(a.begin(), a.end(), size_t(0))) / double(a.size());
+  EXPECT_NEAR(first, 0.75, 0.04);
+}
+
+TEST(TrainData, DiffusionImagesAreResizedCroppedAndScaled) {
+  io::Image img(6, 4);  // wide: shorter side 4 -> R
+  for (size_t k = 0; k < img.rgb.size(); ++k) img.rgb[k] = uint8_t(k * 10 % 256);
+  const Tensor t = train::diffusion_pixels(img, 4);  // no resize; centre crop of width 6 -> offset 1
+  ASSERT_EQ(t.shape(), Shape({3, 4, 4}));
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t y = 0; y < 4; ++y)
+      for (int64_t x = 0; x < 4; ++x)
+        EXPECT_FLOAT_EQ(t.f32()[(c * 4 + y) * 4 + x], (float(img.at(x + 1, y, c)) / 255.f - 0.5f) / 0.5f);
+}
+
+// The command: progress and metrics, and a disk that fills during a checkpoint leaves the previous one intact.
+TEST(TrainCli, ADiskFullDuringACheckpointKeepsThePreviousOne) {
+  Dataset d("cli");
+  const std::string args = "train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") + " -o " +
+                           d.path("out") + " --max-steps 2 --save-every 1 -b 2 -t 1";
+  const auto ok = test::cli(args + " --stop-after 1");
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.err.find("step 1/2 | loss"), std::string::npos) << ok.err;
+  EXPECT_TRUE(fs::exists(d.path("out/checkpoint-1/model.safetensors")));
+  const std::string saved = test::slurp(d.path("out/checkpoint-1/model.safetensors"));
+  // A 64 KiB file-size limit: the LLM file of the next checkpoint (about 180 KB) cannot be written.
+  const auto full = test::cli(args + " --resume", "", "ulimit -f 64; ");
+  EXPECT_EQ(full.code, 1) << full.err;
+  EXPECT_NE(full.err.find("could not save checkpoint"), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find("earlier checkpoints are intact"), std::string::npos) << full.err;
+  EXPECT_FALSE(fs::exists(d.path("out/checkpoint-2")));
+  EXPECT_FALSE(fs::exists(d.path("out/.checkpoint-2.tmp")));
+  EXPECT_EQ(test::slurp(d.path("out/checkpoint-1/model.safetensors")), saved);
+  // And the run goes on from it once there is room.
+  const auto resumed = test::cli(args + " --resume");
+  EXPECT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming after step 1"), std::string::npos) << resumed.err;
+  EXPECT_TRUE(fs::exists(d.path("out/model.safetensors")));
+  EXPECT_NO_THROW(models::DreamLLM::load(io::ModelDir::open(d.path("out"))));
+}
+
+TEST(TrainCli, BadUsageExitsWithAMessage) {
+  const auto no_data = test::cli("train -m " + kModel + " -o /tmp/x");
+  EXPECT_EQ(no_data.code, 2);
+  EXPECT_NE(no_data.err.find("--data"), std::string::npos);
+  const auto stage = test::cli("train --stage IV -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(stage.code, 1);
+  EXPECT_NE(stage.err.find("unknown stage 'IV'"), std::string::npos);
+  const auto group = test::cli("train --trainable unet -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(group.code, 1);
+  EXPECT_NE(group.err.find("unknown parameter group 'unet'"), std::string::npos);
+}
+
+TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {
+  const std::string dir = (fs::temp_directory_path() / ("dl_runloss_" + std::to_string(getpid()))).string();
+  fs::create_directories(dir);
+  const io::SafetensorsFile fx = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/loss.safetensors");
+  std::map<std::string, Tensor> in;
+  for (const char* n : {"input_ids", "labels", "attention_mask", "pixel_values", "dm_latents", "noise", "timesteps"})
+    in[n] = fx.tensors.at(n);
+  io::write_safetensors(dir + "/in.safetensors", in);
+  const std::string q = "model.dream_embedding.dream_queries", u = "stable_diffusion_head.unet.conv_in.weight";
+  const auto r = test::cli("run loss --model " + kModel + " --in " + dir + "/in.safetensors --out " + dir +
+                           "/out.safetensors --grads " + q + "," + u);
+  ASSERT_EQ(r.code, 0) << r.err;
+  const io::SafetensorsFile out = io::read_safetensors(dir + "/out.safetensors");
+  // The model's config weights are (1, 10): the reference's stage-II case.
+  EXPECT_TRUE(test::close_rel(out.tensors.at("loss"), fx.tensors.at("stage2/loss"), 1e-4f));
+  EXPECT_TRUE(test::close_rel(out.tensors.at("grad/" + q), fx.tensors.at("stage2/grad/" + q), 1e-4f));
+  EXPECT_TRUE(test::close_rel(out.tensors.at("grad/" + u), fx.tensors.at("stage2/grad/" + u), 1e-4f));
+  const auto bad = test::cli("run loss --model " + kModel + " --in " + dir + "/in.safetensors --out " + dir +
+                             "/o.safetensors --grads model.nope");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.err.find("no parameter named 'model.nope'"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dl
