@@ -85,9 +85,10 @@ float scalar(const Tensor& t) { return t.to(DType::F32).to_vector()[0]; }
   return test::close_rel(actual, expected, 1e-4f);
 }
 
-void check_case(const std::string& name, train::LossWeights w) {
+void check_case(const std::string& name, train::LossWeights w, bool recompute = false) {
   SCOPED_TRACE(name);
   Trainable t;
+  t.model.set_gradient_checkpointing(recompute);
   const std::string prefix = name + "/grad/";
   for (const auto& [key, _] : loss_fixture().tensors)
     if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
@@ -111,6 +112,7 @@ void check_case(const std::string& name, train::LossWeights w) {
 TEST(TrainLoss, StageIaCreationAlignmentMatchesTheReference) { check_case("stage1a", {0.f, 1.f}); }
 TEST(TrainLoss, StageIbComprehensionAlignmentMatchesTheReference) { check_case("stage1b", {1.f, 0.f}); }
 TEST(TrainLoss, StageIIJointLossMatchesTheReference) { check_case("stage2", {1.f, 10.f}); }
+TEST(TrainLoss, GradientCheckpointingGivesTheSameGradients) { check_case("stage2", {1.f, 10.f}, true); }
 
 TEST(TrainLoss, NoValidLabelsGiveAZeroLmTerm) {
   Trainable t;

@@ -95,6 +95,8 @@ int train_main(int argc, char** argv) {
                  "stop (with a checkpoint) after this optimizer step, e.g. to split a run into time slices; "
                  "continue with --resume")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--grad-checkpointing", o.gradient_checkpointing,
+               "recompute each LLM layer during backward: the same gradients with far less activation memory");
   app.add_flag("--resume", o.resume, "continue from the newest checkpoint in --out (bit-identical for the same "
                                      "thread count)");
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);

@@ -23,6 +23,7 @@ class DreamLLM {
 
   const io::DreamLLMConfig& config() const { return config_; }
   const Llama& llm() const { return llm_; }
+  void set_gradient_checkpointing(bool on) { llm_.set_gradient_checkpointing(on); }
   const ClipVision& vision() const { return vision_; }
   const ParameterSet& parameters() const { return params_; }
   int64_t image_tokens() const { return vision_.config().num_patches(); }  // P

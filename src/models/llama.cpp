@@ -67,28 +67,38 @@ Var Llama::forward(const Var& embeds, const Tensor& key_keep, KVCache* cache, co
   nn::Mask mask;
   mask.causal = true;
   if (key_keep.defined()) mask.key_keep = key_keep.to(DType::F32);
-  auto heads = [&](const Var& x, int64_t n) { return nn::transpose(nn::reshape(x, {B, T, n, hd}), 1, 2); };
-
-  Var h = embeds;
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& L = layers_[l];
+  // One decoder layer; self-contained (captures by value) so that a checkpointed segment can run it again during
+  // backward, after this function has returned.
+  auto layer = [c, B, T, hd, positions, mask](const Layer& L, const Var& h, Tensor* cached_k, Tensor* cached_v) {
+    auto heads = [&](const Var& x, int64_t n) { return nn::transpose(nn::reshape(x, {B, T, n, hd}), 1, 2); };
     Var x = nn::rms_norm(h, L.input_norm, c.rms_norm_eps);
     Var q = nn::rope(heads(nn::linear(x, L.q), c.num_attention_heads), positions, c.rope_theta);
     Var k = nn::rope(heads(nn::linear(x, L.k), c.num_key_value_heads), positions, c.rope_theta);
     Var v = heads(nn::linear(x, L.v), c.num_key_value_heads);
-    if (cache) {
-      if (cache->keys[l].defined()) {
-        DL_CHECK(cache->keys[l].size(0) == B, "llama: cache holds ", cache->keys[l].size(0), " rows, input has ", B);
-        k = Var(ops::concat({cache->keys[l], k.value()}, 2));
-        v = Var(ops::concat({cache->values[l], v.value()}, 2));
+    if (cached_k) {
+      if (cached_k->defined()) {
+        DL_CHECK(cached_k->size(0) == B, "llama: cache holds ", cached_k->size(0), " rows, input has ", B);
+        k = Var(ops::concat({*cached_k, k.value()}, 2));
+        v = Var(ops::concat({*cached_v, v.value()}, 2));
       }
-      cache->keys[l] = k.value().contiguous();
-      cache->values[l] = v.value().contiguous();
+      *cached_k = k.value().contiguous();
+      *cached_v = v.value().contiguous();
     }
     Var a = nn::attention(q, k, v, mask);  // [B, H, T, hd]
-    h = nn::add(h, nn::linear(nn::reshape(nn::transpose(a, 1, 2), {B, T, c.hidden_size}), L.o));
-    Var y = nn::rms_norm(h, L.post_norm, c.rms_norm_eps);
-    h = nn::add(h, nn::linear(nn::swiglu(nn::linear(y, L.gate), nn::linear(y, L.up)), L.down));
+    Var out = nn::add(h, nn::linear(nn::reshape(nn::transpose(a, 1, 2), {B, T, c.hidden_size}), L.o));
+    Var y = nn::rms_norm(out, L.post_norm, c.rms_norm_eps);
+    return nn::add(out, nn::linear(nn::swiglu(nn::linear(y, L.gate), nn::linear(y, L.up)), L.down));
+  };
+
+  Var h = embeds;
+  const bool recompute = gradient_checkpointing_ && !cache && nn::grad_enabled();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (recompute) {
+      const Layer L = layers_[l];
+      h = nn::checkpoint([layer, L](const std::vector<Var>& in) { return layer(L, in[0], nullptr, nullptr); }, {h});
+    } else {
+      h = layer(layers_[l], h, cache ? &cache->keys[l] : nullptr, cache ? &cache->values[l] : nullptr);
+    }
   }
   if (cache) cache->length += T;
   return nn::rms_norm(h, norm_, c.rms_norm_eps);

@@ -32,6 +32,9 @@ class Llama {
   // compacted), unless `positions` [B, T] (I64) gives them per row, as generation with left padding does.
   nn::Var forward(const nn::Var& embeds, const Tensor& key_keep, KVCache* cache = nullptr,
                   const Tensor& positions = Tensor()) const;
+  // Activation recomputation for training: each layer keeps only its input and runs again during backward
+  // (gradient checkpointing, as the original trains). Same values and gradients, much less memory.
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
   // Logits [.., V] of hidden states [.., D].
   nn::Var logits(const nn::Var& hidden) const;
 
@@ -42,6 +45,7 @@ class Llama {
   io::LlamaConfig config_;
   nn::Var embed_tokens_, norm_, lm_head_;
   std::vector<Layer> layers_;
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace dl::models

@@ -204,6 +204,7 @@ struct Trainer::Impl {
                "' is the model directory being trained: choose another one");
     }
     if (opt.learning_rate <= 0.f) opt.learning_rate = opt.stage.learning_rate;
+    model.set_gradient_checkpointing(opt.gradient_checkpointing);
     const int64_t per_step = opt.micro_batch * opt.grad_accum;
     total = opt.max_steps > 0 ? opt.max_steps
                               : std::max<int64_t>(1, int64_t(std::ceil(opt.epochs * double(stream.epoch_size()) /

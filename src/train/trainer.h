@@ -35,6 +35,7 @@ struct TrainOptions {
   int64_t save_every = 0;  // 0: only at the end
   int save_total_limit = 2;
   float condition_dropout = 0.f;  // probability of training a dream span on the unconditional condition
+  bool gradient_checkpointing = false;  // recompute each LLM layer during backward (less memory)
   bool resume = false;            // continue from the newest checkpoint under `out`
   bool write_final = true;        // write the final model into `out` itself
 };
