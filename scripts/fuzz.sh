@@ -24,6 +24,8 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
     config) find tests/fixtures -name '*.json' -size -64k -exec cp {} "$dir"/ \; 2>/dev/null || true
             echo '{"vocab_size":40,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4}' > "$dir/llama.json" ;;
     gguf) find tests/fixtures -name '*.gguf' -size -256k -exec cp {} "$dir"/ \; 2>/dev/null || true ;;
+    webdataset) cp tests/fixtures/webdataset/*.tar "$dir"/ ;;
+    jsonl) cp tests/fixtures/documents/*.json* "$dir"/ ;;
   esac
   if [ -d "tests/fixtures/fuzz_regressions/$target" ]; then cp tests/fixtures/fuzz_regressions/"$target"/* "$dir"/ 2>/dev/null || true; fi
   echo "$dir"

@@ -183,7 +183,8 @@ TEST(Trainer, BadImagesAndMalformedLinesAreSkippedAndCounted) {
     std::ofstream f(d.path("pairs.jsonl"), std::ios::app);
     f << R"({"image": "broken.png", "caption": "broken"})" << "\n"
       << R"({"image": "missing.png", "caption": "missing"})" << "\n"
-      << "{not json\n";
+      << "{not json\n"
+      << R"({"image": "img0.png", "caption": "out of range", "n": 1e999})" << "\n";
   }
   std::vector<std::string> warnings;
   train::TrainOptions o = options(d, "out", "II");
@@ -196,15 +197,38 @@ TEST(Trainer, BadImagesAndMalformedLinesAreSkippedAndCounted) {
   train::Trainer(o, ev).run();
   EXPECT_GT(last.skipped_samples, 0);
   EXPECT_GE(last.skipped_records, 1);
-  bool line7 = false, broken = false, missing = false;
+  bool line7 = false, line8 = false, broken = false, missing = false;
   for (const std::string& w : warnings) {
     line7 = line7 || w.find("pairs.jsonl:7") != std::string::npos;
+    line8 = line8 || w.find("pairs.jsonl:8") != std::string::npos;
     broken = broken || w.find("broken.png") != std::string::npos;
     missing = missing || w.find("missing.png") != std::string::npos;
   }
   EXPECT_TRUE(line7);
+  EXPECT_TRUE(line8);
   EXPECT_TRUE(broken);
   EXPECT_TRUE(missing);
+}
+
+// Webdataset shards feed the same stream: images are read from inside the tar.
+TEST(Trainer, TrainsFromWebdatasetShards) {
+  Dataset d("wds");
+  train::TrainOptions o = options(d, "out", "II");
+  o.data = {train::parse_dataset_spec(std::string(DL_FIXTURE_DIR) + "/webdataset/pairs.tar"),
+            train::parse_dataset_spec(d.path("docs.jsonl"))};
+  o.max_steps = 3;
+  train::StepReport total;
+  train::TrainEvents ev;
+  ev.on_step = [&](const train::StepReport& r) {
+    total.images += r.images;
+    total.dream_images += r.dream_images;
+    total.skipped_samples += r.skipped_samples;
+  };
+  train::Trainer t(o, ev);
+  t.run();
+  EXPECT_GT(total.images + total.dream_images, 0);
+  EXPECT_EQ(total.skipped_samples, 0);
+  EXPECT_TRUE(fs::exists(d.path("out/model.safetensors")));
 }
 
 TEST(Trainer, EmptyOrUnusableDatasetsAreRefused) {

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/ops.h"
 #include "io/image_file.h"
+#include "train/webdataset.h"
 
 namespace dl::train {
 
@@ -37,6 +38,16 @@ RecordFormat record_format(DataFormat f) {
     default: fail("internal: no JSON record format for ", data_format_name(f));
   }
 }
+
+class TarSource final : public RecordSource {
+ public:
+  TarSource(const std::string& path, const IssueCallback& on_issue) : reader_(path, on_issue) {}
+  std::optional<Record> next() override { return reader_.next(); }
+  int64_t skipped() const override { return reader_.skipped(); }
+
+ private:
+  WebDatasetReader reader_;
+};
 
 class JsonSource final : public RecordSource {
  public:
@@ -101,7 +112,7 @@ DataFormat detect_format(const std::string& path) {
 
 std::unique_ptr<RecordSource> open_source(const DatasetSpec& spec, const IssueCallback& on_issue) {
   const DataFormat f = spec.format == DataFormat::kAuto ? detect_format(spec.path) : spec.format;
-  if (f == DataFormat::kWebDataset) fail("dataset '", spec.path, "': webdataset shards are not supported yet");
+  if (f == DataFormat::kWebDataset) return std::make_unique<TarSource>(spec.path, on_issue);
   return std::make_unique<JsonSource>(spec.path, record_format(f), on_issue);
 }
 
@@ -125,8 +136,12 @@ MixedStream::MixedStream(std::vector<DatasetSpec> specs, uint64_t seed, int64_t 
     if (s.format == DataFormat::kAuto) s.format = detect_format(s.path);
     if (s.size == 0) {
       // Count once, quietly: issues are reported when the records are actually read.
-      auto counter = open_source(s, {});
-      while (counter->next()) ++s.size;
+      if (s.format == DataFormat::kWebDataset) {
+        s.size = count_webdataset_samples(s.path);
+      } else {
+        auto counter = open_source(s, {});
+        while (counter->next()) ++s.size;
+      }
       DL_CHECK(s.size > 0, "dataset '", s.path, "' has no usable records");
     }
     Dataset d;
@@ -214,7 +229,11 @@ Tensor diffusion_pixels(const io::Image& img, int64_t R) {
   return out;
 }
 
-io::Image load_image(const std::string& ref) { return io::read_image(ref); }
+io::Image load_image(const std::string& ref) {
+  if (!is_tar_member_ref(ref)) return io::read_image(ref);
+  const std::vector<uint8_t> bytes = read_image_source(ref);
+  return io::decode_image(bytes.data(), bytes.size(), ref);
+}
 
 Collated collate(const std::vector<PreparedSample>& samples, int32_t pad_id) {
   DL_CHECK(!samples.empty(), "collate: no samples");

@@ -58,7 +58,7 @@ struct JsonObjectReader::Impl {
   bool parse_object(const std::string& text, int64_t at_line, json& object) {
     try {
       object = json::parse(text);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse errors, and numbers out of range such as 1e999
       report(at_line, std::string("invalid JSON: ") + e.what(), true);
       return false;
     }
