@@ -344,4 +344,123 @@ SchedulerConfig parse_scheduler_config(const std::string& text, const std::strin
   return c;
 }
 
+namespace {
+std::string dump(const json& j) { return j.dump(1) + "\n"; }
+}  // namespace
+
+std::string to_json(const DreamLLMConfig& c) {
+  const LlamaConfig& l = c.llm;
+  json special = json::object(), additional = json::object();
+  for (const auto& [name, id] : c.special_tokens) {
+    if (name == "<s>" || name == "</s>" || name == "<unk>" || name == "[PAD]")
+      special[name] = id;
+    else
+      additional[name] = id;
+  }
+  special["additional_special_tokens"] = additional;
+  json j = {{"architectures", {"DreamLLMForCausalMLM"}},
+            {"model_type", "dreamllm"},
+            {"vocab_size", l.vocab_size},
+            {"hidden_size", l.hidden_size},
+            {"intermediate_size", l.intermediate_size},
+            {"num_hidden_layers", l.num_hidden_layers},
+            {"num_attention_heads", l.num_attention_heads},
+            {"num_key_value_heads", l.num_key_value_heads ? l.num_key_value_heads : l.num_attention_heads},
+            {"max_position_embeddings", l.max_position_embeddings},
+            {"rms_norm_eps", l.rms_norm_eps},
+            {"rope_theta", l.rope_theta},
+            {"hidden_act", l.hidden_act},
+            {"tie_word_embeddings", l.tie_word_embeddings},
+            {"initializer_range", 0.02},
+            {"bos_token_id", c.special_tokens.count("<s>") ? c.special_tokens.at("<s>") : 1},
+            {"eos_token_id", c.special_tokens.count("</s>") ? c.special_tokens.at("</s>") : 2},
+            {"pad_token_id", c.special_tokens.count("[PAD]") ? c.special_tokens.at("[PAD]") : -1},
+            {"loss_weight_lm", c.loss_weight_lm},
+            {"loss_weight_vm", c.loss_weight_vm},
+            {"loss_scale_schedule", "none"},
+            {"special_tokens2ids_dict", special},
+            {"plugins_init_kwargs",
+             {{"clip_vision_embedding",
+               {{"_target_", "omni.models.dreamllm.modeling_plugins.CLIPVisionEmbedding"},
+                {"select_layer", c.clip_select_layer},
+                {"embed_hidden_size", l.hidden_size}}},
+              {"dream_embedding",
+               {{"_target_", "omni.models.dreamllm.modeling_plugins.DreamEmbedding"},
+                {"num_dream_queries", c.num_dream_queries},
+                {"embed_hidden_size", l.hidden_size}}},
+              {"stable_diffusion_head", {{"_target_", "omni.models.dreamllm.modeling_plugins.StableDiffusionHead"}}}}},
+            {"plugins_type",
+             {{"clip_vision_embedding", "embedding"}, {"dream_embedding", "embedding"},
+              {"stable_diffusion_head", "head"}}}};
+  return dump(j);
+}
+
+std::string to_json(const ClipVisionConfig& c) {
+  return dump({{"model_type", "clip_vision_model"},
+               {"hidden_size", c.hidden_size},
+               {"intermediate_size", c.intermediate_size},
+               {"num_hidden_layers", c.num_hidden_layers},
+               {"num_attention_heads", c.num_attention_heads},
+               {"image_size", c.image_size},
+               {"patch_size", c.patch_size},
+               {"num_channels", c.num_channels},
+               {"layer_norm_eps", c.layer_norm_eps},
+               {"hidden_act", c.hidden_act}});
+}
+
+std::string to_json(const UNetConfig& c) {
+  return dump({{"_class_name", "UNet2DConditionModel"},
+               {"_diffusers_version", "0.24.0"},
+               {"in_channels", c.in_channels},
+               {"out_channels", c.out_channels},
+               {"sample_size", c.sample_size},
+               {"block_out_channels", c.block_out_channels},
+               {"down_block_types", c.down_block_types},
+               {"up_block_types", c.up_block_types},
+               {"mid_block_type", c.mid_block_type},
+               {"layers_per_block", c.layers_per_block},
+               {"attention_head_dim", c.num_attention_heads},  // the legacy name, as SD configs store the heads
+               {"transformer_layers_per_block", c.transformer_layers_per_block},
+               {"cross_attention_dim", c.cross_attention_dim},
+               {"norm_num_groups", c.norm_num_groups},
+               {"norm_eps", c.norm_eps},
+               {"use_linear_projection", c.use_linear_projection},
+               {"flip_sin_to_cos", c.flip_sin_to_cos},
+               {"upcast_attention", c.upcast_attention},
+               {"freq_shift", c.freq_shift},
+               {"downsample_padding", c.downsample_padding},
+               {"act_fn", c.act_fn}});
+}
+
+std::string to_json(const VaeConfig& c) {
+  return dump({{"_class_name", "AutoencoderKL"},
+               {"_diffusers_version", "0.24.0"},
+               {"in_channels", c.in_channels},
+               {"out_channels", c.out_channels},
+               {"latent_channels", c.latent_channels},
+               {"layers_per_block", c.layers_per_block},
+               {"norm_num_groups", c.norm_num_groups},
+               {"sample_size", c.sample_size},
+               {"block_out_channels", c.block_out_channels},
+               {"down_block_types", c.down_block_types},
+               {"up_block_types", c.up_block_types},
+               {"scaling_factor", c.scaling_factor},
+               {"act_fn", c.act_fn}});
+}
+
+std::string to_json(const SchedulerConfig& c) {
+  return dump({{"_class_name", c.class_name},
+               {"_diffusers_version", "0.24.0"},
+               {"num_train_timesteps", c.num_train_timesteps},
+               {"beta_start", c.beta_start},
+               {"beta_end", c.beta_end},
+               {"beta_schedule", c.beta_schedule},
+               {"prediction_type", c.prediction_type},
+               {"timestep_spacing", c.timestep_spacing},
+               {"variance_type", c.variance_type},
+               {"clip_sample", c.clip_sample},
+               {"set_alpha_to_one", c.set_alpha_to_one},
+               {"steps_offset", c.steps_offset}});
+}
+
 }  // namespace dl::io

@@ -90,4 +90,13 @@ VaeConfig parse_vae_config(const std::string& json, const std::string& what);
 SchedulerConfig parse_scheduler_config(const std::string& json, const std::string& what);
 std::string read_text_file(const std::string& path, size_t max_bytes = size_t(64) << 20);
 
+// Writers: JSON in the format of the library that owns the file (transformers / diffusers / DreamLLM), which the
+// parsers above read back to equal configs. The DreamLLM config names its plugins as the original's
+// plugins_init_kwargs does.
+std::string to_json(const DreamLLMConfig& c);
+std::string to_json(const ClipVisionConfig& c);
+std::string to_json(const UNetConfig& c);
+std::string to_json(const VaeConfig& c);
+std::string to_json(const SchedulerConfig& c);
+
 }  // namespace dl::io

@@ -1,0 +1,163 @@
+// Building a DreamLLM from nothing: a trained SentencePiece vocabulary with DreamLLM's added tokens, configs that
+// round-trip through their parsers, and a model directory whose fresh weights load, run, and follow each original
+// library's initialisation statistics.
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/config.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "pipelines/create.h"
+#include "test_util.h"
+#include "text/tokenizer.h"
+#include "text/tokenizer_trainer.h"
+#include "train/scratch.h"
+
+namespace dl {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> corpus() {
+  std::vector<std::string> lines;
+  const char* colours[] = {"red", "green", "blue", "yellow", "purple", "orange"};
+  const char* shapes[] = {"circle", "square", "triangle", "diamond"};
+  const char* places[] = {"top left", "top right", "bottom left", "bottom right", "center"};
+  for (int i = 0; i < 120; ++i)
+    lines.push_back(std::string("a ") + (i % 2 ? "small " : "large ") + colours[i % 6] + " " + shapes[i % 4] +
+                    " at the " + places[i % 5] + ". How many shapes are there? " + std::to_string(i % 4 + 1));
+  return lines;
+}
+
+train::ScratchSpec tiny_spec() {
+  train::ScratchSpec s;
+  s.llm.hidden_size = 32;
+  s.llm.intermediate_size = 64;
+  s.llm.num_hidden_layers = 2;
+  s.llm.num_attention_heads = 4;
+  s.llm.num_key_value_heads = 2;
+  s.llm.max_position_embeddings = 256;
+  s.clip.hidden_size = 24;
+  s.clip.intermediate_size = 48;
+  s.clip.num_hidden_layers = 3;
+  s.clip.num_attention_heads = 2;
+  s.clip.image_size = 32;
+  s.clip.patch_size = 8;
+  s.unet.block_out_channels = {16, 32};
+  s.unet.down_block_types = {"CrossAttnDownBlock2D", "DownBlock2D"};
+  s.unet.up_block_types = {"UpBlock2D", "CrossAttnUpBlock2D"};
+  s.unet.layers_per_block = {1, 1};
+  s.unet.num_attention_heads = {2, 2};
+  s.unet.transformer_layers_per_block = {1, 1};
+  s.unet.cross_attention_dim = 16;
+  s.unet.norm_num_groups = 8;
+  s.unet.sample_size = 8;
+  s.vae.block_out_channels = {16, 32, 32};
+  s.vae.down_block_types = {3, "DownEncoderBlock2D"};
+  s.vae.up_block_types = {3, "UpDecoderBlock2D"};
+  s.vae.layers_per_block = 1;
+  s.vae.norm_num_groups = 8;
+  s.vae.sample_size = 32;
+  s.dream_queries = 4;
+  return s;
+}
+
+double stddev(const Tensor& t) {
+  double sum = 0, sq = 0;
+  for (float x : t.to_vector()) sum += x, sq += double(x) * x;
+  const double n = double(t.numel());
+  return std::sqrt(sq / n - (sum / n) * (sum / n));
+}
+
+TEST(Scratch, TheTokenizerHasDreamLLMsAddedTokensAfterItsPieces) {
+  const std::string model = text::train_sentencepiece(corpus(), 300);
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_tok_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const auto ids = text::write_tokenizer_files(dir.string(), model, 512);
+  EXPECT_EQ(ids.at("[PAD]"), 300);
+  EXPECT_EQ(ids.at("<im_start>"), 301);
+  EXPECT_EQ(ids.at("<dream_start>"), 303);
+  EXPECT_EQ(ids.at("<dream>"), 307);
+  const text::Tokenizer tok = text::Tokenizer::load(dir.string());
+  const auto enc = tok.encode("a red circle<dream_start>");
+  ASSERT_GE(enc.size(), 3u);
+  EXPECT_EQ(enc.front(), 1);
+  EXPECT_EQ(enc.back(), 303);
+  EXPECT_EQ(tok.decode(tok.encode("a small blue square at the top left", false)),
+            "a small blue square at the top left");
+  // The same text trains the same vocabulary.
+  EXPECT_EQ(text::train_sentencepiece(corpus(), 300), model);
+  EXPECT_NE(test::error_of([] { text::train_sentencepiece({"x"}, 100); }).find("must hold the 256 byte pieces"),
+            std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(Scratch, ConfigsRoundTripThroughTheirParsers) {
+  const train::ScratchSpec s = tiny_spec();
+  const io::UNetConfig u = io::parse_unet_config(io::to_json(s.unet), "u");
+  EXPECT_EQ(u.block_out_channels, s.unet.block_out_channels);
+  EXPECT_EQ(u.num_attention_heads, s.unet.num_attention_heads);
+  EXPECT_EQ(u.cross_attention_dim, 16);
+  EXPECT_EQ(u.norm_num_groups, 8);
+  const io::VaeConfig v = io::parse_vae_config(io::to_json(s.vae), "v");
+  EXPECT_EQ(v.block_out_channels, s.vae.block_out_channels);
+  EXPECT_EQ(v.scaling_factor, s.vae.scaling_factor);
+  const io::ClipVisionConfig c = io::parse_clip_vision_config(io::to_json(s.clip), "c");
+  EXPECT_EQ(c.num_patches(), 16);
+  const io::SchedulerConfig sc = io::parse_scheduler_config(io::to_json(io::SchedulerConfig{}), "s");
+  EXPECT_EQ(sc.beta_end, 0.012f);
+  EXPECT_EQ(sc.steps_offset, 1);
+  io::DreamLLMConfig d;
+  d.llm = s.llm;
+  d.llm.vocab_size = 308;
+  d.special_tokens = {{"<s>", 1}, {"</s>", 2}, {"<unk>", 0}, {"[PAD]", 300}, {"<dream_start>", 303}};
+  d.num_dream_queries = 4;
+  const io::DreamLLMConfig back = io::parse_dreamllm_config(io::to_json(d), "d");
+  EXPECT_EQ(back.num_dream_queries, 4);
+  EXPECT_EQ(back.special_tokens, d.special_tokens);
+  EXPECT_EQ(back.llm.num_key_value_heads, 2);
+  EXPECT_EQ(back.llm.max_position_embeddings, 256);
+}
+
+TEST(Scratch, AFreshModelDirectoryLoadsRunsAndIsInitialisedAsTheOriginals) {
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  train::create_model_dir(dir.string(), tiny_spec(), text::train_sentencepiece(corpus(), 300), 5);
+  const io::ModelDir md = io::ModelDir::open(dir.string());
+  EXPECT_EQ(md.config().llm.vocab_size, 308);
+  const models::DreamLLM m = models::DreamLLM::load(md);
+  const pipelines::DiffusionHead head(md);
+  EXPECT_EQ(m.image_tokens(), 16);
+  EXPECT_EQ(m.dream_queries(), 4);
+  // A forward over a prompt with a dream span, and a UNet call on its conditions.
+  std::vector<int64_t> ids{1, 5, 6, md.config().token_id("<dream_start>")};
+  for (int i = 0; i < 4; ++i) ids.push_back(md.config().token_id("<im_patch>"));
+  ids.push_back(md.config().token_id("<dream_end>"));
+  const auto out = m.forward(Tensor::from_vector_i64(ids, {1, int64_t(ids.size())}), Tensor(), Tensor());
+  ASSERT_EQ(out.conditions.shape(), Shape({1, 4, 16}));
+  const Tensor eps = head.unet.forward(nn::Var(Tensor::zeros({1, 4, 8, 8})), Tensor::from_vector({500.f}, {1}),
+                                       out.conditions).value();
+  EXPECT_EQ(eps.shape(), Shape({1, 4, 8, 8}));
+  const auto w = md.load();
+  EXPECT_NEAR(stddev(w.at("model.layers.0.self_attn.q_proj.weight").to(DType::F32)), 0.02, 0.003);
+  EXPECT_EQ(w.at("model.norm.weight").to(DType::F32).to_vector()[0], 1.f);
+  EXPECT_NEAR(stddev(w.at("model.dream_embedding.dream_queries").to(DType::F32)), 0.02, 0.006);
+  // CLIP fc1: N(0, (2 * 24)^-1/2).
+  EXPECT_NEAR(stddev(w.at("model.clip_vision_embedding.clip_vision_model.vision_model.encoder.layers.0.mlp.fc1.weight")
+                         .to(DType::F32)),
+              1.0 / std::sqrt(48.0), 0.02);
+  // A UNet 3x3 convolution with 16 inputs: U(+-1/sqrt(144)), whose std is bound / sqrt(3).
+  const Tensor conv = w.at("stable_diffusion_head.unet.down_blocks.0.resnets.0.conv1.weight").to(DType::F32);
+  float peak = 0;
+  for (float x : conv.to_vector()) peak = std::max(peak, std::fabs(x));
+  EXPECT_LE(peak, 1.f / 12.f);
+  EXPECT_NEAR(stddev(conv), 1.0 / 12.0 / std::sqrt(3.0), 0.004);
+  EXPECT_EQ(w.at("stable_diffusion_head.vae.encoder.conv_norm_out.weight").to(DType::F32).to_vector()[3], 1.f);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dl
