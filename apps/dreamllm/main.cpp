@@ -15,6 +15,7 @@ int chat_main(int argc, char** argv);
 int create_main(int argc, char** argv);
 int write_main(int argc, char** argv);
 int train_main(int argc, char** argv);
+int world_main(int argc, char** argv);
 }
 
 namespace {
@@ -31,6 +32,8 @@ void usage(FILE* out) {
                "                                                dreamllm write -m MODEL -p \"Write a story\" -o doc.html\n"
                "  train   train a stage (I-a, I-b, II, III) on data files:\n"
                "                                                dreamllm train --stage II -m MODEL --data docs.jsonl -o out\n"
+               "  world   the shapes world: generate data, score pictures against descriptions:\n"
+               "                                                dreamllm world gen -o data --train 10000 --test 500\n"
                "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
@@ -56,6 +59,7 @@ int main(int argc, char** argv) {
     if (cmd == "create") return dl::app::create_main(argc - 1, argv + 1);
     if (cmd == "write") return dl::app::write_main(argc - 1, argv + 1);
     if (cmd == "train") return dl::app::train_main(argc - 1, argv + 1);
+    if (cmd == "world") return dl::app::world_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

@@ -1,0 +1,244 @@
+// `dreamllm world`: the shapes world. `gen` writes a training / held-out data set in the formats `dreamllm train`
+// reads; `score` checks pictures against descriptions (one image, a pairs file, or a scenes.jsonl ground truth);
+// `render` draws the scene a full description names.
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include "cli_common.h"
+#include "core/error.h"
+#include "io/image_file.h"
+#include "train/jsonl.h"
+#include "world/generator.h"
+#include "world/scorer.h"
+#include "world/text.h"
+
+namespace dl::app {
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const size_t a = item.find_first_not_of(' '), b = item.find_last_not_of(' ');
+    if (a != std::string::npos) out.push_back(item.substr(a, b - a + 1));
+  }
+  return out;
+}
+
+world::Rgb parse_rgb(const std::string& s) {
+  if (s == "white") return world::kWhite;
+  if (s == "black") return {0, 0, 0};
+  const std::vector<std::string> parts = split_commas(s);
+  DL_CHECK(parts.size() == 3, "background '", s, "' is not R,G,B (or white / black)");
+  world::Rgb rgb{};
+  for (size_t c = 0; c < 3; ++c) {
+    int v = -1;
+    try {
+      size_t used = 0;
+      v = std::stoi(parts[c], &used);
+      if (used != parts[c].size()) v = -1;
+    } catch (const std::exception&) {
+      v = -1;
+    }
+    DL_CHECK(v >= 0 && v <= 255, "background '", s, "': '", parts[c], "' is not a value in 0..255");
+    rgb[c] = uint8_t(v);
+  }
+  return rgb;
+}
+
+// Accuracy per attribute over many scored pictures.
+struct Tally {
+  std::map<std::string, std::pair<int64_t, int64_t>> attributes;  // name -> (passed, checked)
+  int64_t passed = 0, scored = 0;
+  void add(const world::ScoreResult& r) {
+    ++scored;
+    passed += r.pass ? 1 : 0;
+    for (const world::Check& c : r.checks) {
+      auto& [ok, all] = attributes[c.attribute];
+      ok += c.pass ? 1 : 0;
+      ++all;
+    }
+  }
+  void print(const char* what) const {
+    std::printf("%s: %lld scored, %lld pass (%.2f%%)\n", what, static_cast<long long>(scored),
+                static_cast<long long>(passed), scored ? 100.0 * double(passed) / double(scored) : 0.0);
+    for (const auto& entry : attributes) {
+      const auto ok = entry.second.first, all = entry.second.second;
+      std::printf("  %-9s %lld/%lld (%.2f%%)\n", entry.first.c_str(), static_cast<long long>(ok),
+                  static_cast<long long>(all), all ? 100.0 * double(ok) / double(all) : 0.0);
+    }
+  }
+};
+
+int gen_command(const world::GenerateOptions& base, const std::string& out, const std::string& kinds,
+                const std::string& colours, const std::string& background, bool no_antialias) {
+  world::GenerateOptions opt = base;
+  if (!kinds.empty()) {
+    opt.world.kinds.clear();
+    for (const std::string& k : split_commas(kinds)) opt.world.kinds.push_back(world::kind_from_name(k));
+  }
+  if (!colours.empty()) {
+    opt.world.colours.clear();
+    for (const std::string& c : split_commas(colours)) opt.world.colours.push_back(world::colour_from_name(c));
+  }
+  opt.world.background = parse_rgb(background);
+  opt.world.antialias = !no_antialias;
+  opt.validate();
+  const int64_t total = opt.train + opt.test;
+  Progress progress("world gen", size_t(total));
+  const int64_t every = std::max<int64_t>(1, total / 100);
+  opt.progress = [&](int64_t done, int64_t all) {
+    if (done % every == 0 || done == all) progress.update(size_t(done));
+  };
+  const world::GenerateSummary s = world::generate(opt, out);
+  std::printf("wrote %lld scenes (%lld images, %lld questions) to %s\n", static_cast<long long>(s.scenes),
+              static_cast<long long>(s.images), static_cast<long long>(s.questions), out.c_str());
+  return 0;
+}
+
+int score_command(const std::string& image, const std::string& text, const std::string& pairs,
+                  const std::string& scenes, const world::ScorerOptions& options, bool verbose) {
+  const int modes = int(!image.empty() || !text.empty()) + int(!pairs.empty()) + int(!scenes.empty());
+  if (modes != 1 || (!image.empty() && text.empty()) || (image.empty() && !text.empty())) {
+    std::fprintf(stderr,
+                 "dreamllm world score: give --image and --text, or --pairs FILE.jsonl, or --scenes FILE.jsonl\n"
+                 "Run 'dreamllm world score --help' for the options.\n");
+    return 2;
+  }
+  if (!image.empty()) {
+    const world::Description d = world::parse_description(text);
+    const world::ScoreResult r = world::score(io::read_image(image), d, options);
+    std::printf("%s", r.report().c_str());
+    return 0;
+  }
+  if (!pairs.empty()) {
+    train::RecordReaderOptions ro;
+    ro.on_issue = [](const train::DataIssue& issue) {
+      std::fprintf(stderr, "%s: skipped: %s\n", issue.where().c_str(), issue.message.c_str());
+    };
+    train::RecordReader reader(pairs, train::RecordFormat::Pair, ro);
+    Tally tally;
+    while (auto record = reader.next()) {
+      const auto& p = std::get<train::PairRecord>(*record);
+      const std::string where = pairs + ":" + std::to_string(reader.line());
+      world::ScoreResult r;
+      try {
+        r = world::score(io::read_image(p.image), p.caption, options);
+      } catch (const Error& e) {
+        fail(where, ": ", e.what());
+      }
+      tally.add(r);
+      if (verbose && !r.pass) std::printf("FAIL %s: %s\n%s", where.c_str(), p.caption.c_str(), r.report().c_str());
+    }
+    DL_CHECK(tally.scored > 0, "'", pairs, "' holds no pairs");
+    tally.print("pairs");
+    return 0;
+  }
+  const std::vector<world::SceneRecord> records = world::read_scene_records(scenes);
+  DL_CHECK(!records.empty(), "'", scenes, "' holds no scenes");
+  int64_t agree = 0;
+  Tally tally;
+  for (const world::SceneRecord& rec : records) {
+    const io::Image img = io::read_image(rec.image);
+    const world::ScoreResult r = world::score(img, world::describe(rec.scene), options);
+    tally.add(r);
+    const bool same = world::same_shapes(r.parse.scene(), rec.scene);
+    agree += same ? 1 : 0;
+    if (verbose && !same) {
+      std::printf("DIFF %s: truth \"%s\", parsed \"%s\"\n", rec.image.c_str(),
+                  world::canonical_caption(rec.scene).c_str(),
+                  r.parse.detections.empty() ? "(nothing)" : world::canonical_caption(r.parse.scene()).c_str());
+    }
+  }
+  std::printf("scenes: %lld/%lld parsed exactly (%.2f%%)\n", static_cast<long long>(agree),
+              static_cast<long long>(records.size()), 100.0 * double(agree) / double(records.size()));
+  tally.print("descriptions");
+  return 0;
+}
+
+int render_command(const std::string& text, const std::string& out, int64_t size, const std::string& background,
+                   bool no_antialias) {
+  const world::Scene scene = world::scene_from_description(world::parse_description(text), size, parse_rgb(background));
+  io::write_png(out, world::render(scene, !no_antialias));
+  std::printf("%s\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int world_main(int argc, char** argv) {
+  CLI::App app("The shapes world: generate training data, score pictures against descriptions.", "world");
+  app.require_subcommand(1);
+
+  world::GenerateOptions gen;
+  std::string gen_out, kinds, colours, background = "white";
+  bool no_antialias = false;
+  CLI::App* g = app.add_subcommand("gen", "write a data set: OUT/{train,test}/ images and every training file");
+  g->add_option("-o,--output", gen_out, "output directory")->required();
+  g->add_option("--train", gen.train, "training scenes")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(10'000'000)));
+  g->add_option("--test", gen.test, "held-out scenes")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(10'000'000)));
+  g->add_option("--seed", gen.seed, "seed (same seed and options: identical files)")->capture_default_str();
+  g->add_option("--size", gen.world.image_size, "image side in pixels")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(24), int64_t(1024)));
+  g->add_option("--min-shapes", gen.world.min_shapes, "fewest shapes per scene")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3));
+  g->add_option("--max-shapes", gen.world.max_shapes, "most shapes per scene")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3));
+  g->add_option("--kinds", kinds, "shape kinds, comma-separated (default: circle,square,triangle,diamond,cross)");
+  g->add_option("--colours", colours, "colours, comma-separated (default: red,green,blue,yellow,purple,orange)");
+  g->add_option("--background", background, "background colour: R,G,B, white or black");
+  g->add_option("--questions", gen.questions, "VQA questions per image")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 8));
+  g->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
+
+  std::string image, text, pairs, scenes;
+  bool verbose = false;
+  world::ScorerOptions scorer;
+  CLI::App* s = app.add_subcommand("score", "check pictures against descriptions");
+  s->add_option("-i,--image", image, "picture to score (with --text)")->check(CLI::ExistingFile);
+  s->add_option("-p,--text", text, "its description, e.g. \"a large red circle at the top left\"");
+  s->add_option("--pairs", pairs, "score every {\"image\", \"caption\"} line of a JSONL file")
+      ->check(CLI::ExistingFile);
+  s->add_option("--scenes", scenes, "parse every image of a scenes.jsonl and compare with its ground truth")
+      ->check(CLI::ExistingFile);
+  s->add_option("--size", scorer.expected_size, "refuse images of another side")
+      ->check(CLI::Range(int64_t(0), int64_t(1024)));
+  s->add_flag("-v,--verbose", verbose, "batch modes: print every failure");
+
+  std::string render_text, render_out = "scene.png";
+  int64_t render_size = 32;
+  CLI::App* r = app.add_subcommand("render", "draw the scene that a full description names");
+  r->add_option("-p,--text", render_text, "description naming size, colour, kind and position of every shape")
+      ->required();
+  r->add_option("-o,--output", render_out, "PNG file to write")->capture_default_str();
+  r->add_option("--size", render_size, "image side in pixels")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(24), int64_t(1024)));
+  r->add_option("--background", background, "background colour: R,G,B, white or black");
+  r->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
+
+  if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  if (g->parsed()) {
+    if (gen.world.min_shapes > gen.world.max_shapes) {
+      std::fprintf(stderr, "dreamllm world gen: --min-shapes %d is more than --max-shapes %d\n", gen.world.min_shapes,
+                   gen.world.max_shapes);
+      return 2;
+    }
+    return gen_command(gen, gen_out, kinds, colours, background, no_antialias);
+  }
+  if (s->parsed()) return score_command(image, text, pairs, scenes, scorer, verbose);
+  return render_command(render_text, render_out, render_size, background, no_antialias);
+}
+
+}  // namespace dl::app
