@@ -53,6 +53,20 @@ void finite_difference_check(const std::function<Var(const std::vector<Var>&)>& 
   }
 }
 
+TEST(FiniteDifference, VaePosteriorSampleAndKL) {
+  const Tensor eps = randn({2, 3, 2, 2}, 17);
+  finite_difference_check([&](auto& v) { return nn::gaussian_sample(v[0], v[1], eps); },
+                          {randn({2, 3, 2, 2}, 1), randn({2, 3, 2, 2}, 2)});
+  finite_difference_check([](auto& v) { return nn::gaussian_kl(v[0], v[1]); },
+                          {randn({2, 3, 2, 2}, 3), randn({2, 3, 2, 2}, 4)}, 1e-2f, 2e-2f);
+  // The clamp at [-30, 20] passes no gradient: a logvar of 25 gets none.
+  Var m(Tensor::zeros({1, 1}), true), lv(Tensor::full({1, 1}, 25.f), true);
+  nn::gaussian_kl(m, lv).backward();
+  EXPECT_EQ(lv.grad().f32()[0], 0.f);
+  // KL of N(0, I) to itself is 0; of N(1, I) it is 0.5 per element, averaged over the batch.
+  EXPECT_NEAR(ops::gaussian_kl(Tensor::full({2, 4}, 1.f), Tensor::zeros({2, 4})), 2.0, 1e-6);
+}
+
 TEST(FiniteDifference, MatmulLinearConv) {
   finite_difference_check([](auto& v) { return nn::matmul(v[0], v[1]); }, {randn({2, 1, 3, 4}, 1), randn({3, 4, 5}, 2)});
   finite_difference_check([](auto& v) { return nn::matmul(v[0], v[1], true, true); }, {randn({4, 3}, 1), randn({5, 4}, 2)});

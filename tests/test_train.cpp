@@ -142,6 +142,30 @@ TEST(TrainLoss, BadBatchesAreRefusedWithAClearError) {
   EXPECT_NE(test::error_of([&] { objective(b, {}); }).find("do not match input_ids"), std::string::npos);
 }
 
+// The VAE stage's objective (a model built from scratch has no pretrained autoencoder): reconstruction + KL and the
+// gradient of every VAE parameter.
+TEST(TrainLoss, AutoencoderObjectiveMatchesTheReference) {
+  const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/vae.safetensors");
+  Trainable t;
+  const std::string prefix = "grad/";
+  for (const auto& [key, _] : f.tensors)
+    if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
+  ASSERT_GT(t.params.size(), 40u);
+  train::Batch b;
+  b.dm_images = get(f, "x");
+  b.posterior_noise = get(f, "eps");
+  const train::AutoencoderObjective objective(t.head.vae);
+  const train::LossTerms r = objective(b, scalar(get(f, "kl_weight")));
+  EXPECT_NEAR(r.rec_loss, scalar(get(f, "rec_loss")), 1e-4 * scalar(get(f, "rec_loss")));
+  EXPECT_NEAR(r.kl_loss, scalar(get(f, "kl_loss")), 1e-4 * scalar(get(f, "kl_loss")));
+  EXPECT_NEAR(scalar(r.loss.value()), scalar(get(f, "loss")), 1e-4 * scalar(get(f, "loss")));
+  r.loss.backward();
+  for (const auto& [n, v] : t.params) {
+    SCOPED_TRACE(n);
+    EXPECT_TRUE(grad_close(v.grad().defined() ? v.grad() : Tensor::zeros(v.shape()), get(f, prefix + n)));
+  }
+}
+
 TEST(TrainSchedule, CosineWithWarmupFollowsHuggingFace) {
   const Tensor lrs = get(adamw_fixture(), "lrs");
   const int64_t warm = train::warmup_steps(10, 0.15);

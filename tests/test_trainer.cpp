@@ -124,7 +124,7 @@ TEST(Trainer, AResumedRunEqualsAnUninterruptedOne) {
 TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
   Dataset d("stages");
   const auto before = all_weights(kModel);
-  for (const std::string stage : {"I-a", "I-b", "II", "III"}) {
+  for (const std::string stage : {"I-a", "I-b", "II", "III", "VAE"}) {
     SCOPED_TRACE(stage);
     train::TrainOptions o = options(d, "out_" + stage, stage);
     o.max_steps = 2;
@@ -321,9 +321,9 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   const auto stage = test::cli("train --stage IV -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(stage.code, 1);
   EXPECT_NE(stage.err.find("unknown stage 'IV'"), std::string::npos);
-  const auto group = test::cli("train --trainable unet -m " + kModel + " --data a.jsonl -o /tmp/x");
+  const auto group = test::cli("train --trainable lora -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(group.code, 1);
-  EXPECT_NE(group.err.find("unknown parameter group 'unet'"), std::string::npos);
+  EXPECT_NE(group.err.find("unknown parameter group 'lora'"), std::string::npos);
 }
 
 TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {

@@ -46,7 +46,7 @@ int train_main(int argc, char** argv) {
   int threads = 0;
   bool quiet = false;
   app.add_option("--stage", stage, "I-a (creation alignment), I-b (comprehension alignment), II (interleaved "
-                                   "pretraining), III (SFT)")
+                                   "pretraining), III (SFT), VAE (the autoencoder, for models built from scratch)")
       ->capture_default_str();
   app.add_option("-m,--model", model, "model directory to start from (official release layout)")->required();
   app.add_option("--data", data,
@@ -84,10 +84,12 @@ int train_main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 0.99));
   app.add_option("--trainable", trainable,
                  "override the stage's trainable groups: comma list of llm, vision_projector, dream_queries, "
-                 "condition_projector, vision_tower");
+                 "condition_projector, vision_tower, unet, vae");
   app.add_option("--reinit", reinit,
                  "override the stage's fresh initialisations: comma list of dream_queries, vision_projector, "
                  "condition_projector, new_token_rows, or none");
+  std::optional<float> kl_weight;
+  app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)");
   app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
   app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
   int64_t stop_after = -1;
@@ -112,6 +114,7 @@ int train_main(int argc, char** argv) {
   if (lr) o.learning_rate = *lr;
   if (lm_weight) o.stage.weights.lm = *lm_weight;
   if (vm_weight) o.stage.weights.vm = *vm_weight;
+  if (kl_weight) o.stage.kl_weight = *kl_weight;
   if (!trainable.empty()) {
     o.stage.trainable.clear();
     for (const std::string& g : split_list(trainable)) o.stage.trainable.push_back(train::parse_group(g));
@@ -137,12 +140,15 @@ int train_main(int argc, char** argv) {
     elapsed += r.seconds;
     if (quiet) return;
     const double per_step = elapsed / double(r.step - start);
-    char line[512];
+    char line[512], terms[96];
+    if (o.stage.objective == train::Objective::kAutoencoder)
+      std::snprintf(terms, sizeof terms, "rec %.4f, kl %.1f", r.rec_loss, r.kl_loss);
+    else
+      std::snprintf(terms, sizeof terms, "lm %.4f, vm %.4f", r.lm_loss, r.vm_loss);
     std::snprintf(line, sizeof line,
-                  "step %lld/%lld | loss %.4f (lm %.4f, vm %.4f) | lr %.3g | |g| %.3g | %.0f tok/s | %.2f img/s | "
+                  "step %lld/%lld | loss %.4f (%s) | lr %.3g | |g| %.3g | %.0f tok/s | %.2f img/s | "
                   "skipped %lld | ETA %s",
-                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss, r.lm_loss,
-                  r.vm_loss, r.lr, r.grad_norm, double(r.tokens) / std::max(r.seconds, 1e-9),
+                  static_cast<long long>(r.step), static_cast<long long>(r.total_steps), r.loss, terms, r.lr, r.grad_norm, double(r.tokens) / std::max(r.seconds, 1e-9),
                   double(r.images + r.dream_images) / std::max(r.seconds, 1e-9),
                   static_cast<long long>(r.skipped_samples + r.skipped_records),
                   clock(per_step * double(r.total_steps - r.step)).c_str());

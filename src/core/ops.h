@@ -123,4 +123,13 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, float
                               int64_t divisor);
 float mse(const Tensor& a, const Tensor& b);  // mean((a - b)^2)
 
+// ---- the VAE's diagonal Gaussian posterior (diffusers DiagonalGaussianDistribution; logvar clamped to [-30, 20]) --
+// sample: mean + exp(logvar / 2) * eps.
+Tensor gaussian_sample(const Tensor& mean, const Tensor& logvar, const Tensor& eps);
+void gaussian_sample_backward(const Tensor& logvar, const Tensor& eps, const Tensor& gz, Tensor* gmean,
+                              Tensor* glogvar);
+// KL to N(0, I), summed over all but the first dimension and averaged over it (the batch).
+float gaussian_kl(const Tensor& mean, const Tensor& logvar);
+void gaussian_kl_backward(const Tensor& mean, const Tensor& logvar, float gloss, Tensor* gmean, Tensor* glogvar);
+
 }  // namespace dl::ops

@@ -84,8 +84,8 @@ Vae::Posterior Vae::encode(const Var& image) const {
   const int64_t L = config_.latent_channels;
   Posterior post;
   post.mean = nn::slice(h, 1, 0, L);
-  // The clamp is a constant transform here: the engine samples the VAE only frozen, so no gradient is needed.
-  Tensor logvar = nn::slice(h, 1, L, 2 * L).value().contiguous().clone();
+  post.logvar_raw = nn::slice(h, 1, L, 2 * L);
+  Tensor logvar = post.logvar_raw.value().contiguous().clone();
   float* lv = logvar.f32();
   for (int64_t i = 0; i < logvar.numel(); ++i) lv[i] = std::clamp(lv[i], -30.f, 20.f);
   post.logvar = Var(logvar);

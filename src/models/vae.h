@@ -19,7 +19,10 @@ class Vae {
   const io::VaeConfig& config() const { return config_; }
 
   struct Posterior {
-    nn::Var mean, logvar;  // [B, latent, H/f, W/f]; logvar clamped to [-30, 20]
+    nn::Var mean, logvar;  // [B, latent, H/f, W/f]; logvar clamped to [-30, 20] (a constant: no gradient)
+    // The encoder's logvar before the clamp, differentiable: what nn::gaussian_sample / gaussian_kl take (they
+    // clamp it themselves) when the VAE trains.
+    nn::Var logvar_raw;
   };
   // image [B, in_channels, H, W] in [-1, 1], H and W multiples of 2^(blocks-1) -> the latent distribution.
   Posterior encode(const nn::Var& image) const;

@@ -313,4 +313,21 @@ Var mse(const Var& a, const Var& b) {
   });
 }
 
+Var gaussian_sample(const Var& mean, const Var& logvar, const Tensor& eps) {
+  Tensor lv = logvar.value();
+  return record("gaussian_sample", ops::gaussian_sample(mean.value(), lv, eps), {mean, logvar},
+                [lv, eps](const Tensor& g, const auto& need, auto& gin) {
+                  ops::gaussian_sample_backward(lv, eps, g, need[0] ? &gin[0] : nullptr, need[1] ? &gin[1] : nullptr);
+                });
+}
+
+Var gaussian_kl(const Var& mean, const Var& logvar) {
+  Tensor m = mean.value(), lv = logvar.value();
+  return record("gaussian_kl", Tensor::scalar(ops::gaussian_kl(m, lv)), {mean, logvar},
+                [m, lv](const Tensor& g, const auto& need, auto& gin) {
+                  ops::gaussian_kl_backward(m, lv, g.f32()[0], need[0] ? &gin[0] : nullptr,
+                                            need[1] ? &gin[1] : nullptr);
+                });
+}
+
 }  // namespace dl::nn

@@ -55,5 +55,8 @@ Var slice(const Var& x, int64_t dim, int64_t start, int64_t end);
 // Losses, returned as [1] tensors.
 Var cross_entropy(const Var& logits, const Tensor& targets, int64_t ignore_index = -100);
 Var mse(const Var& a, const Var& b);
+// The VAE posterior: a reparameterised sample (eps a constant standard-normal draw) and the KL to N(0, I).
+Var gaussian_sample(const Var& mean, const Var& logvar, const Tensor& eps);
+Var gaussian_kl(const Var& mean, const Var& logvar);
 
 }  // namespace dl::nn

@@ -163,4 +163,26 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
   return out;
 }
 
+LossTerms AutoencoderObjective::operator()(const Batch& batch, float kl_weight) const {
+  LossTerms out;
+  out.lm_loss = 0.f;
+  if (!batch.dm_images.defined() || batch.dm_images.size(0) == 0) {
+    out.loss = Var(Tensor::zeros({1}));
+    return out;
+  }
+  const Tensor x = batch.dm_images.to(DType::F32).contiguous();
+  const auto post = vae_.encode(Var(x));
+  DL_CHECK(batch.posterior_noise.defined() && batch.posterior_noise.shape() == post.mean.shape(),
+           "posterior noise ", batch.posterior_noise.defined() ? batch.posterior_noise.describe() : "(missing)",
+           " does not match the latents ", post.mean.value().describe());
+  const Var z = nn::gaussian_sample(post.mean, post.logvar_raw, batch.posterior_noise);
+  const Var rec = nn::mse(vae_.decode(z), Var(x));
+  const Var kl = nn::gaussian_kl(post.mean, post.logvar_raw);
+  out.rec_loss = rec.value().f32()[0];
+  out.kl_loss = kl.value().f32()[0];
+  out.dream_images = x.size(0);
+  out.loss = kl_weight != 0.f ? nn::add(rec, nn::scale(kl, kl_weight)) : rec;
+  return out;
+}
+
 }  // namespace dl::train

@@ -14,6 +14,7 @@
 #include "io/config.h"
 #include "models/dreamllm.h"
 #include "models/unet.h"
+#include "models/vae.h"
 
 namespace dl::train {
 
@@ -29,6 +30,8 @@ struct Batch {
   // Optional classifier-free-guidance dropout: span m's condition is replaced by the unconditional one, computed
   // as inference computes the negative branch (the LLM on [<s>, <dream_start>, queries, <dream_end>]). Empty: none.
   std::vector<bool> drop_condition;
+  // The autoencoder objective's inputs: pictures [M, 3, R, R] in [-1, 1] and the posterior draw [M, C, r, r].
+  Tensor dm_images, posterior_noise;
 };
 
 struct LossWeights {
@@ -41,6 +44,7 @@ struct LossTerms {
   float vm_loss = 0.f;   // 0 when the batch has no diffusion target
   int64_t lm_tokens = 0;  // labels that counted
   int64_t dream_images = 0;
+  float rec_loss = 0.f, kl_loss = 0.f;  // the autoencoder objective's terms
 };
 
 class DreamLLMObjective {
@@ -59,6 +63,18 @@ class DreamLLMObjective {
   const models::DreamLLM& model_;
   const models::UNet& unet_;
   std::vector<float> alphas_cumprod_;
+};
+
+// The VAE trained as Stable Diffusion's autoencoder was, less its perceptual and adversarial terms:
+// loss = mean((decode(mean + exp(logvar / 2) * eps) - x)^2) + kl_weight * KL(posterior || N(0, I)) (KL summed per
+// image, averaged over the batch, as diffusers' DiagonalGaussianDistribution.kl).
+class AutoencoderObjective {
+ public:
+  explicit AutoencoderObjective(const models::Vae& vae) : vae_(vae) {}
+  LossTerms operator()(const Batch& batch, float kl_weight) const;
+
+ private:
+  const models::Vae& vae_;
 };
 
 // Shifted labels: targets[b, t] = labels[b, t + 1] for t < T - 1, flattened to [B * (T - 1)] I64.

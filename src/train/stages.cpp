@@ -13,11 +13,13 @@ bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p,
 
 Group group_of(const std::string& n) {
   if (starts_with(n, "model.clip_vision_embedding.projector.")) return Group::kVisionProjector;
+  if (starts_with(n, "stable_diffusion_head.unet.")) return Group::kUNet;
+  if (starts_with(n, "stable_diffusion_head.vae.")) return Group::kVAE;
   if (starts_with(n, "model.clip_vision_embedding.")) return Group::kVisionTower;
   if (n == "model.dream_embedding.dream_queries") return Group::kDreamQueries;
   if (n == "stable_diffusion_head.projector.projector.weight") return Group::kConditionProjector;
   if (starts_with(n, "model.") || n == "lm_head.weight") return Group::kLLM;
-  fail("parameter '", n, "' belongs to no trainable group (the UNet and VAE stay frozen)");
+  fail("parameter '", n, "' belongs to no parameter group");
 }
 
 const char* group_name(Group g) {
@@ -27,16 +29,18 @@ const char* group_name(Group g) {
     case Group::kDreamQueries: return "dream_queries";
     case Group::kConditionProjector: return "condition_projector";
     case Group::kVisionTower: return "vision_tower";
+    case Group::kUNet: return "unet";
+    case Group::kVAE: return "vae";
   }
   return "?";
 }
 
 Group parse_group(const std::string& s) {
   for (Group g : {Group::kLLM, Group::kVisionProjector, Group::kDreamQueries, Group::kConditionProjector,
-                  Group::kVisionTower})
+                  Group::kVisionTower, Group::kUNet, Group::kVAE})
     if (s == group_name(g)) return g;
   fail("unknown parameter group '", s,
-       "' (expected llm, vision_projector, dream_queries, condition_projector or vision_tower)");
+       "' (expected llm, vision_projector, dream_queries, condition_projector, vision_tower, unet or vae)");
 }
 
 const char* reinit_name(Reinit r) {
@@ -73,13 +77,17 @@ StagePreset stage_preset(const std::string& name) {
     p = {"III", "supervised fine-tuning on instructions, conversations and pairs",
          {Group::kLLM, Group::kVisionProjector, Group::kDreamQueries, Group::kConditionProjector}, {1.f, 10.f}, 4e-5f,
          true, true, {}};
+  } else if (name == "VAE" || name == "vae") {
+    p = {"VAE", "the image autoencoder from scratch: reconstruction + KL on the data's pictures",
+         {Group::kVAE}, {0.f, 0.f}, 1e-3f, false, true, {}};
+    p.objective = Objective::kAutoencoder;
   } else {
-    fail("unknown stage '", name, "' (expected I-a, I-b, II or III)");
+    fail("unknown stage '", name, "' (expected I-a, I-b, II, III or VAE)");
   }
   return p;
 }
 
-std::vector<std::string> stage_names() { return {"I-a", "I-b", "II", "III"}; }
+std::vector<std::string> stage_names() { return {"I-a", "I-b", "II", "III", "VAE"}; }
 
 int64_t warmup_steps(int64_t total, double ratio) {
   DL_CHECK(ratio >= 0 && ratio <= 1, "warm-up ratio ", ratio, " is outside [0, 1]");

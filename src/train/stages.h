@@ -16,8 +16,10 @@ enum class Group {
   kDreamQueries,        // model.dream_embedding.dream_queries
   kConditionProjector,  // stable_diffusion_head.projector.projector.weight
   kVisionTower,         // model.clip_vision_embedding.clip_vision_model.* (frozen in every released stage)
+  kUNet,                // stable_diffusion_head.unet.* (frozen in every released stage; trained from scratch)
+  kVAE,                 // stable_diffusion_head.vae.* (frozen in every released stage; trained from scratch)
 };
-// Group of a parameter name; throws for names outside the groups (UNet, VAE: always frozen).
+// Group of a parameter name; throws for names outside the groups.
 Group group_of(const std::string& name);
 const char* group_name(Group g);
 Group parse_group(const std::string& name);  // "llm", "vision_projector", "dream_queries", ...
@@ -32,17 +34,25 @@ enum class Reinit {
 const char* reinit_name(Reinit r);
 Reinit parse_reinit(const std::string& name);
 
+// What a stage optimises: DreamLLM's joint LM + diffusion objective, or (building a model from scratch, where no
+// pretrained Stable Diffusion exists) the VAE's own: reconstruction MSE + kl_weight x KL, as SD's autoencoder
+// was trained without its perceptual and adversarial terms.
+enum class Objective { kDreamLLM, kAutoencoder };
+
 struct StagePreset {
-  std::string name;  // "I-a", "I-b", "II", "III"
+  std::string name;  // "I-a", "I-b", "II", "III", "VAE"
   std::string description;
   std::vector<Group> trainable;
   LossWeights weights;
   float learning_rate = 2e-5f;
   bool comprehension = true, creation = true;  // data modes (DocumentOptions)
   std::vector<Reinit> reinit;
+  Objective objective = Objective::kDreamLLM;
+  float kl_weight = 1e-6f;  // kAutoencoder only (SD's KL weight)
 };
 
-// "I-a" (alias "1a", "creation"), "I-b" ("1b", "comprehension"), "II" ("2", "pretrain"), "III" ("3", "sft").
+// "I-a" (alias "1a", "creation"), "I-b" ("1b", "comprehension"), "II" ("2", "pretrain"), "III" ("3", "sft"),
+// and "VAE" ("vae"): the autoencoder on the data's pictures.
 StagePreset stage_preset(const std::string& name);
 std::vector<std::string> stage_names();
 

@@ -105,27 +105,36 @@ void reinitialise(const std::vector<Reinit>& what, const models::ParameterSet& p
   }
 }
 
-StepLosses optimizer_step(const DreamLLMObjective& objective, const std::vector<Batch>& micro_batches,
-                          const LossWeights& weights, nn::AdamW& optimizer, float lr, float max_grad_norm) {
+StepLosses optimizer_step(const LossFunction& loss, const std::vector<Batch>& micro_batches, nn::AdamW& optimizer,
+                          float lr, float max_grad_norm) {
   DL_CHECK(!micro_batches.empty(), "optimizer_step: no micro-batches");
   const float share = 1.f / float(micro_batches.size());
   StepLosses out;
-  double lm_sum = 0, vm_sum = 0;
-  int64_t lm_n = 0, vm_n = 0;
+  double lm_sum = 0, vm_sum = 0, rec_sum = 0, kl_sum = 0;
+  int64_t lm_n = 0, vm_n = 0, ae_n = 0;
   for (const Batch& b : micro_batches) {
-    const LossTerms t = objective(b, weights, false);
+    const LossTerms t = loss(b);
     out.loss += t.loss.value().f32()[0] * share;
     if (!std::isnan(t.lm_loss) && t.lm_tokens > 0) lm_sum += t.lm_loss, ++lm_n;
     if (t.dream_images > 0 && !std::isnan(t.vm_loss)) vm_sum += t.vm_loss, ++vm_n;
+    if (t.dream_images > 0) rec_sum += t.rec_loss, kl_sum += t.kl_loss, ++ae_n;
     out.lm_tokens += t.lm_tokens;
     // A micro-batch with nothing to learn (a text-to-image pair in a comprehension stage) has no graph.
     if (t.loss.requires_grad()) nn::scale(t.loss, share).backward();
   }
   out.lm_loss = lm_n ? float(lm_sum / double(lm_n)) : 0.f;
   out.vm_loss = vm_n ? float(vm_sum / double(vm_n)) : 0.f;
+  out.rec_loss = ae_n ? float(rec_sum / double(ae_n)) : 0.f;
+  out.kl_loss = ae_n ? float(kl_sum / double(ae_n)) : 0.f;
   out.grad_norm = nn::clip_grad_norm(optimizer.params(), max_grad_norm > 0.f ? max_grad_norm : INFINITY);
   optimizer.step(lr);
   return out;
+}
+
+StepLosses optimizer_step(const DreamLLMObjective& objective, const std::vector<Batch>& micro_batches,
+                          const LossWeights& weights, nn::AdamW& optimizer, float lr, float max_grad_norm) {
+  return optimizer_step([&](const Batch& b) { return objective(b, weights, false); }, micro_batches, optimizer, lr,
+                        max_grad_norm);
 }
 
 std::unique_ptr<nn::AdamW> make_optimizer(const std::vector<nn::Var>& params, const std::vector<std::string>& names,
@@ -151,6 +160,7 @@ struct Trainer::Impl {
   ImagePrep prep;
   MixedStream stream;
   DreamLLMObjective objective;
+  AutoencoderObjective autoencoder;
   std::unique_ptr<nn::AdamW> optimizer;
   std::vector<std::string> trainable_names;
   unsigned rewrite = 0;  // components whose weights train
@@ -193,7 +203,8 @@ struct Trainer::Impl {
         prep{io::clip_preprocess_config(dir), dir.unet_config().sample_size * dir.vae_config().scale_factor()},
         stream(opt.data, opt.seed, opt.shuffle_buffer,
                [this](const DataIssue& i) { warn(i.where() + ": " + i.message + " (skipped)"); }),
-        objective(model, unet, dir.scheduler_config()) {
+        objective(model, unet, dir.scheduler_config()),
+        autoencoder(vae) {
     DL_CHECK(opt.micro_batch >= 1 && opt.grad_accum >= 1, "micro-batch and accumulation must be >= 1");
     DL_CHECK(opt.condition_dropout >= 0.f && opt.condition_dropout < 1.f, "condition dropout ", opt.condition_dropout,
              " is outside [0, 1)");
@@ -215,7 +226,11 @@ struct Trainer::Impl {
     // The trainable set, in state-dict order.
     std::set<Group> groups(opt.stage.trainable.begin(), opt.stage.trainable.end());
     std::vector<nn::Var> params;
-    for (const auto& [name, v] : model.parameters().all()) {
+    std::vector<std::pair<std::string, nn::Var>> candidates(model.parameters().all().begin(),
+                                                            model.parameters().all().end());
+    for (const auto& [name, v] : head_params.all())
+      if (!model.parameters().contains(name)) candidates.emplace_back(name, v);  // the projector lives LLM-side
+    for (const auto& [name, v] : candidates) {
       if (!groups.count(group_of(name))) continue;
       nn::Var p = v;
       make_writable_f32(p);
@@ -308,6 +323,16 @@ struct Trainer::Impl {
     r.samples += opt.micro_batch;
     r.tokens += int64_t(ops::sum_all(b.attention_mask));
     r.images += b.pixel_values.defined() ? b.pixel_values.size(0) : 0;
+    if (opt.stage.objective == Objective::kAutoencoder) {
+      if (c.dm_images.defined()) {
+        const int64_t f = dir.vae_config().scale_factor();
+        b.dm_images = c.dm_images;
+        b.posterior_noise = rng.randn({c.dm_images.size(0), dir.vae_config().latent_channels,
+                                       c.dm_images.size(2) / f, c.dm_images.size(3) / f});
+        r.dream_images += c.dm_images.size(0);
+      }
+      return b;
+    }
     if (c.dm_images.defined() && opt.stage.weights.vm != 0.f) {
       const int64_t M = c.dm_images.size(0);
       Tensor latents;
@@ -341,8 +366,14 @@ struct Trainer::Impl {
     r.lr = float(double(opt.learning_rate) * cosine_with_warmup(s, total, warmup_steps(total, opt.warmup_ratio)));
     std::vector<Batch> batches;
     for (int64_t a = 0; a < opt.grad_accum; ++a) batches.push_back(next_batch(s * opt.grad_accum + a, r));
-    const StepLosses l = optimizer_step(objective, batches, opt.stage.weights, *optimizer, r.lr, opt.max_grad_norm);
+    const StepLosses l =
+        opt.stage.objective == Objective::kAutoencoder
+            ? optimizer_step([&](const Batch& b) { return autoencoder(b, opt.stage.kl_weight); }, batches, *optimizer,
+                             r.lr, opt.max_grad_norm)
+            : optimizer_step(objective, batches, opt.stage.weights, *optimizer, r.lr, opt.max_grad_norm);
     r.loss = l.loss;
+    r.rec_loss = l.rec_loss;
+    r.kl_loss = l.kl_loss;
     r.lm_loss = l.lm_loss;
     r.vm_loss = l.vm_loss;
     r.grad_norm = l.grad_norm;
@@ -356,6 +387,7 @@ struct Trainer::Impl {
   nlohmann::json metrics_json(const StepReport& r) const {
     return {{"step", r.step},       {"total_steps", r.total_steps}, {"loss", r.loss},
             {"lm_loss", r.lm_loss}, {"vm_loss", r.vm_loss},         {"lr", r.lr},
+            {"rec_loss", r.rec_loss}, {"kl_loss", r.kl_loss},
             {"grad_norm", r.grad_norm}, {"tokens", r.tokens},       {"lm_tokens", r.lm_tokens},
             {"images", r.images},   {"dream_images", r.dream_images}, {"samples", r.samples},
             {"skipped_samples", r.skipped_samples}, {"skipped_records", r.skipped_records},

@@ -42,7 +42,7 @@ struct TrainOptions {
 
 struct StepReport {
   int64_t step = 0, total_steps = 0;  // step is 1-based after the update
-  float loss = 0.f, lm_loss = 0.f, vm_loss = 0.f, grad_norm = 0.f, lr = 0.f;
+  float loss = 0.f, lm_loss = 0.f, vm_loss = 0.f, rec_loss = 0.f, kl_loss = 0.f, grad_norm = 0.f, lr = 0.f;
   int64_t tokens = 0, lm_tokens = 0, images = 0, dream_images = 0, samples = 0;
   int64_t skipped_samples = 0, skipped_records = 0;  // totals so far
   double seconds = 0.0;  // this step's wall time
@@ -78,9 +78,12 @@ class Trainer {
 // pre-clip norm is reported), then AdamW at `lr`. The reported lm/vm losses are the means over the micro-batches
 // that have the term.
 struct StepLosses {
-  float loss = 0.f, lm_loss = 0.f, vm_loss = 0.f, grad_norm = 0.f;
+  float loss = 0.f, lm_loss = 0.f, vm_loss = 0.f, rec_loss = 0.f, kl_loss = 0.f, grad_norm = 0.f;
   int64_t lm_tokens = 0;
 };
+using LossFunction = std::function<LossTerms(const Batch&)>;
+StepLosses optimizer_step(const LossFunction& loss, const std::vector<Batch>& micro_batches, nn::AdamW& optimizer,
+                          float lr, float max_grad_norm);
 StepLosses optimizer_step(const DreamLLMObjective& objective, const std::vector<Batch>& micro_batches,
                           const LossWeights& weights, nn::AdamW& optimizer, float lr, float max_grad_norm);
 

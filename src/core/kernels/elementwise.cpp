@@ -516,4 +516,70 @@ float mse(const Tensor& a_in, const Tensor& b_in) {
   return float(s / double(a.numel()));
 }
 
+namespace {
+constexpr float kLogvarMin = -30.f, kLogvarMax = 20.f;
+float clamp_logvar(float v) { return std::min(std::max(v, kLogvarMin), kLogvarMax); }
+// The clamp passes no gradient where it is active.
+float clamp_grad(float v) { return v > kLogvarMin && v < kLogvarMax ? 1.f : 0.f; }
+void check_posterior(const Tensor& mean, const Tensor& logvar, const char* what) {
+  DL_CHECK(mean.shape() == logvar.shape(), what, ": mean ", mean.describe(), " and logvar ", logvar.describe(),
+           " differ in shape");
+  DL_CHECK(mean.dim() >= 1 && mean.numel() > 0, what, ": empty posterior");
+}
+}  // namespace
+
+Tensor gaussian_sample(const Tensor& mean_in, const Tensor& logvar_in, const Tensor& eps_in) {
+  check_posterior(mean_in, logvar_in, "gaussian_sample");
+  DL_CHECK(eps_in.shape() == mean_in.shape(), "gaussian_sample: noise ", eps_in.describe(), " does not match ",
+           mean_in.describe());
+  const Tensor m = mean_in.to(DType::F32).contiguous(), lv = logvar_in.to(DType::F32).contiguous(),
+               e = eps_in.to(DType::F32).contiguous();
+  Tensor z = Tensor::empty(m.shape());
+  const float *mp = m.f32(), *lp = lv.f32(), *ep = e.f32();
+  float* zp = z.f32();
+  parallel_for(z.numel(), 1 << 14, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) zp[i] = mp[i] + std::exp(0.5f * clamp_logvar(lp[i])) * ep[i];
+  });
+  return z;
+}
+
+void gaussian_sample_backward(const Tensor& logvar_in, const Tensor& eps_in, const Tensor& gz_in, Tensor* gmean,
+                              Tensor* glogvar) {
+  const Tensor gz = gz_in.to(DType::F32).contiguous();
+  if (gmean) *gmean = gz.clone();
+  if (!glogvar) return;
+  const Tensor lv = logvar_in.to(DType::F32).contiguous(), e = eps_in.to(DType::F32).contiguous();
+  *glogvar = Tensor::empty(lv.shape());
+  const float *lp = lv.f32(), *ep = e.f32(), *gp = gz.f32();
+  float* out = glogvar->f32();
+  parallel_for(lv.numel(), 1 << 14, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i)
+      out[i] = gp[i] * ep[i] * 0.5f * std::exp(0.5f * clamp_logvar(lp[i])) * clamp_grad(lp[i]);
+  });
+}
+
+float gaussian_kl(const Tensor& mean_in, const Tensor& logvar_in) {
+  check_posterior(mean_in, logvar_in, "gaussian_kl");
+  const Tensor m = mean_in.to(DType::F32).contiguous(), lv = logvar_in.to(DType::F32).contiguous();
+  const float *mp = m.f32(), *lp = lv.f32();
+  const double s = chunked_sum(m.numel(), [&](int64_t i) {
+    const double v = clamp_logvar(lp[i]);
+    return 0.5 * (double(mp[i]) * mp[i] + std::exp(v) - 1.0 - v);
+  });
+  return float(s / double(m.size(0)));
+}
+
+void gaussian_kl_backward(const Tensor& mean_in, const Tensor& logvar_in, float gloss, Tensor* gmean,
+                          Tensor* glogvar) {
+  const Tensor m = mean_in.to(DType::F32).contiguous(), lv = logvar_in.to(DType::F32).contiguous();
+  const float k = gloss / float(m.size(0));
+  if (gmean) *gmean = ops::scale(m, k);
+  if (!glogvar) return;
+  *glogvar = Tensor::empty(lv.shape());
+  const float* lp = lv.f32();
+  float* out = glogvar->f32();
+  for (int64_t i = 0; i < lv.numel(); ++i)
+    out[i] = k * 0.5f * (std::exp(clamp_logvar(lp[i])) - 1.f) * clamp_grad(lp[i]);
+}
+
 }  // namespace dl::ops
