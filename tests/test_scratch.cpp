@@ -15,6 +15,8 @@
 #include "text/tokenizer.h"
 #include "text/tokenizer_trainer.h"
 #include "train/scratch.h"
+#include "world/generator.h"
+#include "world/recipe.h"
 
 namespace dl {
 namespace {
@@ -156,6 +158,28 @@ TEST(Scratch, AFreshModelDirectoryLoadsRunsAndIsInitialisedAsTheOriginals) {
   EXPECT_LE(peak, 1.f / 12.f);
   EXPECT_NEAR(stddev(conv), 1.0 / 12.0 / std::sqrt(3.0), 0.004);
   EXPECT_EQ(w.at("stable_diffusion_head.vae.encoder.conv_norm_out.weight").to(DType::F32).to_vector()[3], 1.f);
+  fs::remove_all(dir);
+}
+
+// The shapes world's fresh model: its tokenizer covers every word of the world's text (no <unk>), and the model
+// directory loads with the world's sizes.
+TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_world_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  world::GenerateOptions g;
+  g.train = 60;
+  g.test = 5;
+  g.seed = 3;
+  world::generate(g, (dir / "data").string());
+  world::init_model((dir / "data").string(), (dir / "model").string(), 32, 400, 1);
+  const io::ModelDir md = io::ModelDir::open((dir / "model").string());
+  EXPECT_EQ(md.clip_config().num_patches(), 16);
+  EXPECT_EQ(md.unet_config().sample_size * md.vae_config().scale_factor(), 32);
+  const text::Tokenizer tok = text::Tokenizer::load((dir / "model").string());
+  for (const std::string& line : world::training_text((dir / "data/train").string())) {
+    for (int32_t id : tok.encode(line, false)) ASSERT_NE(id, 0) << line;
+  }
+  EXPECT_NO_THROW(models::DreamLLM::load(md));
   fs::remove_all(dir);
 }
 

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "io/image_file.h"
 #include "train/jsonl.h"
+#include "world/recipe.h"
 #include "world/generator.h"
 #include "world/scorer.h"
 #include "world/text.h"
@@ -228,7 +229,23 @@ int world_main(int argc, char** argv) {
   r->add_option("--background", background, "background colour: R,G,B, white or black");
   r->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
 
+  std::string init_data, init_out;
+  int64_t init_size = 32, init_seed = 0;
+  int vocab = 400;
+  CLI::App* in = app.add_subcommand("init", "a fresh tiny DreamLLM for the world: tokenizer trained on DATA/train, "
+                                            "random weights initialised as the original libraries do");
+  in->add_option("-d,--data", init_data, "a directory written by world gen")->required()->check(CLI::ExistingDirectory);
+  in->add_option("-o,--output", init_out, "model directory to write")->required();
+  in->add_option("--size", init_size, "picture side (32 or 64)")->capture_default_str();
+  in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
+  in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
+
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  if (in->parsed()) {
+    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed));
+    std::printf("%s\n", init_out.c_str());
+    return 0;
+  }
   if (g->parsed()) {
     if (gen.world.min_shapes > gen.world.max_shapes) {
       std::fprintf(stderr, "dreamllm world gen: --min-shapes %d is more than --max-shapes %d\n", gen.world.min_shapes,

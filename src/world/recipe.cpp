@@ -1,0 +1,97 @@
+#include "world/recipe.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "text/tokenizer_trainer.h"
+#include "train/jsonl.h"
+
+namespace dl::world {
+
+namespace fs = std::filesystem;
+
+train::ScratchSpec tiny_spec(int64_t image_size) {
+  DL_CHECK(image_size == 32 || image_size == 64, "the tiny world model is sized for 32 or 64 px pictures, not ",
+           image_size);
+  train::ScratchSpec s;
+  s.llm.hidden_size = 128;
+  s.llm.intermediate_size = 344;
+  s.llm.num_hidden_layers = 4;
+  s.llm.num_attention_heads = 4;
+  s.llm.num_key_value_heads = 4;
+  s.llm.max_position_embeddings = 512;
+  s.clip.hidden_size = 96;
+  s.clip.intermediate_size = 384;
+  s.clip.num_hidden_layers = 4;
+  s.clip.num_attention_heads = 4;
+  s.clip.image_size = image_size;
+  s.clip.patch_size = image_size / 4;  // 16 patches
+  s.vae.block_out_channels = {32, 64, 64};  // 4x downsampling: 8x8 latents at 32 px
+  s.vae.down_block_types = {3, "DownEncoderBlock2D"};
+  s.vae.up_block_types = {3, "UpDecoderBlock2D"};
+  s.vae.layers_per_block = 1;
+  s.vae.norm_num_groups = 16;
+  s.vae.sample_size = image_size;
+  s.unet.sample_size = image_size / 4;
+  s.unet.block_out_channels = {64, 128};
+  s.unet.down_block_types = {"CrossAttnDownBlock2D", "DownBlock2D"};
+  s.unet.up_block_types = {"UpBlock2D", "CrossAttnUpBlock2D"};
+  s.unet.layers_per_block = {1, 1};
+  s.unet.num_attention_heads = {4, 4};
+  s.unet.transformer_layers_per_block = {1, 1};
+  s.unet.cross_attention_dim = 64;
+  s.unet.norm_num_groups = 16;
+  s.dream_queries = 8;
+  return s;
+}
+
+namespace {
+
+std::string without_placeholders(std::string s) {
+  for (const std::string p : {"<image>", "<dream>"}) {
+    for (size_t at = s.find(p); at != std::string::npos; at = s.find(p)) s.erase(at, p.size());
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> training_text(const std::string& dir) {
+  std::vector<std::string> lines;
+  auto add = [&](const std::string& s) {
+    const std::string t = without_placeholders(s);
+    if (t.find_first_not_of(" \n") != std::string::npos) lines.push_back(t);
+  };
+  const struct {
+    const char* file;
+    train::RecordFormat format;
+  } files[] = {{"pairs.jsonl", train::RecordFormat::Pair},
+               {"vqa.json", train::RecordFormat::Conversation},
+               {"interleaved.jsonl", train::RecordFormat::Interleaved},
+               {"instruct.jsonl", train::RecordFormat::Interleaved},
+               {"draw.json", train::RecordFormat::Conversation}};
+  for (const auto& f : files) {
+    const fs::path p = fs::path(dir) / f.file;
+    if (!fs::exists(p)) continue;
+    train::RecordReader reader(p, f.format);
+    while (auto r = reader.next()) {
+      if (const auto* pair = std::get_if<train::PairRecord>(&*r)) add(pair->caption);
+      if (const auto* doc = std::get_if<train::InterleavedRecord>(&*r)) {
+        for (const auto& t : doc->text_list) add(t);
+        if (doc->instruction) add(*doc->instruction);
+      }
+      if (const auto* conv = std::get_if<train::ConversationRecord>(&*r))
+        for (const auto& turn : conv->turns) add(turn.value);
+    }
+  }
+  DL_CHECK(!lines.empty(), "no text found under '", dir, "' (run dreamllm world gen first)");
+  return lines;
+}
+
+void init_model(const std::string& data_dir, const std::string& out, int64_t image_size, int vocab_size,
+                uint64_t seed) {
+  const std::vector<std::string> text = training_text((fs::path(data_dir) / "train").string());
+  train::create_model_dir(out, tiny_spec(image_size), text::train_sentencepiece(text, vocab_size), seed);
+}
+
+}  // namespace dl::world
