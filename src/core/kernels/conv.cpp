@@ -39,6 +39,15 @@ ConvGeom geometry(const Tensor& x, const Tensor& w, int stride, int padding) {
 }
 
 // cols[(c*kh + i)*kw + j][r*Wo + ox] = x[c][oy*s - p + i][ox*s - p + j] for output rows oy in [y0, y0 + rows).
+// Output columns [lo, hi) whose input column ox * stride - pad + j lies inside the row; the rest read padding.
+void valid_columns(const ConvGeom& g, int64_t j, int64_t& lo, int64_t& hi) {
+  const int64_t first = g.pad - j;  // ox * stride >= first
+  lo = first <= 0 ? 0 : (first + g.stride - 1) / g.stride;
+  const int64_t last = g.W - 1 + g.pad - j;  // ox * stride <= last
+  hi = last < 0 ? 0 : std::min<int64_t>(g.Wo, last / g.stride + 1);
+  lo = std::min(lo, hi);
+}
+
 void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* cols) {
   const int64_t L = rows * g.Wo;
   parallel_for(g.ckk(), 4, [&](int64_t r0, int64_t r1) {
@@ -46,6 +55,8 @@ void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* 
       int64_t c = r / (g.kh * g.kw), i = (r / g.kw) % g.kh, j = r % g.kw;
       const float* xc = x + c * g.H * g.W;
       float* dst = cols + r * L;
+      int64_t lo, hi;
+      valid_columns(g, j, lo, hi);
       for (int64_t oy = 0; oy < rows; ++oy) {
         int64_t iy = (y0 + oy) * g.stride - g.pad + i;
         float* d = dst + oy * g.Wo;
@@ -53,11 +64,15 @@ void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* 
           std::fill_n(d, g.Wo, 0.f);
           continue;
         }
-        const float* src = xc + iy * g.W;
-        for (int64_t ox = 0; ox < g.Wo; ++ox) {
-          int64_t ix = ox * g.stride - g.pad + j;
-          d[ox] = (ix >= 0 && ix < g.W) ? src[ix] : 0.f;
+        const float* row = xc + iy * g.W;
+        const int64_t shift = j - g.pad;  // output column ox reads input column ox * stride + shift
+        std::fill_n(d, lo, 0.f);
+        if (g.stride == 1) {
+          if (hi > lo) std::copy(row + (lo + shift), row + (hi + shift), d + lo);
+        } else {
+          for (int64_t ox = lo; ox < hi; ++ox) d[ox] = row[ox * g.stride + shift];
         }
+        std::fill(d + hi, d + g.Wo, 0.f);
       }
     }
   });
@@ -72,14 +87,19 @@ void col2im_add(const ConvGeom& g, const float* cols, int64_t y0, int64_t rows, 
       for (int64_t i = 0; i < g.kh; ++i)
         for (int64_t j = 0; j < g.kw; ++j) {
           const float* src = cols + ((c * g.kh + i) * g.kw + j) * L;
+          int64_t lo, hi;
+          valid_columns(g, j, lo, hi);
           for (int64_t oy = 0; oy < rows; ++oy) {
             int64_t iy = (y0 + oy) * g.stride - g.pad + i;
             if (iy < 0 || iy >= g.H) continue;
-            float* d = gxc + iy * g.W;
+            float* row = gxc + iy * g.W;
+            const int64_t shift = j - g.pad;  // output column ox came from input column ox * stride + shift
             const float* s = src + oy * g.Wo;
-            for (int64_t ox = 0; ox < g.Wo; ++ox) {
-              int64_t ix = ox * g.stride - g.pad + j;
-              if (ix >= 0 && ix < g.W) d[ix] += s[ox];
+            if (g.stride == 1) {
+              float* d = row + (lo + shift);
+              for (int64_t ox = lo; ox < hi; ++ox) d[ox - lo] += s[ox];
+            } else {
+              for (int64_t ox = lo; ox < hi; ++ox) row[ox * g.stride + shift] += s[ox];
             }
           }
         }
