@@ -220,6 +220,14 @@ TEST(Determinism, ResultsIndependentOfThreadCount) {
     Tensor gx, gw, gb;
     ops::conv2d_backward(img, k, randn({2, 6, 19, 17}, 9), 1, 1, &gx, &gw, &gb);
     outs.insert(outs.end(), {gx, gw, gb});
+    // Five small images (spread over the threads whole) and one large one (each product split instead).
+    for (const Shape& s : {Shape{5, 4, 9, 9}, Shape{1, 16, 150, 140}}) {
+      Tensor im = randn(s, 15), kw = randn({3, s[1], 3, 3}, 16);
+      outs.push_back(ops::conv2d(im, kw, nullptr, 2, 1));
+      Tensor gx2, gw2;
+      ops::conv2d_backward(im, kw, randn({s[0], 3, (s[2] + 1) / 2, (s[3] + 1) / 2}, 17), 2, 1, &gx2, &gw2, nullptr);
+      outs.insert(outs.end(), {gx2, gw2});
+    }
     outs.push_back(ops::group_norm(img, 4, nullptr, nullptr, 1e-6f));
     outs.push_back(ops::layer_norm(x, nullptr, nullptr, 1e-5f));
     Tensor q = randn({1, 4, 90, 16}, 10), kk = randn({1, 2, 90, 16}, 11), v = randn({1, 2, 90, 16}, 12);

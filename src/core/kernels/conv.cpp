@@ -39,6 +39,12 @@ ConvGeom geometry(const Tensor& x, const Tensor& w, int stride, int padding) {
 }
 
 // cols[(c*kh + i)*kw + j][r*Wo + ox] = x[c][oy*s - p + i][ox*s - p + j] for output rows oy in [y0, y0 + rows).
+// Small images (the unfolded image fits in 4 MB) are spread over the threads whole, one image per task: their
+// per-image products are too small to split. The choice depends on the shapes only, never on the thread count.
+bool images_in_parallel(const ConvGeom& g) {
+  return g.N > 1 && g.ckk() * g.Ho * g.Wo <= (int64_t(1) << 20);
+}
+
 // Output columns [lo, hi) whose input column ox * stride - pad + j lies inside the row; the rest read padding.
 void valid_columns(const ConvGeom& g, int64_t j, int64_t& lo, int64_t& hi) {
   const int64_t first = g.pad - j;  // ox * stride >= first
@@ -119,20 +125,28 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int st
   Tensor out = Tensor::empty({g.N, g.O, g.Ho, g.Wo});
   const int64_t HWo = g.Ho * g.Wo, K = g.ckk();
   if (out.numel() == 0) return out;
-  std::vector<float> cols;
-  if (!g.pointwise()) cols.resize(size_t(K * g.band_rows() * g.Wo));
-  for (int64_t n = 0; n < g.N; ++n) {
+  const size_t cols_size = g.pointwise() ? 0 : size_t(K * g.band_rows() * g.Wo);
+  auto one_image = [&](int64_t n, std::vector<float>& cols) {
     const float* xn = x.f32() + n * g.C * g.H * g.W;
     float* on = out.f32() + n * g.O * HWo;
     if (g.pointwise()) {
       gemm(false, false, g.O, HWo, g.C, 1.f, w.f32(), g.C, xn, HWo, 0.f, on, HWo);
-      continue;
+      return;
     }
     for (int64_t y0 = 0; y0 < g.Ho; y0 += g.band_rows()) {
       int64_t rows = std::min(g.band_rows(), g.Ho - y0);
       im2col(g, xn, y0, rows, cols.data());
       gemm(false, false, g.O, rows * g.Wo, K, 1.f, w.f32(), K, cols.data(), rows * g.Wo, 0.f, on + y0 * g.Wo, HWo);
     }
+  };
+  if (images_in_parallel(g)) {
+    parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<float> cols(cols_size);
+      for (int64_t n = n0; n < n1; ++n) one_image(n, cols);
+    });
+  } else {
+    std::vector<float> cols(cols_size);
+    for (int64_t n = 0; n < g.N; ++n) one_image(n, cols);
   }
   if (bias) {
     Tensor b = bias->to(DType::F32);
@@ -159,13 +173,10 @@ void conv2d_backward(const Tensor& x_in, const Tensor& w_in, const Tensor& gy_in
   if (gx) *gx = Tensor::zeros(x.shape());
   if (gw) *gw = Tensor::zeros(w.shape());
   if (gb) *gb = Tensor::zeros({g.O});
-  std::vector<float> cols, gcols;
   const int64_t band = g.pointwise() ? g.Ho : g.band_rows();
-  if (!g.pointwise()) {
-    if (gw) cols.resize(size_t(K * band * g.Wo));
-    if (gx) gcols.resize(size_t(K * band * g.Wo));
-  }
-  for (int64_t n = 0; n < g.N; ++n) {
+  const size_t cols_size = g.pointwise() ? 0 : size_t(K * band * g.Wo);
+  // Image n's weight gradient goes to `gwn` with beta (0 for a fresh buffer, 1 to accumulate).
+  auto one_image = [&](int64_t n, std::vector<float>& cols, std::vector<float>& gcols, float* gwn, float beta) {
     const float* xn = x.f32() + n * g.C * g.H * g.W;
     const float* gyn = gy.f32() + n * g.O * HWo;
     for (int64_t y0 = 0; y0 < g.Ho; y0 += band) {
@@ -178,7 +189,7 @@ void conv2d_backward(const Tensor& x_in, const Tensor& w_in, const Tensor& gy_in
           im2col(g, xn, y0, rows, cols.data());
           c = cols.data();
         }
-        gemm(false, true, g.O, K, L, 1.f, gyb, HWo, c, g.pointwise() ? HWo : L, 1.f, gw->f32(), K);
+        gemm(false, true, g.O, K, L, 1.f, gyb, HWo, c, g.pointwise() ? HWo : L, y0 == 0 ? beta : 1.f, gwn, K);
       }
       if (gx) {
         float* gxn = gx->f32() + n * g.C * g.H * g.W;
@@ -190,6 +201,28 @@ void conv2d_backward(const Tensor& x_in, const Tensor& w_in, const Tensor& gy_in
         }
       }
     }
+  };
+  if (images_in_parallel(g)) {
+    // Each image's weight gradient in its own buffer, summed in image order afterwards: the result does not
+    // depend on which thread took which image.
+    const int64_t wsize = g.O * K;
+    std::vector<float> partial(gw ? size_t(g.N * wsize) : 0);
+    parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<float> cols(gw ? cols_size : 0), gcols(gx ? cols_size : 0);
+      for (int64_t n = n0; n < n1; ++n) one_image(n, cols, gcols, gw ? partial.data() + n * wsize : nullptr, 0.f);
+    });
+    if (gw) {
+      float* dst = gw->f32();
+      parallel_for(wsize, 1 << 12, [&](int64_t i0, int64_t i1) {
+        for (int64_t n = 0; n < g.N; ++n) {
+          const float* p = partial.data() + n * wsize;
+          for (int64_t i = i0; i < i1; ++i) dst[i] += p[i];
+        }
+      });
+    }
+  } else {
+    std::vector<float> cols(gw ? cols_size : 0), gcols(gx ? cols_size : 0);
+    for (int64_t n = 0; n < g.N; ++n) one_image(n, cols, gcols, gw ? gw->f32() : nullptr, 1.f);
   }
   if (gb) {
     float* gbp = gb->f32();

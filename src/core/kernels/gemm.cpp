@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -99,13 +100,14 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
   blas_single_threaded();
   if (M <= 4 && !ta && tb) return small_m_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   double flops = 2.0 * double(M) * double(N) * double(K);
-  if (flops < 2.0 * 64 * 64 * 64 || num_threads() == 1 || in_parallel_region())
-    return sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  // Split the larger output dimension into panels, a multiple of 16 wide, a few per thread for balance.
+  if (flops < 2.0 * 64 * 64 * 64) return sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  // Split the larger output dimension into panels, a multiple of 16 wide. The split depends on the shape and the
+  // machine's core count only, so any thread count (or a call nested in another parallel loop) makes the same
+  // sgemm calls and the same bits.
+  static const int64_t max_panels = std::max<int64_t>(8, 2 * int64_t(std::thread::hardware_concurrency()));
   const bool split_rows = M >= N;
   const int64_t extent = split_rows ? M : N;
-  int64_t panels = std::min<int64_t>(extent / 16, int64_t(num_threads()) * 2);
-  panels = std::max<int64_t>(panels, 1);
+  int64_t panels = std::clamp<int64_t>(extent / 64, 1, max_panels);
   int64_t width = (extent + panels - 1) / panels;
   width = (width + 15) / 16 * 16;
   panels = (extent + width - 1) / width;
