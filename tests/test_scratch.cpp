@@ -180,6 +180,12 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
     for (int32_t id : tok.encode(line, false)) ASSERT_NE(id, 0) << line;
   }
   EXPECT_NO_THROW(models::DreamLLM::load(md));
+  // The autoencoder check runs on the fresh model (whose random VAE reconstructs nothing recognisable).
+  const auto r = test::cli("world eval-vae -m " + (dir / "model").string() + " --scenes " +
+                           (dir / "data/test/scenes.jsonl").string() + " -n 3");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("reconstructions: 0/3 scenes parsed exactly"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("scaling_factor 1/std"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }
 
