@@ -186,6 +186,11 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("reconstructions: 0/3 scenes parsed exactly"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("scaling_factor 1/std"), std::string::npos) << r.out;
+  // Creation faithfulness: every prompt is drawn and scored (nothing passes with random weights).
+  const auto c = test::cli("world eval-create -m " + (dir / "model").string() + " --scenes " +
+                           (dir / "data/test/scenes.jsonl").string() + " -n 2 --steps 2");
+  EXPECT_EQ(c.code, 0) << c.err;
+  EXPECT_NE(c.out.find("all prompts: 2 scored"), std::string::npos) << c.out;
   fs::remove_all(dir);
 }
 

@@ -10,6 +10,7 @@
 
 #include "cli_common.h"
 #include "core/error.h"
+#include "core/random.h"
 #include "io/image_file.h"
 #include "train/jsonl.h"
 #include "nn/autograd.h"
@@ -206,6 +207,50 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
   return 0;
 }
 
+// Creation faithfulness on held-out scenes: each full scene's caption is drawn from its prompt alone (the raw
+// prompt, as `dreamllm create` and the original pipeline), and the picture is scored against the caption;
+// results are split by the number of shapes, as the targets are.
+int eval_create_command(const std::string& model, const std::string& scenes, int64_t limit,
+                        const DrawOptions& draw, const std::string& save_dir) {
+  const Model m(model, true);
+  std::vector<world::SceneRecord> records;
+  for (world::SceneRecord& r : world::read_scene_records(scenes))
+    if (r.step == r.steps) records.push_back(std::move(r));  // full scenes only, not document steps
+  DL_CHECK(!records.empty(), "'", scenes, "' holds no full scenes");
+  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
+  const auto latent = draw.latent_size(m);
+  const int64_t lh = latent.first, lw = latent.second, C = m.head->unet.config().in_channels;
+  Tensor uncond;
+  if (draw.cfg_scale > 1.f) {
+    const std::vector<int32_t> neg = m.tokenizer.encode(draw.negative);
+    uncond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
+  }
+  std::map<size_t, Tally> by_count;
+  Tally all;
+  Progress progress("eval-create", records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    const std::string& caption = records[i].caption;
+    const std::vector<int32_t> ids = m.tokenizer.encode(caption);
+    const Tensor cond =
+        pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(ids, {1, int64_t(ids.size())}), Tensor());
+    Rng rng(uint64_t(draw.seed) + i);
+    const Tensor noise = rng.randn({1, C, lh, lw});
+    const Tensor latents = pipelines::sample_latents(m.head->unet, m.head->scheduler, cond, uncond, noise,
+                                                     draw.sampling(), [&](size_t) { return rng.randn({1, C, lh, lw}); });
+    const Tensor image = pipelines::decode_latents(m.head->vae, latents, draw.tiled);
+    const io::Image picture(image.size(3), image.size(2), pipelines::to_rgb8(image)[0]);
+    if (!save_dir.empty()) io::write_png(save_dir + "/" + std::to_string(i) + ".png", picture);
+    const world::ScoreResult r = world::score(picture, caption);
+    all.add(r);
+    by_count[records[i].scene.shapes.size()].add(r);
+    progress.update(i + 1);
+  }
+  for (const auto& [n, t] : by_count) t.print((std::to_string(n) + "-shape prompts").c_str());
+  all.print("all prompts");
+  return 0;
+}
+
 int render_command(const std::string& text, const std::string& out, int64_t size, const std::string& background,
                    bool no_antialias) {
   const world::Scene scene = world::scene_from_description(world::parse_description(text), size, parse_rgb(background));
@@ -296,8 +341,23 @@ int world_main(int argc, char** argv) {
   ev->add_option("-n,--limit", ev_limit, "pictures to reconstruct (0: all)")->capture_default_str();
   ev->add_option("--save", ev_save, "directory to write the reconstructions to");
 
+  std::string ec_model, ec_scenes, ec_save;
+  int64_t ec_limit = 100;
+  DrawOptions ec_draw;
+  ec_draw.steps = 25;
+  ec_draw.sampler = "dpmpp2m";
+  CLI::App* ec = app.add_subcommand("eval-create", "draw every held-out scene from its caption and score the "
+                                                   "pictures against it (by number of shapes)");
+  ec->add_option("-m,--model", ec_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ec->add_option("--scenes", ec_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
+      ->check(CLI::ExistingFile);
+  ec->add_option("-n,--limit", ec_limit, "scenes to draw (0: all)")->capture_default_str();
+  ec->add_option("--save", ec_save, "directory to write the pictures to");
+  ec_draw.add_to(*ec);
+
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save);
+  if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (in->parsed()) {
     world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed));
     std::printf("%s\n", init_out.c_str());
