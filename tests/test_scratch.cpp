@@ -191,6 +191,15 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
                            (dir / "data/test/scenes.jsonl").string() + " -n 2 --steps 2");
   EXPECT_EQ(c.code, 0) << c.err;
   EXPECT_NE(c.out.find("all prompts: 2 scored"), std::string::npos) << c.out;
+  // Comprehension: VQA exact match by question type, and captions checked against their pictures.
+  const auto q = test::cli("world eval-vqa -m " + (dir / "model").string() + " --vqa " +
+                           (dir / "data/test/vqa.json").string() + " -n 2");
+  EXPECT_EQ(q.code, 0) << q.err;
+  EXPECT_NE(q.out.find("VQA exact match: "), std::string::npos) << q.out;
+  const auto cap = test::cli("world eval-caption -m " + (dir / "model").string() + " --scenes " +
+                             (dir / "data/test/scenes.jsonl").string() + " -n 2");
+  EXPECT_EQ(cap.code, 0) << cap.err;
+  EXPECT_NE(cap.out.find("captions: 2 scored"), std::string::npos) << cap.out;
   fs::remove_all(dir);
 }
 

@@ -2,6 +2,8 @@
 // reads; `score` checks pictures against descriptions (one image, a pairs file, or a scenes.jsonl ground truth);
 // `render` draws the scene a full description names.
 #include <algorithm>
+#include <cctype>
+#include <nlohmann/json.hpp>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -16,6 +18,9 @@
 #include "nn/autograd.h"
 #include "pipelines/create.h"
 #include "train/data.h"
+#include "pipelines/comprehend.h"
+#include "text/chat_template.h"
+#include "io/config.h"
 #include "world/recipe.h"
 #include "world/generator.h"
 #include "world/scorer.h"
@@ -251,6 +256,99 @@ int eval_create_command(const std::string& model, const std::string& scenes, int
   return 0;
 }
 
+// Greedy text after `prompt` (with the image spans of `pixels`), up to `max_tokens`, decoded.
+std::string greedy_answer(const Model& m, const std::vector<int32_t>& prompt, const Tensor& pixels, int64_t max_tokens) {
+  pipelines::GenerationConfig gc;
+  gc.max_new_tokens = max_tokens;
+  gc.eos_token_id = m.tokenizer.eos_id();
+  pipelines::GenerationCallbacks cb;
+  cb.decode = [&](const std::vector<int32_t>& t) { return m.tokenizer.decode(t); };
+  return pipelines::generate_text(m.llm, {prompt}, pixels, gc, cb).texts[0];
+}
+
+std::string normalised(std::string s) {
+  while (!s.empty() && (s.back() == '.' || std::isspace(static_cast<unsigned char>(s.back())))) s.pop_back();
+  size_t a = 0;
+  while (a < s.size() && std::isspace(static_cast<unsigned char>(s[a]))) ++a;
+  s = s.substr(a);
+  for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// VQA exact match on held-out pictures: each conversation of vqa.json is replayed in its training layout (vicuna
+// v1.1, the picture in the first turn), earlier answers given, and each answer decoded greedily.
+int eval_vqa_command(const std::string& model, const std::string& vqa_path, int64_t limit) {
+  const Model m(model, false);
+  nlohmann::json all;
+  try {
+    all = nlohmann::json::parse(io::read_text_file(vqa_path, size_t(1) << 30));
+  } catch (const nlohmann::json::exception& e) {
+    fail("'", vqa_path, "': invalid JSON (", e.what(), ")");
+  }
+  DL_CHECK(all.is_array() && !all.empty(), "'", vqa_path, "' is not a JSON array of conversations");
+  const std::filesystem::path base = std::filesystem::path(vqa_path).parent_path();
+  std::map<std::string, std::pair<int64_t, int64_t>> by_type;
+  int64_t right = 0, asked = 0, done = 0;
+  for (const auto& conv : all) {
+    if (limit > 0 && done >= limit) break;
+    ++done;
+    const auto& turns = conv.at("conversations");
+    const std::vector<std::string> types =
+        conv.contains("types") ? conv["types"].get<std::vector<std::string>>() : std::vector<std::string>{};
+    const Tensor pixels = load_pixels(m, {(base / conv.at("image").get<std::string>()).string()});
+    text::Conversation c(text::VicunaVariant::Train);
+    for (size_t t = 0; t + 1 < turns.size(); t += 2) {
+      std::string question = turns[t].at("value").get<std::string>();
+      if (t == 0) question = place_images(m, question, 1);
+      const std::string truth = turns[t + 1].at("value").get<std::string>();
+      c.append_user(question);
+      c.append_assistant(std::nullopt);
+      const std::string answer = greedy_answer(m, m.tokenizer.encode(c.generation_prompt()), pixels, 8);
+      const bool ok = normalised(answer) == normalised(truth);
+      right += ok;
+      ++asked;
+      auto& [r, n] = by_type[t / 2 < types.size() ? types[t / 2] : "?"];
+      r += ok;
+      ++n;
+      c.set_last_message(truth);  // the next question sees the true answer, as in training
+    }
+  }
+  DL_CHECK(asked > 0, "'", vqa_path, "' holds no questions");
+  std::printf("VQA exact match: %lld/%lld (%.2f%%)\n", static_cast<long long>(right), static_cast<long long>(asked),
+              100.0 * double(right) / double(asked));
+  for (const auto& [type, rn] : by_type)
+    std::printf("  %-12s %lld/%lld (%.2f%%)\n", type.c_str(), static_cast<long long>(rn.first),
+                static_cast<long long>(rn.second), rn.second ? 100.0 * double(rn.first) / double(rn.second) : 0.0);
+  return 0;
+}
+
+// Caption attribute accuracy: each held-out picture is captioned as the image-to-text pairs trained it
+// (<s> image span, then the caption) and the true picture is scored against the caption.
+int eval_caption_command(const std::string& model, const std::string& scenes, int64_t limit) {
+  const Model m(model, false);
+  std::vector<world::SceneRecord> records;
+  for (world::SceneRecord& r : world::read_scene_records(scenes))
+    if (r.step == r.steps) records.push_back(std::move(r));
+  DL_CHECK(!records.empty(), "'", scenes, "' holds no full scenes");
+  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  Tally tally;
+  int64_t unparsable = 0;
+  for (const world::SceneRecord& rec : records) {
+    const Tensor pixels = load_pixels(m, {rec.image});
+    const std::vector<int32_t> prompt = m.tokenizer.encode(place_images(m, "", 1));
+    const std::string caption = greedy_answer(m, prompt, pixels, 64);
+    try {
+      tally.add(world::score(io::read_image(rec.image), caption));
+    } catch (const Error&) {
+      ++unparsable;  // a caption outside the world's grammar describes nothing checkable
+      ++tally.scored;
+    }
+  }
+  tally.print("captions");
+  std::printf("  unparsable %lld\n", static_cast<long long>(unparsable));
+  return 0;
+}
+
 int render_command(const std::string& text, const std::string& out, int64_t size, const std::string& background,
                    bool no_antialias) {
   const world::Scene scene = world::scene_from_description(world::parse_description(text), size, parse_rgb(background));
@@ -355,7 +453,24 @@ int world_main(int argc, char** argv) {
   ec->add_option("--save", ec_save, "directory to write the pictures to");
   ec_draw.add_to(*ec);
 
+  std::string eq_model, eq_file;
+  int64_t eq_limit = 100;
+  CLI::App* eq = app.add_subcommand("eval-vqa", "answer the held-out VQA conversations; exact match by type");
+  eq->add_option("-m,--model", eq_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  eq->add_option("--vqa", eq_file, "a vqa.json (e.g. DATA/test/vqa.json)")->required()->check(CLI::ExistingFile);
+  eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
+  std::string ecap_model, ecap_scenes;
+  int64_t ecap_limit = 100;
+  CLI::App* ecap = app.add_subcommand("eval-caption", "caption held-out pictures and score the pictures against "
+                                                      "the captions, attribute by attribute");
+  ecap->add_option("-m,--model", ecap_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ecap->add_option("--scenes", ecap_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
+      ->check(CLI::ExistingFile);
+  ecap->add_option("-n,--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
+
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit);
+  if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save);
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (in->parsed()) {
