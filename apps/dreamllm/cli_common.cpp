@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/ops.h"
@@ -160,6 +161,15 @@ void Progress::update(size_t done) {
 }
 
 void Progress::finish() { update(total_); }
+
+std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
 
 std::string numbered_path(const std::string& path, size_t index, size_t count) {
   if (count <= 1) return path;

@@ -82,6 +82,9 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
 };
 
+// The non-empty items of a comma-separated list ("a,,b" -> a, b).
+std::vector<std::string> split_list(const std::string& list);
+
 // "name.ext" -> "name_<i>.ext" (i from 1) when there are several outputs; the path itself for one.
 std::string numbered_path(const std::string& path, size_t index, size_t count);
 

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "cli_common.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "io/model_dir.h"
@@ -156,19 +157,6 @@ std::map<std::string, Tensor> txt2img(const io::ModelDir& dir, const std::map<st
   return out;
 }
 
-std::vector<std::string> split_names(const std::string& list) {
-  std::vector<std::string> out;
-  size_t from = 0;
-  while (from <= list.size()) {
-    const size_t comma = list.find(',', from);
-    const std::string name = list.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
-    if (!name.empty()) out.push_back(name);
-    if (comma == std::string::npos) break;
-    from = comma + 1;
-  }
-  return out;
-}
-
 std::map<std::string, Tensor> loss(const io::ModelDir& dir, const std::map<std::string, Tensor>& in,
                                    const std::string& grads, std::optional<float> lm_weight,
                                    std::optional<float> vm_weight) {
@@ -198,7 +186,7 @@ std::map<std::string, Tensor> loss(const io::ModelDir& dir, const std::map<std::
     DL_CHECK(head.params.contains(name), "--grads: no parameter named '", name, "'");
     return head.params.at(name);
   };
-  std::vector<std::string> names = split_names(grads);
+  std::vector<std::string> names = split_list(grads);
   if (names.size() == 1 && names[0] == "all") {
     names.clear();
     for (const auto& [n, v] : m.parameters().all()) names.push_back(n);

@@ -5,7 +5,6 @@
 
 #include <csignal>
 #include <cstdio>
-#include <sstream>
 
 #include "cli_common.h"
 #include "core/error.h"
@@ -15,15 +14,6 @@
 namespace dl::app {
 
 namespace {
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 std::string clock(double seconds) {
   const long s = long(seconds + 0.5);

@@ -172,15 +172,24 @@ int score_command(const std::string& image, const std::string& text, const std::
   return 0;
 }
 
+// The first `limit` (0: all) records of a scenes.jsonl; with full_only, whole scenes only (not the step pictures
+// of documents and multi-turn drawing).
+std::vector<world::SceneRecord> scene_records(const std::string& scenes, int64_t limit, bool full_only) {
+  std::vector<world::SceneRecord> records;
+  for (world::SceneRecord& r : world::read_scene_records(scenes))
+    if (!full_only || r.step == r.steps) records.push_back(std::move(r));
+  DL_CHECK(!records.empty(), "'", scenes, "' holds no ", full_only ? "full scenes" : "scenes");
+  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  return records;
+}
+
 // Reconstructs held-out pictures through the model's VAE (posterior mean, decoded, as pictures are drawn) and checks
 // that the scene survives: the autoencoder is what bounds creation faithfulness from above.
 int eval_vae_command(const std::string& model, const std::string& scenes, int64_t limit, const std::string& save_dir) {
   const io::ModelDir dir = io::ModelDir::open(model);
   const pipelines::DiffusionHead head(dir);
   const int64_t R = dir.unet_config().sample_size * dir.vae_config().scale_factor();
-  std::vector<world::SceneRecord> records = world::read_scene_records(scenes);
-  DL_CHECK(!records.empty(), "'", scenes, "' holds no scenes");
-  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  const std::vector<world::SceneRecord> records = scene_records(scenes, limit, false);
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   nn::NoGradGuard inference;
   int64_t agree = 0;
@@ -218,11 +227,7 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
 int eval_create_command(const std::string& model, const std::string& scenes, int64_t limit,
                         const DrawOptions& draw, const std::string& save_dir) {
   const Model m(model, true);
-  std::vector<world::SceneRecord> records;
-  for (world::SceneRecord& r : world::read_scene_records(scenes))
-    if (r.step == r.steps) records.push_back(std::move(r));  // full scenes only, not document steps
-  DL_CHECK(!records.empty(), "'", scenes, "' holds no full scenes");
-  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  const std::vector<world::SceneRecord> records = scene_records(scenes, limit, true);
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   const auto latent = draw.latent_size(m);
   const int64_t lh = latent.first, lw = latent.second, C = m.head->unet.config().in_channels;
@@ -326,11 +331,7 @@ int eval_vqa_command(const std::string& model, const std::string& vqa_path, int6
 // (<s> image span, then the caption) and the true picture is scored against the caption.
 int eval_caption_command(const std::string& model, const std::string& scenes, int64_t limit) {
   const Model m(model, false);
-  std::vector<world::SceneRecord> records;
-  for (world::SceneRecord& r : world::read_scene_records(scenes))
-    if (r.step == r.steps) records.push_back(std::move(r));
-  DL_CHECK(!records.empty(), "'", scenes, "' holds no full scenes");
-  if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
+  const std::vector<world::SceneRecord> records = scene_records(scenes, limit, true);
   Tally tally;
   int64_t unparsable = 0;
   for (const world::SceneRecord& rec : records) {

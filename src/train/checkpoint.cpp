@@ -18,13 +18,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 bool is_weight_file(const std::string& name) {
-  return ends_with(name, ".safetensors") || ends_with(name, ".bin") || ends_with(name, ".index.json") ||
-         ends_with(name, ".pt") || ends_with(name, ".pth");
+  return name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".index.json") ||
+         name.ends_with(".pt") || name.ends_with(".pth");
 }
 
 // Big unchanged weight files are hard-linked when the file system allows (they are never written in place: every
@@ -41,8 +37,8 @@ void copy_file_to(const fs::path& from, const fs::path& to, bool link) {
   DL_CHECK(!ec, "cannot copy '", from.string(), "' to '", to.string(), "': ", ec.message());
 }
 
-// Every file name a component's weights may have, so a rewritten directory never keeps a stale twin that the
-// loader would prefer.
+// Every file name a component's weights may have, the one we write first, so a rewritten directory never keeps a
+// stale twin that the loader would prefer.
 std::vector<std::string> weight_names(io::Component c) {
   switch (c) {
     case io::kLLM:
@@ -60,32 +56,37 @@ void sync_path(const std::string& path, bool directory) {
   DL_CHECK(ok, "cannot flush '", path, "' to disk");
 }
 
-// Which file a full parameter name is stored in, and its name there.
-struct Placement {
-  io::Component component;
-  std::string file_name;
-};
-Placement place(const std::string& n) {
-  const std::string clip = "model.clip_vision_embedding.", dream = "model.dream_embedding.",
-                    head = "stable_diffusion_head.";
-  if (starts_with(n, clip)) return {io::kClip, n.substr(clip.size())};
-  if (starts_with(n, dream)) return {io::kDream, n.substr(dream.size())};
-  if (starts_with(n, head)) return {io::kDiffusion, n.substr(head.size())};
-  return {io::kLLM, n};
-}
-
-const char* file_of(io::Component c) {
-  switch (c) {
-    case io::kLLM: return "model.safetensors";
-    case io::kClip: return "clip_vision_embedding.safetensors";
-    case io::kDream: return "dream_embedding.safetensors";
-    default: return "stable_diffusion_head.safetensors";
-  }
+// A parameter's name inside its component's file.
+std::string name_in_file(const std::string& n) {
+  for (const std::string prefix : {"model.clip_vision_embedding.", "model.dream_embedding.", "stable_diffusion_head."})
+    if (n.starts_with(prefix)) return n.substr(prefix.size());
+  return n;
 }
 
 std::string checkpoint_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
 
+// The checkpoint-N directories under `out`, by step.
+std::vector<std::pair<int64_t, fs::path>> checkpoints(const std::string& out) {
+  std::vector<std::pair<int64_t, fs::path>> all;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || !name.starts_with("checkpoint-")) continue;
+    const std::string digits = name.substr(11);
+    if (digits.empty() || digits.size() > 15 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    all.emplace_back(std::stoll(digits), e.path());
+  }
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
 }  // namespace
+
+io::Component component_of(const std::string& n) {
+  if (n.starts_with("model.clip_vision_embedding.")) return io::kClip;
+  if (n.starts_with("model.dream_embedding.")) return io::kDream;
+  if (n.starts_with("stable_diffusion_head.")) return io::kDiffusion;
+  return io::kLLM;
+}
 
 void write_model_files(const std::string& dir, const io::ModelDir& source, const ModelWeights& weights,
                        unsigned rewrite) {
@@ -105,11 +106,11 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
   std::map<io::Component, std::map<std::string, Tensor>> files;
   auto add = [&](const models::ParameterSet& set, bool head_side) {
     for (const auto& [n, v] : set.all()) {
-      const Placement p = place(n);
-      if (!(rewrite & p.component)) continue;
+      const io::Component c = component_of(n);
+      if (!(rewrite & c)) continue;
       // Both sides hold the condition projector; the LLM side's copy is the one that trains.
       if (head_side && n == "stable_diffusion_head.projector.projector.weight" && weights.model->contains(n)) continue;
-      files[p.component][p.file_name] = v.value();
+      files[c][name_in_file(n)] = v.value();
     }
   };
   add(*weights.model, false);
@@ -123,8 +124,9 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
                                            }) == sources.end())
         fs::remove(fs::path(dir) / n, ec);
     if (rewrite & c) {
-      DL_CHECK(files.count(c), "write_model_files: no weights for ", file_of(c));
-      io::write_safetensors(dir + "/" + file_of(c), files[c], {{"format", "pt"}});
+      const std::string file = weight_names(c).front();
+      DL_CHECK(files.count(c), "write_model_files: no weights for ", file);
+      io::write_safetensors(dir + "/" + file, files[c], {{"format", "pt"}});
     } else {
       for (const std::string& f : sources) {
         const fs::path to = fs::path(dir) / fs::path(f).filename();
@@ -171,18 +173,10 @@ std::string save_checkpoint(const std::string& out, const io::ModelDir& source, 
 std::string latest_checkpoint(const std::string& out) {
   std::error_code ec;
   if (!fs::is_directory(out, ec)) return "";
-  int64_t best = -1;
-  std::string path;
-  for (const auto& e : fs::directory_iterator(out)) {
-    const std::string name = e.path().filename().string();
-    if (!e.is_directory() || !starts_with(name, "checkpoint-")) continue;
-    if (!fs::exists(e.path() / "trainer_state.json")) continue;
-    const std::string digits = name.substr(11);
-    if (digits.empty() || digits.size() > 15 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    const int64_t step = std::stoll(digits);
-    if (step > best) best = step, path = e.path().string();
-  }
-  return path;
+  const auto all = checkpoints(out);
+  for (auto it = all.rbegin(); it != all.rend(); ++it)
+    if (fs::exists(it->second / "trainer_state.json")) return it->second.string();  // complete ones only
+  return "";
 }
 
 CheckpointState read_checkpoint_state(const std::string& dir) {
@@ -225,15 +219,7 @@ void load_optimizer_state(const std::string& dir, nn::AdamW& optimizer, int64_t 
 
 void prune_checkpoints(const std::string& out, int keep) {
   if (keep <= 0) return;
-  std::vector<std::pair<int64_t, fs::path>> all;
-  for (const auto& e : fs::directory_iterator(out)) {
-    const std::string name = e.path().filename().string();
-    if (!e.is_directory() || !starts_with(name, "checkpoint-")) continue;
-    const std::string digits = name.substr(11);
-    if (digits.empty() || digits.size() > 15 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
-    all.emplace_back(std::stoll(digits), e.path());
-  }
-  std::sort(all.begin(), all.end());
+  const auto all = checkpoints(out);
   std::error_code ec;
   for (size_t i = 0; i + size_t(keep) < all.size(); ++i) fs::remove_all(all[i].second, ec);
 }

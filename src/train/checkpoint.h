@@ -28,6 +28,9 @@ struct ModelWeights {
   const models::ParameterSet* head = nullptr;   // DiffusionHead: stable_diffusion_head.{unet,vae,projector}.*
 };
 
+// The component (weight file) a full parameter name belongs to.
+io::Component component_of(const std::string& name);
+
 // Writes the release layout into `dir` (which must exist): weights of the components in `rewrite` (an io::Component
 // mask) from `weights`, the others linked/copied from `source`; config and tokenizer files copied from `source`.
 void write_model_files(const std::string& dir, const io::ModelDir& source, const ModelWeights& weights,

@@ -13,10 +13,6 @@ namespace dl::train {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 bool all_digits(const std::string& s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
 }
@@ -100,7 +96,7 @@ DatasetSpec parse_dataset_spec(const std::string& text) {
 }
 
 DataFormat detect_format(const std::string& path) {
-  if (ends_with(path, ".tar")) return DataFormat::kWebDataset;
+  if (path.ends_with(".tar")) return DataFormat::kWebDataset;
   JsonObjectReader reader(path);
   nlohmann::json obj;
   int64_t line = 0;

@@ -4,7 +4,6 @@
 #include <limits>
 
 #include "core/error.h"
-#include "diffusion/schedulers.h"
 #include "nn/functional.h"
 
 namespace dl::train {
@@ -37,7 +36,7 @@ Tensor shifted_targets(const Tensor& labels_in) {
 
 DreamLLMObjective::DreamLLMObjective(const models::DreamLLM& model, const models::UNet& unet,
                                      const io::SchedulerConfig& scheduler)
-    : model_(model), unet_(unet), alphas_cumprod_(diffusion::make_scheduler("ddpm", scheduler)->alphas_cumprod()) {}
+    : model_(model), unet_(unet), noise_schedule_(diffusion::make_scheduler("ddpm", scheduler)) {}
 
 Var DreamLLMObjective::unconditional_conditions() const {
   const auto& cfg = model_.config();
@@ -133,19 +132,10 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
       for (int64_t m = 0; m < M; ++m) rows.push_back(batch.drop_condition[size_t(m)] ? uncond : nn::slice(cond, 0, m, m + 1));
       cond = nn::concat(rows, 0);
     }
-    const Tensor x0 = batch.dm_latents.to(DType::F32).contiguous(), eps = batch.noise.to(DType::F32).contiguous();
-    const int64_t per = x0.numel() / M;
-    Tensor noisy = Tensor::empty(x0.shape());
-    std::vector<float> tf;
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t t = batch.timesteps[size_t(m)];
-      DL_CHECK(t >= 0 && t < int64_t(alphas_cumprod_.size()), "timestep ", t, " is outside [0, ",
-               alphas_cumprod_.size(), ")");
-      // diffusers' add_noise: sqrt of the f32 cumulative product, in f32.
-      const float a = alphas_cumprod_[size_t(t)], sa = std::sqrt(a), so = std::sqrt(1.f - a);
-      for (int64_t k = m * per; k < (m + 1) * per; ++k) noisy.f32()[k] = sa * x0.f32()[k] + so * eps.f32()[k];
-      tf.push_back(float(t));
-    }
+    // The DDPM forward process at integer timesteps (diffusers' add_noise, which also checks the range).
+    const Tensor noisy = noise_schedule_->add_noise(batch.dm_latents, batch.noise, batch.timesteps);
+    const Tensor eps = batch.noise.to(DType::F32).contiguous();
+    std::vector<float> tf(batch.timesteps.begin(), batch.timesteps.end());
     const Var pred = unet_.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
     vm = nn::mse(pred, Var(eps));
     out.vm_loss = vm.value().f32()[0];

@@ -9,8 +9,10 @@
 // the LLM: the UNet's parameters are frozen leaves, so they get no gradient buffers while the chain rule passes them.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
+#include "diffusion/schedulers.h"
 #include "io/config.h"
 #include "models/dreamllm.h"
 #include "models/unet.h"
@@ -62,7 +64,7 @@ class DreamLLMObjective {
  private:
   const models::DreamLLM& model_;
   const models::UNet& unet_;
-  std::vector<float> alphas_cumprod_;
+  std::unique_ptr<diffusion::Scheduler> noise_schedule_;  // DDPM, as the original trains
 };
 
 // The VAE trained as Stable Diffusion's autoencoder was, less its perceptual and adversarial terms:

@@ -18,10 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 Tensor normal(const Shape& shape, double std, Rng& rng) {
   Tensor t = Tensor::empty(shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = float(std * rng.normal());
@@ -45,11 +41,11 @@ std::map<std::string, Tensor> pytorch_default(const io::Layout& layout, const st
   std::map<std::string, Shape> shapes(layout.begin(), layout.end());
   std::map<std::string, Tensor> out;
   for (const auto& [name, shape] : layout) {
-    if (ends_with(name, ".weight") && shape.size() >= 2) {
+    if (name.ends_with(".weight") && shape.size() >= 2) {
       out[prefix + name] = uniform(shape, 1.0 / std::sqrt(double(fan_in(shape))), rng);
-    } else if (ends_with(name, ".weight")) {
+    } else if (name.ends_with(".weight")) {
       out[prefix + name] = constant(shape, 1.f);
-    } else if (ends_with(name, ".bias")) {
+    } else if (name.ends_with(".bias")) {
       const std::string w = name.substr(0, name.size() - 5) + ".weight";
       auto it = shapes.find(w);
       if (it != shapes.end() && it->second.size() >= 2)
@@ -78,20 +74,20 @@ std::map<std::string, Tensor> clip_init(const io::ClipVisionConfig& c, Rng& rng)
   for (const auto& [name, shape] : io::clip_vision_layout(c)) {
     const std::string n = "clip_vision_model." + name;
     Tensor t;
-    if (ends_with(name, "class_embedding")) {
+    if (name.ends_with("class_embedding")) {
       t = normal(shape, std::pow(D, -0.5), rng);
-    } else if (ends_with(name, "patch_embedding.weight") || ends_with(name, "position_embedding.weight")) {
+    } else if (name.ends_with("patch_embedding.weight") || name.ends_with("position_embedding.weight")) {
       t = normal(shape, 0.02, rng);
-    } else if (ends_with(name, ".bias")) {
+    } else if (name.ends_with(".bias")) {
       t = constant(shape, 0.f);
     } else if (shape.size() == 1) {
       t = constant(shape, 1.f);  // LayerNorm
-    } else if (ends_with(name, "q_proj.weight") || ends_with(name, "k_proj.weight") ||
-               ends_with(name, "v_proj.weight") || ends_with(name, "fc2.weight")) {
+    } else if (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") ||
+               name.ends_with("v_proj.weight") || name.ends_with("fc2.weight")) {
       t = normal(shape, in_proj, rng);
-    } else if (ends_with(name, "out_proj.weight")) {
+    } else if (name.ends_with("out_proj.weight")) {
       t = normal(shape, out_proj, rng);
-    } else if (ends_with(name, "fc1.weight")) {
+    } else if (name.ends_with("fc1.weight")) {
       t = normal(shape, fc1, rng);
     } else {
       fail("no initialisation rule for CLIP tensor '", name, "'");

@@ -7,18 +7,14 @@
 
 namespace dl::train {
 
-namespace {
-bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
-}  // namespace
-
 Group group_of(const std::string& n) {
-  if (starts_with(n, "model.clip_vision_embedding.projector.")) return Group::kVisionProjector;
-  if (starts_with(n, "stable_diffusion_head.unet.")) return Group::kUNet;
-  if (starts_with(n, "stable_diffusion_head.vae.")) return Group::kVAE;
-  if (starts_with(n, "model.clip_vision_embedding.")) return Group::kVisionTower;
+  if (n.starts_with("model.clip_vision_embedding.projector.")) return Group::kVisionProjector;
+  if (n.starts_with("stable_diffusion_head.unet.")) return Group::kUNet;
+  if (n.starts_with("stable_diffusion_head.vae.")) return Group::kVAE;
+  if (n.starts_with("model.clip_vision_embedding.")) return Group::kVisionTower;
   if (n == "model.dream_embedding.dream_queries") return Group::kDreamQueries;
   if (n == "stable_diffusion_head.projector.projector.weight") return Group::kConditionProjector;
-  if (starts_with(n, "model.") || n == "lm_head.weight") return Group::kLLM;
+  if (n.starts_with("model.") || n == "lm_head.weight") return Group::kLLM;
   fail("parameter '", n, "' belongs to no parameter group");
 }
 

@@ -31,13 +31,7 @@ void make_writable_f32(nn::Var v) {
 }
 
 // HF Trainer's decay split: no weight decay on biases and on normalisation weights.
-bool decays(const std::string& name) {
-  auto ends = [&](const char* s) {
-    const std::string x(s);
-    return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
-  };
-  return !ends("bias") && !ends("norm.weight");
-}
+bool decays(const std::string& name) { return !name.ends_with("bias") && !name.ends_with("norm.weight"); }
 
 nlohmann::json fixed_options(const TrainOptions& o) {
   nlohmann::json data = nlohmann::json::array();
@@ -165,7 +159,6 @@ struct Trainer::Impl {
   std::vector<std::string> trainable_names;
   unsigned rewrite = 0;  // components whose weights train
   int64_t total = 0, start = 0, skipped_samples = 0;
-  float lr = 0.f;
 
   static std::string resolve_start(const TrainOptions& o) {
     if (o.resume) {
@@ -237,10 +230,7 @@ struct Trainer::Impl {
       p.set_requires_grad(true);
       params.push_back(p);
       trainable_names.push_back(name);
-      rewrite |= name.rfind("model.clip_vision_embedding.", 0) == 0 ? io::kClip
-                 : name.rfind("model.dream_embedding.", 0) == 0    ? io::kDream
-                 : name.rfind(kHead, 0) == 0                        ? io::kDiffusion
-                                                                    : io::kLLM;
+      rewrite |= component_of(name);
     }
     DL_CHECK(!params.empty(), "stage ", opt.stage.name, " has no trainable parameters");
     // Re-initialised parts change even when they do not train.
@@ -339,13 +329,10 @@ struct Trainer::Impl {
       {
         nn::NoGradGuard frozen;
         const auto post = vae.encode(nn::Var(c.dm_images));
-        // latent_dist.sample() (mean + exp(logvar / 2) * eps) times the scaling factor, as the original encodes.
-        const Tensor mean = post.mean.value().contiguous(), logvar = post.logvar.value().contiguous();
-        const Tensor eps = rng.randn(mean.shape());
-        latents = Tensor::empty(mean.shape());
-        const float k = dir.vae_config().scaling_factor;
-        for (int64_t i = 0; i < mean.numel(); ++i)
-          latents.f32()[i] = (mean.f32()[i] + std::exp(0.5f * logvar.f32()[i]) * eps.f32()[i]) * k;
+        // latent_dist.sample() times the scaling factor, as the original encodes.
+        const Tensor eps = rng.randn(post.mean.shape());
+        latents = ops::scale(ops::gaussian_sample(post.mean.value(), post.logvar.value(), eps),
+                             dir.vae_config().scaling_factor);
       }
       b.dm_latents = latents;
       b.noise = rng.randn(latents.shape());
@@ -424,8 +411,8 @@ StepReport Trainer::run(int64_t stop_after) {
       DL_CHECK(f.good(), "cannot append to '", m.opt.out, "/metrics.jsonl'");
     }
     if (m.events.on_step) m.events.on_step(last);
-    const bool done = last.step == m.total;
-    if ((m.opt.save_every > 0 && last.step % m.opt.save_every == 0) || done || last.step == end) m.checkpoint(last);
+    // Every save_every steps, and at the end of the run or of this slice of it.
+    if ((m.opt.save_every > 0 && last.step % m.opt.save_every == 0) || last.step == end) m.checkpoint(last);
   }
   m.start = end;
   if (end == m.total && m.opt.write_final) write_model_files(m.opt.out, m.dir, m.weights(), m.rewrite);
