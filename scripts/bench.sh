@@ -21,6 +21,17 @@ fi
 cmake --build "$BUILD_DIR" --target dl_bench -j "${DL_BUILD_JOBS:-2}"
 mkdir -p "$OUT_DIR"
 
+# OpenBLAS 0.3.21 takes newer Xeons for a Prescott and runs its SSE3 kernels. dreamllm picks the family from the
+# CPU's features before it loads OpenBLAS (src/core/kernels/gemm.cpp); dl_bench's direct OpenBLAS peer and
+# PyTorch load it at start-up, so they get the same choice from the environment, as a user would set it.
+if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  has() { [[ " $flags " == *" $1 "* ]]; }
+  if has avx512f && has avx512bw && has avx512vl && has avx512dq; then export OPENBLAS_CORETYPE=SkylakeX
+  elif has avx2 && has fma; then export OPENBLAS_CORETYPE=Haswell; fi
+fi
+echo "OpenBLAS kernels: ${OPENBLAS_CORETYPE:-as OpenBLAS detects them}"
+
 # Both processes want every core; anything else running skews the numbers, the 2-thread ones most.
 read -r load1 _ < /proc/loadavg
 if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -221,3 +222,19 @@ TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {
 
 }  // namespace
 }  // namespace dl
+
+// OpenBLAS 0.3.21 reads CPUs it does not know (Sapphire Rapids among them) as a Prescott and runs SSE3 kernels;
+// the loader names the family from the CPU's features instead, so a CPU with AVX2 never gets those.
+TEST(Blas, KernelsMatchTheCpu) {
+  std::vector<float> a(96 * 96, 1.f), b(96 * 96, 2.f), c(96 * 96, 0.f);
+  dl::ops::gemm(false, false, 96, 96, 96, 1.f, a.data(), 96, b.data(), 96, 0.f, c.data(), 96);
+  EXPECT_EQ(c[0], 192.f);
+  const std::string kernels = dl::ops::blas_kernels();
+  std::printf("OpenBLAS kernels: %s\n", kernels.c_str());
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    for (const char* old : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge", "Atom"})
+      EXPECT_NE(kernels, old) << "an AVX2 CPU runs OpenBLAS's " << old << " kernels";
+  }
+#endif
+}

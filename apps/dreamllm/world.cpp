@@ -282,7 +282,7 @@ std::string normalised(std::string s) {
 
 // VQA exact match on held-out pictures: each conversation of vqa.json is replayed in its training layout (vicuna
 // v1.1, the picture in the first turn), earlier answers given, and each answer decoded greedily.
-int eval_vqa_command(const std::string& model, const std::string& vqa_path, int64_t limit) {
+int eval_vqa_command(const std::string& model, const std::string& vqa_path, int64_t limit, int64_t show) {
   const Model m(model, false);
   nlohmann::json all;
   try {
@@ -310,6 +310,11 @@ int eval_vqa_command(const std::string& model, const std::string& vqa_path, int6
       c.append_assistant(std::nullopt);
       const std::string answer = greedy_answer(m, m.tokenizer.encode(c.generation_prompt()), pixels, 8);
       const bool ok = normalised(answer) == normalised(truth);
+      if (!ok && show > 0) {
+        --show;
+        std::printf("%s | Q: %s | expected '%s', answered '%s'\n", conv.at("image").get<std::string>().c_str(),
+                    turns[t].at("value").get<std::string>().c_str(), truth.c_str(), answer.c_str());
+      }
       right += ok;
       ++asked;
       auto& [r, n] = by_type[t / 2 < types.size() ? types[t / 2] : "?"];
@@ -421,7 +426,7 @@ int world_main(int argc, char** argv) {
 
   std::string init_data, init_out;
   int64_t init_size = 32, init_seed = 0;
-  int vocab = 400;
+  int vocab = 512;
   CLI::App* in = app.add_subcommand("init", "a fresh tiny DreamLLM for the world: tokenizer trained on DATA/train, "
                                             "random weights initialised as the original libraries do");
   in->add_option("-d,--data", init_data, "a directory written by world gen")->required()->check(CLI::ExistingDirectory);
@@ -460,6 +465,8 @@ int world_main(int argc, char** argv) {
   eq->add_option("-m,--model", eq_model, "model directory")->required()->check(CLI::ExistingDirectory);
   eq->add_option("--vqa", eq_file, "a vqa.json (e.g. DATA/test/vqa.json)")->required()->check(CLI::ExistingFile);
   eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
+  int64_t eq_show = 0;
+  eq->add_option("--show-errors", eq_show, "print the first N wrong answers")->capture_default_str();
   std::string ecap_model, ecap_scenes;
   int64_t ecap_limit = 100;
   CLI::App* ecap = app.add_subcommand("eval-caption", "caption held-out pictures and score the pictures against "
@@ -470,7 +477,7 @@ int world_main(int argc, char** argv) {
   ecap->add_option("-n,--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
 
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
-  if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit);
+  if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit, eq_show);
   if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save);
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);

@@ -19,6 +19,9 @@ namespace dl::ops {
 // for M <= 4, the memory-bound decode case).
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// The OpenBLAS kernel family in use ("SkylakeX", "Haswell", ...): OPENBLAS_CORETYPE when set, else the one this
+// CPU's features call for (OpenBLAS is loaded at first use, see kernels/gemm.cpp).
+const char* blas_kernels();
 // a [..., M, K] @ b [..., K, N] (with ta/tb: a is [..., K, M], b is [..., N, K]); batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false);
 // x [..., in] times weight [out, in] (F32/F16/BF16/Q8_0/Q4_0) plus optional bias [out].

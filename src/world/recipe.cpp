@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "text/chat_template.h"
 #include "text/tokenizer_trainer.h"
 #include "train/jsonl.h"
 
@@ -48,7 +49,7 @@ train::ScratchSpec tiny_spec(int64_t image_size) {
 namespace {
 
 std::string without_placeholders(std::string s) {
-  for (const std::string p : {"<image>", "<dream>"}) {
+  for (const std::string p : {"<image>", "<dream>", "</s>"}) {
     for (size_t at = s.find(p); at != std::string::npos; at = s.find(p)) s.erase(at, p.size());
   }
   return s;
@@ -80,8 +81,15 @@ std::vector<std::string> training_text(const std::string& dir) {
         for (const auto& t : doc->text_list) add(t);
         if (doc->instruction) add(*doc->instruction);
       }
-      if (const auto* conv = std::get_if<train::ConversationRecord>(&*r))
-        for (const auto& turn : conv->turns) add(turn.value);
+      if (const auto* conv = std::get_if<train::ConversationRecord>(&*r)) {
+        // As the model reads it: the vicuna template's system prompt and roles are most of a conversation's
+        // text, and a vocabulary that never saw them spells them out letter by letter (155 tokens, not 40).
+        text::Conversation c(text::VicunaVariant::Train);
+        for (const auto& turn : conv->turns)
+          c.append((turn.from == "human" || turn.from == "user") ? text::Conversation::user_role() : text::Conversation::assistant_role(),
+                   turn.value);
+        add(c.prompt());
+      }
     }
   }
   DL_CHECK(!lines.empty(), "no text found under '", dir, "' (run dreamllm world gen first)");

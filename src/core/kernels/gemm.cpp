@@ -2,7 +2,11 @@
 // process pool, so the whole program has one thread pool); the memory-bound few-row case and low-precision
 // weights use own kernels that convert weights on the fly.
 #include <cblas.h>
+#include <dlfcn.h>
 #include <immintrin.h>
+
+#include <cstdlib>
+#include <string>
 
 #include <algorithm>
 #include <bit>
@@ -19,10 +23,57 @@ namespace dl::ops {
 
 namespace {
 
+// OpenBLAS is loaded at first use rather than linked: its DYNAMIC_ARCH build picks its kernels in a library
+// constructor from OPENBLAS_CORETYPE or its own CPU table, and 0.3.21's table does not know newer Xeons (Sapphire
+// Rapids reads as "Intel(R) Xeon(R) Processor") and falls back to the SSE3 Prescott kernels, 3x slower. Loading
+// later lets us name the kernel family from the CPU's features first; a user's OPENBLAS_CORETYPE always wins.
+struct Blas {
+  decltype(&cblas_sgemm) sgemm = nullptr;
+  decltype(&openblas_get_num_threads) get_num_threads = nullptr;
+  decltype(&openblas_set_num_threads) set_num_threads = nullptr;
+  decltype(&openblas_get_corename) corename = nullptr;
+};
+
+const char* kernel_family_for_this_cpu() {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return nullptr;  // let OpenBLAS decide
+}
+
+Blas load_blas() {
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr)
+    if (const char* family = kernel_family_for_this_cpu()) setenv("OPENBLAS_CORETYPE", family, 0);
+  void* lib = nullptr;
+  std::string tried;
+  for (const char* name : {DL_OPENBLAS_LIBRARY, "libopenblas.so.0", "libopenblas.so"}) {
+    if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    tried += std::string(tried.empty() ? "" : ", ") + name;
+  }
+  DL_CHECK(lib != nullptr, "cannot load OpenBLAS (tried ", tried, "): install libopenblas0 (scripts/setup.sh)");
+  Blas b;
+  b.sgemm = reinterpret_cast<decltype(b.sgemm)>(dlsym(lib, "cblas_sgemm"));
+  b.get_num_threads = reinterpret_cast<decltype(b.get_num_threads)>(dlsym(lib, "openblas_get_num_threads"));
+  b.set_num_threads = reinterpret_cast<decltype(b.set_num_threads)>(dlsym(lib, "openblas_set_num_threads"));
+  b.corename = reinterpret_cast<decltype(b.corename)>(dlsym(lib, "openblas_get_corename"));
+  DL_CHECK(b.sgemm && b.get_num_threads && b.set_num_threads && b.corename,
+           "the loaded BLAS library is not OpenBLAS (cblas_sgemm / openblas_* missing)");
+  return b;
+}
+
+const Blas& blas() {
+  static const Blas b = load_blas();
+  return b;
+}
+
 // Our pool does the threading, so OpenBLAS must run single-threaded; re-asserted per call because other code in
 // the process (a benchmark's peer measurement, a host application) may change the global setting.
 void blas_single_threaded() {
-  if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+  const Blas& b = blas();
+  if (b.get_num_threads() != 1) b.set_num_threads(1);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) { return vec::dot(a, b, n); }
@@ -69,7 +120,7 @@ void weight_rows_to_f32(DType dt, const void* w, int64_t r0, int64_t rows, int64
 // Single-threaded sgemm on one panel (C row-major).
 void sgemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
+  blas().sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, int(M), int(N), int(K),
               alpha, A, int(lda), B, int(ldb), beta, C, int(ldc));
 }
 
@@ -86,6 +137,8 @@ void small_m_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* 
 }
 
 }  // namespace
+
+const char* blas_kernels() { return blas().corename(); }
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
