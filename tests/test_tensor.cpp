@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/kernels/vec.h"
 #include "core/ops.h"
 #include "core/thread_pool.h"
 #include "test_util.h"
@@ -237,4 +238,31 @@ TEST(Blas, KernelsMatchTheCpu) {
       EXPECT_NE(kernels, old) << "an AVX2 CPU runs OpenBLAS's " << old << " kernels";
   }
 #endif
+}
+
+// The vectorised exponential against the correctly rounded one (double precision rounded to float): within 2 ulp
+// over the whole finite range, exact limits outside it, and vector lanes bit-identical to the scalar version.
+TEST(VecExp, WithinTwoUlpAndIdenticalInEveryLane) {
+  std::vector<float> xs;
+  for (float x = -87.3f; x <= 88.f; x += 0.0137f) xs.push_back(x);
+  for (float x = -1.f; x <= 1.f; x += 1e-4f) xs.push_back(x);
+  std::vector<float> ys(xs.size());
+  dl::vec::exp_shifted(xs.data(), 0.f, ys.data(), int64_t(xs.size()));
+  double worst = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const float exact = float(std::exp(double(xs[i])));
+    const double ulp = double(std::nextafter(exact, INFINITY)) - double(exact);
+    worst = std::max(worst, std::abs(double(ys[i]) - double(exact)) / ulp);
+    ASSERT_EQ(ys[i], dl::vec::exp_approx(xs[i])) << "lane and scalar differ at x = " << xs[i];
+  }
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(dl::vec::exp_approx(-INFINITY), 0.f);
+  EXPECT_EQ(dl::vec::exp_approx(-100.f), 0.f);
+  EXPECT_EQ(dl::vec::exp_approx(0.f), 1.f);
+  EXPECT_EQ(dl::vec::exp_approx(INFINITY), INFINITY);
+  EXPECT_TRUE(std::isnan(dl::vec::exp_approx(NAN)));
+  float s = 0;
+  const float x = 3.f;
+  dl::vec::sigmoid(&x, 1.702f, &s, 1);
+  EXPECT_NEAR(s, 1.0 / (1.0 + std::exp(-1.702 * 3.0)), 1e-7);
 }

@@ -33,6 +33,7 @@ class MaskView {
         DL_CHECK(full[i] == want[i] || full[i] == 1, op, ": additive mask ", a.describe(),
                  " does not broadcast to ", shape_str(want));
       add_ = a.to(DType::F32).reshape(full);
+      add_data_ = add_.f32();
       Shape st = contiguous_strides(full);
       for (size_t i = 0; i < 4; ++i) add_stride_[i] = full[i] == 1 ? 0 : st[i];
       has_add_ = true;
@@ -41,6 +42,8 @@ class MaskView {
       const Tensor& k = *m.key_keep;
       DL_CHECK(k.shape() == Shape({B, Tk}), op, ": key mask ", k.describe(), " must be [", B, ", ", Tk, "]");
       keep_ = k.to(DType::F32);
+      keep_data_ = keep_.f32();
+      keep_cols_ = Tk;
       has_keep_ = true;
     }
   }
@@ -51,9 +54,8 @@ class MaskView {
   float bias(int64_t b, int64_t h, int64_t i, int64_t j) const {
     if (causal_ && j > i + offset_) return kNegInf;
     float v = 0.f;
-    if (has_keep_ && keep_.f32()[b * keep_.size(1) + j] == 0.f) return kNegInf;
-    if (has_add_)
-      v += add_.f32()[b * add_stride_[0] + h * add_stride_[1] + i * add_stride_[2] + j * add_stride_[3]];
+    if (has_keep_ && keep_data_[b * keep_cols_ + j] == 0.f) return kNegInf;
+    if (has_add_) v += add_data_[b * add_stride_[0] + h * add_stride_[1] + i * add_stride_[2] + j * add_stride_[3]];
     return v;
   }
   bool needs_bias() const { return has_add_ || has_keep_; }
@@ -63,6 +65,9 @@ class MaskView {
   int64_t offset_;
   bool has_add_ = false, has_keep_ = false;
   Tensor add_, keep_;
+  const float* add_data_ = nullptr;  // the tensors' data, read once per score
+  const float* keep_data_ = nullptr;
+  int64_t keep_cols_ = 0;
   int64_t add_stride_[4] = {0, 0, 0, 0};
 };
 
@@ -116,11 +121,9 @@ Tensor softmax(const Tensor& x_in, const AttentionMask& mask) {
         std::fill_n(yr, Tk, 0.f);
         continue;
       }
+      vec::exp_shifted(yr, m, yr, Tk);
       double s = 0;
-      for (int64_t j = 0; j < Tk; ++j) {
-        yr[j] = std::exp(yr[j] - m);
-        s += yr[j];
-      }
+      for (int64_t j = 0; j < Tk; ++j) s += yr[j];
       float inv = float(1.0 / s);
       for (int64_t j = 0; j < Tk; ++j) yr[j] *= inv;
     }
@@ -162,7 +165,10 @@ void probs_from_lse(float* s, int64_t nq, int64_t nk, const float* lse_rows) {
   for (int64_t ii = 0; ii < nq; ++ii) {
     const float l = lse_rows[ii];
     float* row = s + ii * nk;
-    for (int64_t jj = 0; jj < nk; ++jj) row[jj] = l == kNegInf ? 0.f : std::exp(row[jj] - l);
+    if (l == kNegInf)
+      std::fill_n(row, nk, 0.f);
+    else
+      vec::exp_shifted(row, l, row, nk);
   }
 }
 
@@ -201,12 +207,10 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
             std::fill_n(row, nk, 0.f);
             continue;
           }
-          const float corr = std::exp(m[ii] - mnew);
+          const float corr = vec::exp_approx(m[ii] - mnew);
+          vec::exp_shifted(row, mnew, row, nk);
           float ls = 0.f;
-          for (int64_t jj = 0; jj < nk; ++jj) {
-            row[jj] = std::exp(row[jj] - mnew);
-            ls += row[jj];
-          }
+          for (int64_t jj = 0; jj < nk; ++jj) ls += row[jj];
           if (corr != 1.f) vec::scale(corr, op + ii * g.Dv, g.Dv);
           l[ii] = l[ii] * corr + ls;
           m[ii] = mnew;

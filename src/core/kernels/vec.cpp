@@ -152,6 +152,16 @@ DL_SIMD_CLONES void axpy(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+DL_SIMD_CLONES void exp_shifted(const float* x, float shift, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_approx(x[i] - shift);
+}
+
+DL_SIMD_CLONES void sigmoid(const float* x, float a, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = 1.f / (1.f + exp_approx(-a * x[i]));
+}
+
 DL_SIMD_CLONES void scale(float a, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] *= a;
