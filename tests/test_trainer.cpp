@@ -156,6 +156,45 @@ TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
   EXPECT_EQ(test::slurp(d.path("out_I-a/pytorch_model.bin")), test::slurp(kModel + "/pytorch_model.bin"));
 }
 
+// A group's learning-rate factor: 0 keeps it exactly where it was while the rest of the stage trains, and a
+// factor of 1 is the plain run.
+TEST(Trainer, LearningRateFactorsApplyPerGroup) {
+  Dataset d("lrscale");
+  train::TrainOptions o = options(d, "zero", "II");
+  o.max_steps = 2;
+  o.condition_dropout = 0.f;
+  o.lr_scale = {{train::Group::kLLM, 0.f}};
+  o.stage.reinit.clear();  // stage II starts the added tokens' rows fresh, which is not a step
+  train::Trainer(o).run();
+  train::TrainOptions plain = options(d, "plain", "II"), one = options(d, "one", "II");
+  plain.max_steps = one.max_steps = 2;
+  plain.condition_dropout = one.condition_dropout = 0.f;
+  one.lr_scale = {{train::Group::kLLM, 1.f}};
+  train::Trainer(plain).run();
+  train::Trainer(one).run();
+  const auto before = all_weights(kModel), zero = all_weights(o.out), a = all_weights(plain.out),
+             b = all_weights(one.out);
+  int64_t llm = 0, others_moved = 0;
+  for (const auto& [name, t] : before) {
+    EXPECT_TRUE(test::bit_equal(a.at(name), b.at(name))) << name;
+    const train::Group g = [&] {
+      try {
+        return train::group_of(name);
+      } catch (const Error&) {
+        return train::Group::kVAE;
+      }
+    }();
+    if (g == train::Group::kLLM) {
+      ++llm;
+      EXPECT_TRUE(test::bit_equal(zero.at(name), t)) << name << " moved with a factor of 0";
+    } else if (!test::bit_equal(zero.at(name), t)) {
+      ++others_moved;
+    }
+  }
+  EXPECT_GT(llm, 0);
+  EXPECT_GT(others_moved, 0);
+}
+
 TEST(Trainer, StageIaStartsTheDreamQueriesAndProjectorFresh) {
   Dataset d("reinit");
   train::TrainOptions o = options(d, "out", "I-a");
@@ -324,6 +363,9 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   const auto group = test::cli("train --trainable lora -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(group.code, 1);
   EXPECT_NE(group.err.find("unknown parameter group 'lora'"), std::string::npos);
+  const auto factor = test::cli("train --lr-scale vision_tower=fast -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(factor.code, 2);
+  EXPECT_NE(factor.err.find("GROUP=FACTOR"), std::string::npos);
 }
 
 TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {

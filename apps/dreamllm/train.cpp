@@ -3,6 +3,7 @@
 // checkpoints and exact resume.
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 
@@ -78,6 +79,10 @@ int train_main(int argc, char** argv) {
   app.add_option("--reinit", reinit,
                  "override the stage's fresh initialisations: comma list of dream_queries, vision_projector, "
                  "condition_projector, new_token_rows, or none");
+  std::string lr_scale;
+  app.add_option("--lr-scale", lr_scale,
+                 "learning-rate factors of trainable groups, e.g. vision_tower=0.1,vision_projector=2 (applied to "
+                 "the schedule's rate and the weight decay, as a PyTorch parameter group's own lr)");
   std::optional<float> kl_weight;
   app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)");
   app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
@@ -113,6 +118,24 @@ int train_main(int argc, char** argv) {
     o.stage.reinit.clear();
     if (reinit != "none")
       for (const std::string& r : split_list(reinit)) o.stage.reinit.push_back(train::parse_reinit(r));
+  }
+  for (const std::string& item : split_list(lr_scale)) {
+    const size_t eq = item.find('=');
+    float factor = -1.f;
+    if (eq != std::string::npos) {
+      try {
+        size_t used = 0;
+        factor = std::stof(item.substr(eq + 1), &used);
+        if (used != item.size() - eq - 1) factor = -1.f;
+      } catch (const std::exception&) {
+        factor = -1.f;
+      }
+    }
+    if (!(factor >= 0.f && std::isfinite(factor))) {
+      std::fprintf(stderr, "dreamllm train: --lr-scale '%s' is not GROUP=FACTOR with a factor >= 0\n", item.c_str());
+      return 2;
+    }
+    o.lr_scale.emplace_back(train::parse_group(item.substr(0, eq)), factor);
   }
   for (const std::string& d : data) o.data.push_back(train::parse_dataset_spec(d));
 

@@ -19,6 +19,7 @@ AdamW::AdamW(std::vector<Var> params, AdamWConfig cfg) : params_(std::move(param
     v_.push_back(Tensor::zeros(p.shape()));
     steps_.push_back(0);
     decay_.push_back(cfg_.weight_decay);
+    lr_scale_.push_back(1.f);
   }
 }
 
@@ -33,11 +34,12 @@ void AdamW::load_state(size_t i, const Tensor& exp_avg, const Tensor& exp_avg_sq
   steps_[i] = steps;
 }
 
-void AdamW::step(float lr) {
+void AdamW::step(float base_lr) {
   ++t_;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Var& p = params_[i];
     if (!p.grad().defined()) continue;
+    const float lr = base_lr * lr_scale_[i];
     const int64_t t = ++steps_[i];
     const float bc1 = 1.f - std::pow(cfg_.beta1, float(t));
     const float bc2_sqrt = std::sqrt(1.f - std::pow(cfg_.beta2, float(t)));

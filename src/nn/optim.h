@@ -27,6 +27,9 @@ class AdamW {
   // Per-parameter weight decay (HF Trainer exempts biases and normalisation weights); defaults to cfg.weight_decay.
   void set_weight_decay(size_t i, float weight_decay) { decay_.at(i) = weight_decay; }
   float weight_decay(size_t i) const { return decay_.at(i); }
+  // Per-parameter learning-rate multiplier (LLaVA-style separate rates for a vision tower or projector); 1 default.
+  void set_lr_scale(size_t i, float scale) { lr_scale_.at(i) = scale; }
+  float lr_scale(size_t i) const { return lr_scale_.at(i); }
   // Restores the state of a saved run: moments of parameter i, its own step count, and the step() call count.
   void load_state(size_t i, const Tensor& exp_avg, const Tensor& exp_avg_sq, int64_t steps);
   void set_steps(int64_t t) { t_ = t; }
@@ -36,7 +39,7 @@ class AdamW {
   AdamWConfig cfg_;
   std::vector<Tensor> m_, v_;
   std::vector<int64_t> steps_;
-  std::vector<float> decay_;
+  std::vector<float> decay_, lr_scale_;
   int64_t t_ = 0;
 };
 

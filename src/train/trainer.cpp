@@ -240,6 +240,9 @@ struct Trainer::Impl {
                  : r == Reinit::kConditionProjector ? io::kDiffusion
                                                     : io::kLLM;
     optimizer = make_optimizer(params, trainable_names, opt.learning_rate, opt.weight_decay);
+    for (size_t i = 0; i < trainable_names.size(); ++i)
+      for (const auto& [group, factor] : opt.lr_scale)
+        if (group_of(trainable_names[i]) == group) optimizer->set_lr_scale(i, factor);
 
     fs::create_directories(opt.out);
     if (resumed) {

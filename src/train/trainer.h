@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/data.h"
@@ -24,6 +25,7 @@ struct TrainOptions {
   StagePreset stage = stage_preset("II");
   float learning_rate = 0.f;  // 0: the stage's
   float weight_decay = 0.f;   // HF default; biases and norm weights never decay
+  std::vector<std::pair<Group, float>> lr_scale;  // groups whose learning rate is the peak one times a factor
   float warmup_ratio = 0.003f;
   float max_grad_norm = 1.f;  // <= 0: no clipping
   int64_t micro_batch = 1, grad_accum = 1;
