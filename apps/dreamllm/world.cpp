@@ -13,6 +13,7 @@
 #include "cli_common.h"
 #include "core/error.h"
 #include "core/random.h"
+#include "io/atomic_file.h"
 #include "io/image_file.h"
 #include "train/jsonl.h"
 #include "nn/autograd.h"
@@ -185,7 +186,8 @@ std::vector<world::SceneRecord> scene_records(const std::string& scenes, int64_t
 
 // Reconstructs held-out pictures through the model's VAE (posterior mean, decoded, as pictures are drawn) and checks
 // that the scene survives: the autoencoder is what bounds creation faithfulness from above.
-int eval_vae_command(const std::string& model, const std::string& scenes, int64_t limit, const std::string& save_dir) {
+int eval_vae_command(const std::string& model, const std::string& scenes, int64_t limit, const std::string& save_dir,
+                     bool write_scale) {
   const io::ModelDir dir = io::ModelDir::open(model);
   const pipelines::DiffusionHead head(dir);
   const int64_t R = dir.unet_config().sample_size * dir.vae_config().scale_factor();
@@ -218,6 +220,19 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
               sq / pixels);
   std::printf("latent mean %.4f std %.4f: scaling_factor 1/std = %.5f (configured %.5f)\n", mu, sd, 1.0 / sd,
               dir.vae_config().scaling_factor);
+  if (write_scale) {
+    // As SD's 0.18215 was chosen: diffusion then runs on latents of unit variance.
+    const std::string path = (std::filesystem::path(model) / "vae" / "config.json").string();
+    nlohmann::ordered_json config;
+    try {
+      config = nlohmann::ordered_json::parse(io::read_text_file(path, size_t(1) << 20));
+    } catch (const nlohmann::json::exception& e) {
+      fail("'", path, "': invalid JSON (", e.what(), ")");
+    }
+    config["scaling_factor"] = 1.0 / sd;
+    io::write_file_atomically(path, [&](std::ostream& out) { out << config.dump(1) << "\n"; });
+    std::printf("wrote scaling_factor %.5f to %s\n", 1.0 / sd, path.c_str());
+  }
   return 0;
 }
 
@@ -444,6 +459,8 @@ int world_main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   ev->add_option("-n,--limit", ev_limit, "pictures to reconstruct (0: all)")->capture_default_str();
   ev->add_option("--save", ev_save, "directory to write the reconstructions to");
+  bool ev_write_scale = false;
+  ev->add_flag("--write-scale", ev_write_scale, "set the model's VAE scaling_factor to 1/std of the latents");
 
   std::string ec_model, ec_scenes, ec_save;
   int64_t ec_limit = 100;
@@ -479,7 +496,7 @@ int world_main(int argc, char** argv) {
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit, eq_show);
   if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
-  if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save);
+  if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save, ev_write_scale);
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (in->parsed()) {
     world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed));

@@ -20,7 +20,8 @@ void scale(float a, float* y, int64_t n);                 // y *= a
 // it vectorise, and a vector lane and the scalar version compute identical bits (what keeps results independent of
 // how work is split over threads).
 inline float exp_approx(float x) {
-  const float xc = std::fmin(std::fmax(x, -87.33654f), 88.f);
+  // Clamped with comparisons, not std::fmin/fmax: their NaN rules keep GCC from vectorising the loop.
+  const float lo = x < -87.33654f ? -87.33654f : x, xc = lo > 88.f ? 88.f : lo;
   const float n = std::fma(xc, 1.44269504088896341f, 12582912.f) - 12582912.f;  // round to nearest by 1.5 * 2^23
   float r = std::fma(n, -0.693359375f, xc);
   r = std::fma(n, 2.12194440e-4f, r);
