@@ -200,6 +200,19 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
                              (dir / "data/test/scenes.jsonl").string() + " -n 2");
   EXPECT_EQ(cap.code, 0) << cap.err;
   EXPECT_NE(cap.out.find("captions: 2 scored"), std::string::npos) << cap.out;
+  // Free-form writing on held-out instructions, every image checked against the text before it.
+  const auto w = test::cli("world eval-write -m " + (dir / "model").string() + " --instruct " +
+                           (dir / "data/test/instruct.jsonl").string() + " -n 2 --steps 2");
+  EXPECT_EQ(w.code, 0) << w.err;
+  EXPECT_NE(w.out.find("documents: 2 written"), std::string::npos) << w.out;
+  // The latent scale is written where diffusion reads it, as 1/std of the latents.
+  const auto ws = test::cli("world eval-vae -m " + (dir / "model").string() + " --scenes " +
+                            (dir / "data/test/scenes.jsonl").string() + " -n 3 --write-scale");
+  EXPECT_EQ(ws.code, 0) << ws.err;
+  const size_t at = ws.out.find("1/std = ");
+  ASSERT_NE(at, std::string::npos) << ws.out;
+  const double written = std::stod(ws.out.substr(at + 8));
+  EXPECT_NEAR(io::ModelDir::open((dir / "model").string()).vae_config().scaling_factor, written, 1e-4 * written);
   fs::remove_all(dir);
 }
 

@@ -18,6 +18,7 @@
 #include "train/jsonl.h"
 #include "nn/autograd.h"
 #include "pipelines/create.h"
+#include "pipelines/interleave.h"
 #include "train/data.h"
 #include "pipelines/comprehend.h"
 #include "text/chat_template.h"
@@ -276,6 +277,75 @@ int eval_create_command(const std::string& model, const std::string& scenes, int
   return 0;
 }
 
+// Free-form writing on held-out instructions: each instruction of an instruct.jsonl ("Show how to draw ... step by
+// step.") is written as `dreamllm write` writes (vicuna template, greedy text, the model placing its own images),
+// and every image is scored against the text before it, parsed in the world's grammar: a document agrees with its
+// text when it drew at least one image and every image shows exactly what its text has described so far.
+int eval_write_command(const std::string& model, const std::string& file, int64_t limit, const DrawOptions& draw,
+                       const std::string& save_dir) {
+  const Model m(model, true);
+  if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
+  const auto latent = draw.latent_size(m);
+  train::RecordReader reader(file, train::RecordFormat::Interleaved);
+  int64_t documents = 0, agreeing = 0, images = 0, images_ok = 0, without_image = 0, unparsable = 0;
+  Tally tally;
+  while (auto record = reader.next()) {
+    if (limit > 0 && documents >= limit) break;
+    const auto* doc = std::get_if<train::InterleavedRecord>(&*record);
+    if (doc == nullptr || !doc->instruction) continue;
+    ++documents;
+    text::Conversation conv(text::VicunaVariant::Train);
+    conv.append_user(*doc->instruction);
+    conv.append_assistant(std::nullopt);
+    pipelines::WriteOptions o;
+    o.text.max_new_tokens = 160;
+    o.text.eos_token_id = m.tokenizer.eos_id();
+    o.drawing = draw.sampling();
+    o.latent_height = latent.first;
+    o.latent_width = latent.second;
+    o.max_images = int64_t(doc->images.size()) + 1;
+    o.negative_ids = m.tokenizer.encode(draw.negative);
+    o.seed = uint64_t(draw.seed) + uint64_t(documents) * 1000;
+    const pipelines::Document written = pipelines::write_document(
+        m.llm, *m.head, m.tokenizer, m.clip_preprocess, m.tokenizer.encode(conv.generation_prompt()), Tensor(), o);
+    std::string text_so_far;
+    bool all_ok = true;
+    int64_t drawn = 0;
+    for (const auto& block : written.blocks) {
+      if (!block.is_image) {
+        text_so_far += block.text;
+        continue;
+      }
+      ++drawn;
+      ++images;
+      if (!save_dir.empty())
+        io::write_png(save_dir + "/" + std::to_string(documents - 1) + "_" + std::to_string(drawn) + ".png",
+                      block.image);
+      bool ok = false;
+      try {
+        const world::ScoreResult r = world::score(block.image, text_so_far);
+        tally.add(r);
+        ok = r.pass;
+      } catch (const Error&) {
+        ++unparsable;  // text outside the world's grammar (or describing no shape) cannot be checked
+      }
+      images_ok += ok;
+      all_ok = all_ok && ok;
+    }
+    without_image += drawn == 0;
+    agreeing += drawn > 0 && all_ok;
+  }
+  DL_CHECK(documents > 0, "'", file, "' holds no instruction documents");
+  std::printf("documents: %lld written, %lld agree with their text (%.2f%%), %lld without an image\n",
+              static_cast<long long>(documents), static_cast<long long>(agreeing),
+              100.0 * double(agreeing) / double(documents), static_cast<long long>(without_image));
+  std::printf("images: %lld drawn, %lld agree (%.2f%%), %lld after text outside the grammar\n",
+              static_cast<long long>(images), static_cast<long long>(images_ok),
+              images ? 100.0 * double(images_ok) / double(images) : 0.0, static_cast<long long>(unparsable));
+  tally.print("scored images");
+  return 0;
+}
+
 // Greedy text after `prompt` (with the image spans of `pixels`), up to `max_tokens`, decoded.
 std::string greedy_answer(const Model& m, const std::vector<int32_t>& prompt, const Tensor& pixels, int64_t max_tokens) {
   pipelines::GenerationConfig gc;
@@ -484,6 +554,19 @@ int world_main(int argc, char** argv) {
   eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
   int64_t eq_show = 0;
   eq->add_option("--show-errors", eq_show, "print the first N wrong answers")->capture_default_str();
+  std::string ew_model, ew_file, ew_save;
+  int64_t ew_limit = 50;
+  DrawOptions ew_draw;
+  ew_draw.steps = 25;
+  ew_draw.sampler = "dpmpp2m";
+  CLI::App* ew = app.add_subcommand("eval-write", "write documents for held-out instructions and check every image "
+                                                  "against the text before it");
+  ew->add_option("-m,--model", ew_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ew->add_option("--instruct", ew_file, "an instruct.jsonl (e.g. DATA/test/instruct.jsonl)")->required()
+      ->check(CLI::ExistingFile);
+  ew->add_option("-n,--limit", ew_limit, "documents (0: all)")->capture_default_str();
+  ew->add_option("--save", ew_save, "directory to write the drawn pictures to");
+  ew_draw.add_to(*ew);
   std::string ecap_model, ecap_scenes;
   int64_t ecap_limit = 100;
   CLI::App* ecap = app.add_subcommand("eval-caption", "caption held-out pictures and score the pictures against "
@@ -498,6 +581,7 @@ int world_main(int argc, char** argv) {
   if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save, ev_write_scale);
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
+  if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
   if (in->parsed()) {
     world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed));
     std::printf("%s\n", init_out.c_str());

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The shapes world's tiny recipe, one command: a data set, a tokenizer, and every part of a tiny DreamLLM trained
+# from nothing on this machine through `dreamllm train`, then the held-out measurements.
+#   bash scripts/world_recipe.sh [OUT]          (default OUT: runs/world)
+# Stages (docs/shapes_world.md says why this order):
+#   data   dreamllm world gen: 10000 training and 500 held-out scenes
+#   init   dreamllm world init: the SentencePiece vocabulary and fresh weights
+#   vae    the autoencoder (reconstruction + KL), then the latent scale set to 1/std as SD's was chosen
+#   see    comprehension alignment (stage I-b) with the LLM learning language and reading a random ViT,
+#          then the vision tower joins at a fifth of the rate
+#   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions
+#   II     interleaved generative pretraining (documents and pairs)
+#   III    supervised fine-tuning (VQA, drawing conversations, instructions)
+# Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, DRAW_STEPS, II_STEPS,
+# III_STEPS); THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/world}
+D=${DREAMLLM:-build/bin/dreamllm}
+T=${THREADS:-0}
+[ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
+mkdir -p "$OUT"
+LOG="$OUT/recipe.log"
+stages=(data init vae see draw II III)
+from=${FROM:-data}
+started=0
+run_stage() {  # run_stage NAME: true when NAME is at or after FROM
+  local s
+  for s in "${stages[@]}"; do
+    [ "$s" = "$from" ] && started=1
+    [ "$s" = "$1" ] && break
+  done
+  [ "$started" = 1 ]
+}
+t0=$SECONDS
+say() { echo "== $* ($(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s)" | tee -a "$LOG"; }
+train() { "$D" train -t "$T" -q "$@" 2>&1 | tee -a "$LOG" | grep -v '^step ' || true; }
+
+W="$OUT/data"
+if run_stage data; then
+  say "data"
+  rm -rf "$W"
+  "$D" world gen -o "$W" --train "${SCENES:-10000}" --test 500 --seed 1 | tee -a "$LOG"
+fi
+if run_stage init; then
+  say "init"
+  rm -rf "$OUT/init"
+  "$D" world init -d "$W" -o "$OUT/init" | tee -a "$LOG"
+fi
+if run_stage vae; then
+  say "vae"
+  rm -rf "$OUT/vae"
+  train --stage VAE -m "$OUT/init" --data "$W/train/pairs.jsonl" -o "$OUT/vae" -b 16 \
+    --max-steps "${VAE_STEPS:-1500}" --lr 3e-3 --warmup-ratio 0.02
+  "$D" world eval-vae -m "$OUT/vae" --scenes "$W/test/scenes.jsonl" -n 200 --write-scale | tee -a "$LOG"
+fi
+if run_stage see; then
+  say "see: language and vision"
+  rm -rf "$OUT/see0" "$OUT/see"
+  train --stage I-b -m "$OUT/vae" --data "$W/train/vqa.json" --data "$W/train/pairs.jsonl" -o "$OUT/see0" -b 16 \
+    --max-steps "${SEE_STEPS:-1500}" --trainable llm,vision_projector --reinit none --lr 1e-3 --warmup-ratio 0.03
+  train --stage I-b -m "$OUT/see0" --data "$W/train/vqa.json" --data "$W/train/pairs.jsonl" -o "$OUT/see" -b 16 \
+    --max-steps "${VIT_STEPS:-1000}" --trainable llm,vision_projector,vision_tower --lr-scale vision_tower=0.2 \
+    --reinit none --lr 5e-4 --warmup-ratio 0.03 --seed 7
+fi
+if run_stage draw; then
+  say "draw: UNet and creation alignment"
+  rm -rf "$OUT/draw"
+  train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b 16 \
+    --max-steps "${DRAW_STEPS:-3000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
+    --warmup-ratio 0.02 --cond-dropout 0.1
+fi
+if run_stage II; then
+  say "stage II"
+  rm -rf "$OUT/II"
+  train --stage II -m "$OUT/draw" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/II" \
+    -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1
+fi
+if run_stage III; then
+  say "stage III"
+  rm -rf "$OUT/model"
+  train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
+    --data "$W/train/instruct.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
+    --warmup-ratio 0.03 --cond-dropout 0.1
+fi
+say "trained: $OUT/model"
+"$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"
+"$D" world eval-caption -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 200 | tee -a "$LOG"
+"$D" world eval-create -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 100 | tee -a "$LOG"
+say "done"
