@@ -34,7 +34,7 @@ run_stage() {  # run_stage NAME: true when NAME is at or after FROM
 }
 t0=$SECONDS
 say() { echo "== $* ($(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s)" | tee -a "$LOG"; }
-train() { "$D" train -t "$T" -q "$@" 2>&1 | tee -a "$LOG" | grep -v '^step ' || true; }
+train() { "$D" train -t "$T" -q "$@" 2>&1 | tee -a "$LOG"; }  # a failing stage stops the chain (pipefail)
 
 W="$OUT/data"
 if run_stage data; then
@@ -87,4 +87,5 @@ say "trained: $OUT/model"
 "$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"
 "$D" world eval-caption -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 200 | tee -a "$LOG"
 "$D" world eval-create -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 100 | tee -a "$LOG"
+"$D" world eval-write -m "$OUT/model" --instruct "$W/test/instruct.jsonl" -n 30 | tee -a "$LOG"
 say "done"

@@ -287,6 +287,13 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   const auto latent = draw.latent_size(m);
   train::RecordReader reader(file, train::RecordFormat::Interleaved);
+  pipelines::WriteOptions o;
+  o.text.max_new_tokens = 160;
+  o.text.eos_token_id = m.tokenizer.eos_id();
+  o.drawing = draw.sampling();
+  o.latent_height = latent.first;
+  o.latent_width = latent.second;
+  o.negative_ids = m.tokenizer.encode(draw.negative);
   int64_t documents = 0, agreeing = 0, images = 0, images_ok = 0, without_image = 0, unparsable = 0;
   Tally tally;
   while (auto record = reader.next()) {
@@ -297,14 +304,7 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
     text::Conversation conv(text::VicunaVariant::Train);
     conv.append_user(*doc->instruction);
     conv.append_assistant(std::nullopt);
-    pipelines::WriteOptions o;
-    o.text.max_new_tokens = 160;
-    o.text.eos_token_id = m.tokenizer.eos_id();
-    o.drawing = draw.sampling();
-    o.latent_height = latent.first;
-    o.latent_width = latent.second;
     o.max_images = int64_t(doc->images.size()) + 1;
-    o.negative_ids = m.tokenizer.encode(draw.negative);
     o.seed = uint64_t(draw.seed) + uint64_t(documents) * 1000;
     const pipelines::Document written = pipelines::write_document(
         m.llm, *m.head, m.tokenizer, m.clip_preprocess, m.tokenizer.encode(conv.generation_prompt()), Tensor(), o);

@@ -244,7 +244,7 @@ Sample DocumentBuilder::interleaved_body(const InterleavedRecord& doc, std::vect
 // ---------------------------------------------------------------------------------------------------------------
 // Conversations (DatasetType.Conversation)
 // ---------------------------------------------------------------------------------------------------------------
-Sample DocumentBuilder::conversation(const ConversationRecord& record) const {
+std::string conversation_prompt(const ConversationRecord& record) {
   // ConversationDataset: a conversation that does not open with the user loses its first message; roles are then
   // reassigned by position (Conversation.reset_dialog), whatever "from" said.
   std::vector<const ConversationRecord::Turn*> turns;
@@ -255,7 +255,11 @@ Sample DocumentBuilder::conversation(const ConversationRecord& record) const {
     conv.append(i % 2 == 0 ? text::Conversation::user_role() : text::Conversation::assistant_role(),
                 turns[i]->value);
   }
-  const std::string prompt = conv.prompt();
+  return conv.prompt();
+}
+
+Sample DocumentBuilder::conversation(const ConversationRecord& record) const {
+  const std::string prompt = conversation_prompt(record);
 
   std::vector<int32_t> ids{bos_};
   append(ids, encode(prompt));

@@ -52,6 +52,11 @@ struct DocumentOptions {
   bool creation = true;
 };
 
+// The vicuna v1.1 training text of a conversation as ConversationDataset renders it, before its <image> and
+// <dream> placeholders become spans: a first message that is not the user's is dropped, and roles alternate from
+// the user's whatever "from" says.
+std::string conversation_prompt(const ConversationRecord& record);
+
 class DocumentBuilder {
  public:
   // Keeps a reference to `tokenizer`, which must outlive the builder and have DreamLLM's added tokens.

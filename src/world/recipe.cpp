@@ -3,8 +3,8 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "text/chat_template.h"
 #include "text/tokenizer_trainer.h"
+#include "train/documents.h"
 #include "train/jsonl.h"
 
 namespace dl::world {
@@ -81,15 +81,9 @@ std::vector<std::string> training_text(const std::string& dir) {
         for (const auto& t : doc->text_list) add(t);
         if (doc->instruction) add(*doc->instruction);
       }
-      if (const auto* conv = std::get_if<train::ConversationRecord>(&*r)) {
-        // As the model reads it: the vicuna template's system prompt and roles are most of a conversation's
-        // text, and a vocabulary that never saw them spells them out letter by letter (155 tokens, not 40).
-        text::Conversation c(text::VicunaVariant::Train);
-        for (const auto& turn : conv->turns)
-          c.append((turn.from == "human" || turn.from == "user") ? text::Conversation::user_role() : text::Conversation::assistant_role(),
-                   turn.value);
-        add(c.prompt());
-      }
+      // As the model reads it: the vicuna template's system prompt and roles are most of a conversation's text,
+      // and a vocabulary that never saw them spells them out letter by letter (155 tokens instead of 48).
+      if (const auto* conv = std::get_if<train::ConversationRecord>(&*r)) add(train::conversation_prompt(*conv));
     }
   }
   DL_CHECK(!lines.empty(), "no text found under '", dir, "' (run dreamllm world gen first)");

@@ -70,7 +70,6 @@ Tensor unary(const Tensor& x_in, F f) {
   return y;
 }
 
-inline float sigmoid(float x) { return 1.f / (1.f + vec::exp_approx(-x)); }
 constexpr float kSqrt1_2 = 0.70710678118654752f;
 constexpr float kSqrt2OverPi = 0.79788456080286536f;
 constexpr float kInvSqrt2Pi = 0.39894228040143268f;
@@ -80,34 +79,24 @@ inline float gelu_erf_grad(float x) {
   return 0.5f * (1.f + std::erf(x * kSqrt1_2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
 }
 
-float act_forward(Act act, float x) {
-  switch (act) {
-    case Act::SiLU: return x * sigmoid(x);
-    case Act::GeluErf: return gelu_erf(x);
-    case Act::GeluTanh: return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
-    case Act::QuickGelu: return x * sigmoid(1.702f * x);
-  }
-  return 0.f;
+// SiLU (a = 1) and quick-GELU (a = 1.702) are x * sigmoid(a x): their gates are computed a block at a time by the
+// vectorised logistic function, then combined (activation, activation_backward). The GELUs go element by element.
+constexpr int64_t kGateBlock = 512;
+std::optional<float> gate_slope(Act act) {
+  if (act == Act::SiLU) return 1.f;
+  if (act == Act::QuickGelu) return 1.702f;
+  return std::nullopt;
 }
 
-float act_grad(Act act, float x) {
-  switch (act) {
-    case Act::SiLU: {
-      float s = sigmoid(x);
-      return s * (1.f + x * (1.f - s));
-    }
-    case Act::GeluErf: return gelu_erf_grad(x);
-    case Act::GeluTanh: {
-      float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
-      float t = std::tanh(u);
-      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * x * x);
-    }
-    case Act::QuickGelu: {
-      float s = sigmoid(1.702f * x);
-      return s + 1.702f * x * s * (1.f - s);
-    }
-  }
-  return 0.f;
+float gelu_forward(Act act, float x) {
+  if (act == Act::GeluErf) return gelu_erf(x);
+  return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x)));
+}
+
+float gelu_grad(Act act, float x) {
+  if (act == Act::GeluErf) return gelu_erf_grad(x);
+  const float t = std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x));
+  return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * 0.044715f * x * x);
 }
 
 // Sum of n values in fixed 4096-element chunks, chunks combined in order: independent of the thread count.
@@ -177,18 +166,9 @@ Tensor reduce_to_shape(const Tensor& g, const Shape& shape) {
   return r.reshape(shape);
 }
 
-// SiLU (a = 1) and quick-GELU (a = 1.702) are x * sigmoid(a x): their gates are computed a block at a time by the
-// vectorised logistic function, then combined.
-constexpr int64_t kGateBlock = 512;
-std::optional<float> gate_slope(Act act) {
-  if (act == Act::SiLU) return 1.f;
-  if (act == Act::QuickGelu) return 1.702f;
-  return std::nullopt;
-}
-
 Tensor activation(Act act, const Tensor& x_in) {
   const std::optional<float> a = gate_slope(act);
-  if (!a) return unary(x_in, [act](float v) { return act_forward(act, v); });
+  if (!a) return unary(x_in, [act](float v) { return gelu_forward(act, v); });
   Tensor x = x_in.to(DType::F32);
   Tensor y = Tensor::empty(x.shape());
   const float* xp = x.f32();
@@ -212,7 +192,7 @@ Tensor activation_backward(Act act, const Tensor& x_in, const Tensor& gy_in) {
   const std::optional<float> a = gate_slope(act);
   parallel_for(x.numel(), kGrain, [&](int64_t i0, int64_t i1) {
     if (!a) {
-      for (int64_t i = i0; i < i1; ++i) op[i] = gp[i] * act_grad(act, xp[i]);
+      for (int64_t i = i0; i < i1; ++i) op[i] = gp[i] * gelu_grad(act, xp[i]);
       return;
     }
     float s[kGateBlock];
