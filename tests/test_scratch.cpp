@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
 #include "io/config.h"
@@ -205,6 +206,14 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
                            (dir / "data/test/instruct.jsonl").string() + " -n 2 --steps 2");
   EXPECT_EQ(w.code, 0) << w.err;
   EXPECT_NE(w.out.find("documents: 2 written"), std::string::npos) << w.out;
+  {
+    std::ofstream(dir / "broken.jsonl") << "{\"instruction\": \"Draw\", \"text_list\": [\n";
+  }
+  const auto broken = test::cli("world eval-write -m " + (dir / "model").string() + " --instruct " +
+                                (dir / "broken.jsonl").string());
+  EXPECT_EQ(broken.code, 1);
+  EXPECT_NE(broken.err.find("broken.jsonl:1: skipped: invalid JSON"), std::string::npos) << broken.err;
+  EXPECT_NE(broken.err.find("holds no instruction documents"), std::string::npos) << broken.err;
   // The latent scale is written where diffusion reads it, as 1/std of the latents.
   const auto ws = test::cli("world eval-vae -m " + (dir / "model").string() + " --scenes " +
                             (dir / "data/test/scenes.jsonl").string() + " -n 3 --write-scale");

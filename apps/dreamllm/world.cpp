@@ -64,6 +64,15 @@ world::Rgb parse_rgb(const std::string& s) {
   return rgb;
 }
 
+// Malformed lines of a data file are skipped, each reported on stderr with its file and line.
+train::RecordReaderOptions reporting_skips() {
+  train::RecordReaderOptions ro;
+  ro.on_issue = [](const train::DataIssue& issue) {
+    std::fprintf(stderr, "%s: skipped: %s\n", issue.where().c_str(), issue.message.c_str());
+  };
+  return ro;
+}
+
 // Accuracy per attribute over many scored pictures.
 struct Tally {
   std::map<std::string, std::pair<int64_t, int64_t>> attributes;  // name -> (passed, checked)
@@ -130,11 +139,7 @@ int score_command(const std::string& image, const std::string& text, const std::
     return 0;
   }
   if (!pairs.empty()) {
-    train::RecordReaderOptions ro;
-    ro.on_issue = [](const train::DataIssue& issue) {
-      std::fprintf(stderr, "%s: skipped: %s\n", issue.where().c_str(), issue.message.c_str());
-    };
-    train::RecordReader reader(pairs, train::RecordFormat::Pair, ro);
+    train::RecordReader reader(pairs, train::RecordFormat::Pair, reporting_skips());
     Tally tally;
     while (auto record = reader.next()) {
       const auto& p = std::get<train::PairRecord>(*record);
@@ -286,7 +291,7 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
   const Model m(model, true);
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   const auto latent = draw.latent_size(m);
-  train::RecordReader reader(file, train::RecordFormat::Interleaved);
+  train::RecordReader reader(file, train::RecordFormat::Interleaved, reporting_skips());
   pipelines::WriteOptions o;
   o.text.max_new_tokens = 160;
   o.text.eos_token_id = m.tokenizer.eos_id();
