@@ -142,6 +142,35 @@ TEST(TrainLoss, BadBatchesAreRefusedWithAClearError) {
   EXPECT_NE(test::error_of([&] { objective(b, {}); }).find("do not match input_ids"), std::string::npos);
 }
 
+// The diffusion term's variants (tools/fixtures/make_train_fixtures.py, weighted.safetensors): Min-SNR-gamma
+// weighting and the v-prediction target, each with the gradients it sends into the LLM side.
+void check_weighted(const std::string& name, float snr_gamma, bool v_prediction) {
+  SCOPED_TRACE(name);
+  const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/weighted.safetensors");
+  Trainable t;
+  const std::string prefix = name + "/grad/";
+  for (const auto& [key, _] : f.tensors)
+    if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
+  ASSERT_EQ(t.params.size(), 3u);
+  io::SchedulerConfig scheduler = t.dir.scheduler_config();
+  if (v_prediction) scheduler.prediction_type = "v_prediction";
+  const train::DreamLLMObjective objective(t.model, t.head.unet, scheduler);
+  train::LossWeights w;
+  w.snr_gamma = snr_gamma;
+  const train::LossTerms r = objective(fixture_batch(), w);
+  EXPECT_NEAR(r.vm_loss, scalar(get(f, name + "/vm_loss")), 1e-4 * scalar(get(f, name + "/vm_loss")));
+  EXPECT_NEAR(scalar(r.loss.value()), scalar(get(f, name + "/loss")), 1e-4 * scalar(get(f, name + "/loss")));
+  r.loss.backward();
+  for (const auto& [n, v] : t.params) {
+    SCOPED_TRACE(n);
+    EXPECT_TRUE(grad_close(v.grad(), get(f, prefix + n)));
+  }
+}
+
+TEST(TrainLoss, MinSnrWeightingMatchesTheReference) { check_weighted("minsnr", 5.f, false); }
+TEST(TrainLoss, VPredictionTargetMatchesTheReference) { check_weighted("vpred", 0.f, true); }
+TEST(TrainLoss, VPredictionWithMinSnrMatchesTheReference) { check_weighted("vpred_minsnr", 5.f, true); }
+
 // The VAE stage's objective (a model built from scratch has no pretrained autoencoder): reconstruction + KL and the
 // gradient of every VAE parameter.
 TEST(TrainLoss, AutoencoderObjectiveMatchesTheReference) {

@@ -33,7 +33,7 @@ int train_main(int argc, char** argv) {
   std::string stage = "II", model, out, trainable, reinit, metrics;
   std::vector<std::string> data;
   train::TrainOptions o;
-  std::optional<float> lr, lm_weight, vm_weight;
+  std::optional<float> lr, lm_weight, vm_weight, snr_gamma;
   int threads = 0;
   bool quiet = false;
   app.add_option("--stage", stage, "I-a (creation alignment), I-b (comprehension alignment), II (interleaved "
@@ -87,6 +87,9 @@ int train_main(int argc, char** argv) {
   app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)");
   app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
   app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
+  app.add_option("--snr-gamma", snr_gamma,
+                 "Min-SNR-gamma weighting of the diffusion loss (e.g. 5; 0: off, the original's plain mean)")
+      ->check(CLI::NonNegativeNumber);
   int64_t stop_after = -1;
   app.add_option("--stop-after", stop_after,
                  "stop (with a checkpoint) after this optimizer step, e.g. to split a run into time slices; "
@@ -109,6 +112,7 @@ int train_main(int argc, char** argv) {
   if (lr) o.learning_rate = *lr;
   if (lm_weight) o.stage.weights.lm = *lm_weight;
   if (vm_weight) o.stage.weights.vm = *vm_weight;
+  if (snr_gamma) o.stage.weights.snr_gamma = *snr_gamma;
   if (kl_weight) o.stage.kl_weight = *kl_weight;
   if (!trainable.empty()) {
     o.stage.trainable.clear();

@@ -1,5 +1,6 @@
 #include "train/loss.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -36,7 +37,10 @@ Tensor shifted_targets(const Tensor& labels_in) {
 
 DreamLLMObjective::DreamLLMObjective(const models::DreamLLM& model, const models::UNet& unet,
                                      const io::SchedulerConfig& scheduler)
-    : model_(model), unet_(unet), noise_schedule_(diffusion::make_scheduler("ddpm", scheduler)) {}
+    : model_(model),
+      unet_(unet),
+      noise_schedule_(diffusion::make_scheduler("ddpm", scheduler)),
+      v_prediction_(scheduler.prediction_type == "v_prediction") {}
 
 Var DreamLLMObjective::unconditional_conditions() const {
   const auto& cfg = model_.config();
@@ -134,10 +138,36 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
     }
     // The DDPM forward process at integer timesteps (diffusers' add_noise, which also checks the range).
     const Tensor noisy = noise_schedule_->add_noise(batch.dm_latents, batch.noise, batch.timesteps);
-    const Tensor eps = batch.noise.to(DType::F32).contiguous();
+    Tensor target = batch.noise.to(DType::F32).contiguous();
+    const std::vector<float>& alphas = noise_schedule_->alphas_cumprod();
+    if (v_prediction_) {  // diffusers' get_velocity: v = sqrt(a_t) eps - sqrt(1 - a_t) x0
+      const Tensor x0 = batch.dm_latents.to(DType::F32).contiguous();
+      std::vector<float> v(size_t(target.numel()));
+      const int64_t n = target.numel() / M;
+      for (int64_t m = 0; m < M; ++m) {
+        const float a = alphas[size_t(batch.timesteps[size_t(m)])];
+        const float sa = std::sqrt(a), s1a = std::sqrt(1.f - a);
+        for (int64_t i = m * n; i < (m + 1) * n; ++i) v[size_t(i)] = sa * target.f32()[i] - s1a * x0.f32()[i];
+      }
+      target = Tensor::from_vector(v, target.shape());
+    }
     std::vector<float> tf(batch.timesteps.begin(), batch.timesteps.end());
-    const Var pred = unet_.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
-    vm = nn::mse(pred, Var(eps));
+    Var pred = unet_.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
+    Var goal(target);
+    if (w.snr_gamma > 0.f) {
+      // mean(w_m (pred - target)^2) as mse(sqrt(w_m) pred, sqrt(w_m) target): every target has the same size, so
+      // this is the batch mean of each target's weighted mean, as diffusers computes it.
+      std::vector<float> root(static_cast<size_t>(M));
+      for (int64_t m = 0; m < M; ++m) {
+        const double a = alphas[size_t(batch.timesteps[size_t(m)])], snr = a / (1.0 - a);
+        const double weight = std::min(snr, double(w.snr_gamma)) / (v_prediction_ ? snr + 1.0 : snr);
+        root[size_t(m)] = float(std::sqrt(weight));
+      }
+      const Var r(Tensor::from_vector(root, {M, 1, 1, 1}));
+      pred = nn::mul(pred, r);
+      goal = nn::mul(goal, r);
+    }
+    vm = nn::mse(pred, goal);
     out.vm_loss = vm.value().f32()[0];
   }
 

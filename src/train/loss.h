@@ -3,7 +3,8 @@
 //   L_lm = token-mean cross-entropy of logits[:, :-1] against labels[:, 1:] over every label != -100 in the whole
 //          batch (0 when there is none);
 //   L_vm = mean((UNet(x_t, t, projector(H at the Q rows after each <dream_start>)) - noise)^2), x_t the DDPM
-//          forward process of the scaled VAE latents at integer t;
+//          forward process of the scaled VAE latents at integer t (the target is v instead of the noise when the
+//          scheduler's prediction_type is v_prediction; optionally Min-SNR-weighted per target, see LossWeights);
 //   loss = w_lm * L_lm + w_vm * L_vm.
 // The diffusion term is differentiated through the frozen UNet into the condition projector, the dream queries and
 // the LLM: the UNet's parameters are frozen leaves, so they get no gradient buffers while the chain rule passes them.
@@ -38,6 +39,10 @@ struct Batch {
 
 struct LossWeights {
   float lm = 1.f, vm = 10.f;
+  // Min-SNR-gamma weighting of the diffusion term (Hang et al. 2023, diffusers' --snr_gamma): each target's mean
+  // squared error is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v-prediction) before the
+  // batch mean. 0: off, the original's plain mean.
+  float snr_gamma = 0.f;
 };
 
 struct LossTerms {
@@ -65,6 +70,7 @@ class DreamLLMObjective {
   const models::DreamLLM& model_;
   const models::UNet& unet_;
   std::unique_ptr<diffusion::Scheduler> noise_schedule_;  // DDPM, as the original trains
+  bool v_prediction_ = false;  // the UNet predicts v = sqrt(a) eps - sqrt(1 - a) x0 instead of eps
 };
 
 // The VAE trained as Stable Diffusion's autoencoder was, less its perceptual and adversarial terms:
