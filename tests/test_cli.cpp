@@ -63,6 +63,31 @@ TEST(Cli, AskAnswersAsTheEvaluationTemplateDoes) {
   EXPECT_EQ(cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1").out, r.out);
 }
 
+TEST(Cli, AskWithTheTrainingTemplateAnswersAsTheTrainingLayoutReads) {
+  Scratch s;
+  const std::string img = test_image(s);
+  const CliResult r = cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1 --template train");
+  ASSERT_EQ(r.code, 0) << r.err;
+  // The training conversations' layout: no leading space, the image span then a newline before the question.
+  const io::ModelDir dir = io::ModelDir::open(kModel);
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const text::Tokenizer tok = text::Tokenizer::load(kModel);
+  text::Conversation conv(text::VicunaVariant::Train);
+  conv.append_user(text::image_span_text(int(m.image_tokens())) + "\nWhat shape is it?");
+  conv.append_assistant(std::nullopt);
+  const std::vector<int32_t> ids = tok.encode(conv.generation_prompt());
+  const Tensor px = io::clip_preprocess(io::read_image(img), io::clip_preprocess_config(dir));
+  pipelines::GenerationConfig gc;
+  gc.max_new_tokens = 10;
+  gc.eos_token_id = tok.eos_id();
+  const auto res = pipelines::generate_text(m, {ids}, px.reshape({1, 3, 28, 28}), gc);
+  EXPECT_EQ(r.out, tok.decode(res.tokens[0]) + "\n");
+  // An explicit placeholder puts the span where it stands, and nothing is added.
+  EXPECT_EQ(cli("ask -m " + kModel + " -i " + img + " -p '<image>\nWhat shape is it?' -n 10 -t 1 --template train").out,
+            r.out);
+  EXPECT_EQ(cli("ask -m " + kModel + " -p hi --template chatml").code, 2);
+}
+
 TEST(Cli, CreateIsReproducibleBySeed) {
   Scratch s;
   const CliResult a = cli("create -m " + kModel + " -p 'a red circle' -o " + (s / "a.png") + " -n 2 --steps 4 --seed 3");

@@ -162,6 +162,21 @@ TEST(Scratch, AFreshModelDirectoryLoadsRunsAndIsInitialisedAsTheOriginals) {
   fs::remove_all(dir);
 }
 
+// The world's CLIP patch size: 8 px by default at 32 px (16 patches), 4 px on request (64 patches), and sizes that do
+// not tile the picture are refused by name.
+TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
+  EXPECT_EQ(world::tiny_spec(32).clip.patch_size, 8);
+  EXPECT_EQ(world::tiny_spec(32, 4).clip.patch_size, 4);
+  EXPECT_EQ(world::tiny_spec(64, 8).clip.num_patches(), 64);
+  for (int64_t bad : {5, 1, 64}) {
+    SCOPED_TRACE(bad);
+    EXPECT_NE(test::error_of([&] { world::tiny_spec(32, bad); }).find("CLIP patches of " + std::to_string(bad)),
+              std::string::npos);
+  }
+  const auto r = test::cli("world init -d /nonexistent -o /tmp/x --patch -3");
+  EXPECT_EQ(r.code, 2) << r.err;
+}
+
 // The shapes world's fresh model: its tokenizer covers every word of the world's text (no <unk>), and the model
 // directory loads with the world's sizes.
 TEST(Scratch, TheWorldModelStartsFromItsOwnData) {

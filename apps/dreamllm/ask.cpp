@@ -1,5 +1,6 @@
-// `dreamllm ask`: image(s) + question -> answer, with the vicuna v1.1 template of the original VQA evaluation
-// (omni/eval/vqa: " <system> USER: <system prompt><image span>...<question> ASSISTANT:"), streamed.
+// `dreamllm ask`: image(s) + question -> answer, streamed, with the vicuna v1.1 template of the original VQA
+// evaluation (omni/eval/vqa: " <system> USER: <system prompt><image span>...<question> ASSISTANT:"), or with
+// --template train the training conversations' layout ("<system> USER: <image span>\n<question> ASSISTANT:").
 #include <cstdio>
 
 #include "cli_common.h"
@@ -13,7 +14,7 @@ namespace dl::app {
 
 int ask_main(int argc, char** argv) {
   CLI::App app("Answer a question about images (or plain text) with DreamLLM.", "ask");
-  std::string model, question, system_prompt, post_prompt;
+  std::string model, question, system_prompt, post_prompt, layout = "eval";
   std::vector<std::string> images;
   int threads = 0;
   TextOptions text;
@@ -22,6 +23,12 @@ int ask_main(int argc, char** argv) {
   app.add_option("-p,--prompt", question, "the question")->required();
   app.add_option("--system", system_prompt, "text before the images in the user turn (the benchmarks' system prompt)");
   app.add_option("--post-prompt", post_prompt, "text the answer starts with (e.g. \"The image depicts\")");
+  app.add_option("--template", layout,
+                 "eval: the original VQA evaluation's template (leading space, the question right after the images); "
+                 "train: the training conversations' (as omni/conversation renders them, the question on a new line "
+                 "after the images), for models that only saw that one, such as the shapes world's")
+      ->check(CLI::IsMember({"eval", "train"}))
+      ->capture_default_str();
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   text.add_to(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
@@ -29,10 +36,18 @@ int ask_main(int argc, char** argv) {
 
   const Model m(model, false);
   const Tensor pixels = load_pixels(m, images);
-  std::string user = system_prompt + place_images(m, question, images.size());
-  text::Conversation conv(text::VicunaVariant::Eval);
+  const bool train_layout = layout == "train";
+  // The training layout puts "<image>\n" before a question that names no image position (LLaVA's data format).
+  const bool placed = question.find(text::kImageToken) != std::string::npos;
+  const std::string asked = train_layout && !placed && !images.empty() ? "\n" + question : question;
+  std::string user = system_prompt + place_images(m, asked, images.size());
+  text::Conversation conv(train_layout ? text::VicunaVariant::Train : text::VicunaVariant::Eval);
   conv.append_user(user);
-  conv.append_assistant(post_prompt);
+  // An empty message is an open turn in the evaluation template but content in the training one ("ASSISTANT: ").
+  if (post_prompt.empty())
+    conv.append_assistant(std::nullopt);
+  else
+    conv.append_assistant(post_prompt);
   const std::vector<int32_t> ids = m.tokenizer.encode(conv.generation_prompt());
   const int64_t limit = m.dir.config().llm.max_position_embeddings;
   DL_CHECK(int64_t(ids.size()) < limit, "the prompt has ", ids.size(), " tokens; the model supports ", limit);

@@ -515,7 +515,7 @@ int world_main(int argc, char** argv) {
   r->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
 
   std::string init_data, init_out;
-  int64_t init_size = 32, init_seed = 0;
+  int64_t init_size = 32, init_seed = 0, init_patch = 0;
   int vocab = 512;
   CLI::App* in = app.add_subcommand("init", "a fresh tiny DreamLLM for the world: tokenizer trained on DATA/train, "
                                             "random weights initialised as the original libraries do");
@@ -524,6 +524,8 @@ int world_main(int argc, char** argv) {
   in->add_option("--size", init_size, "picture side (32 or 64)")->capture_default_str();
   in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
   in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
+  in->add_option("--patch", init_patch, "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
+      ->check(CLI::NonNegativeNumber);
 
   std::string ev_model, ev_scenes, ev_save;
   int64_t ev_limit = 200;
@@ -588,7 +590,7 @@ int world_main(int argc, char** argv) {
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
   if (in->parsed()) {
-    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed));
+    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_patch);
     std::printf("%s\n", init_out.c_str());
     return 0;
   }

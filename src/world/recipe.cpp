@@ -11,9 +11,12 @@ namespace dl::world {
 
 namespace fs = std::filesystem;
 
-train::ScratchSpec tiny_spec(int64_t image_size) {
+train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size) {
   DL_CHECK(image_size == 32 || image_size == 64, "the tiny world model is sized for 32 or 64 px pictures, not ",
            image_size);
+  if (patch_size == 0) patch_size = image_size / 4;  // 16 patches
+  DL_CHECK(patch_size >= 2 && image_size % patch_size == 0 && image_size / patch_size <= 16, "CLIP patches of ",
+           patch_size, " px do not tile a ", image_size, " px picture into at most 16 x 16 patches");
   train::ScratchSpec s;
   s.llm.hidden_size = 128;
   s.llm.intermediate_size = 344;
@@ -26,7 +29,7 @@ train::ScratchSpec tiny_spec(int64_t image_size) {
   s.clip.num_hidden_layers = 4;
   s.clip.num_attention_heads = 4;
   s.clip.image_size = image_size;
-  s.clip.patch_size = image_size / 4;  // 16 patches
+  s.clip.patch_size = patch_size;
   s.vae.block_out_channels = {32, 64, 64};  // 4x downsampling: 8x8 latents at 32 px
   s.vae.down_block_types = {3, "DownEncoderBlock2D"};
   s.vae.up_block_types = {3, "UpDecoderBlock2D"};
@@ -91,9 +94,9 @@ std::vector<std::string> training_text(const std::string& dir) {
 }
 
 void init_model(const std::string& data_dir, const std::string& out, int64_t image_size, int vocab_size,
-                uint64_t seed) {
+                uint64_t seed, int64_t patch_size) {
   const std::vector<std::string> text = training_text((fs::path(data_dir) / "train").string());
-  train::create_model_dir(out, tiny_spec(image_size), text::train_sentencepiece(text, vocab_size), seed);
+  train::create_model_dir(out, tiny_spec(image_size, patch_size), text::train_sentencepiece(text, vocab_size), seed);
 }
 
 }  // namespace dl::world
