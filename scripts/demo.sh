@@ -17,5 +17,5 @@ $D write -m "$M" -o out/demo.html --steps 25 --sampler dpmpp2m --max-images 3 \
   "$@"
 echo "== dreamllm ask: a question about a picture of the world"
 $D world render -p "a large yellow triangle at the center and a small green cross at the top right" -o out/scene.png
-$D ask -m "$M" -i out/scene.png -p "What colour is the triangle?" -n 8
+$D ask -m "$M" --template train -i out/scene.png -p "What colour is the triangle?" -n 8
 echo "== open out/demo.html to read the document with its pictures"

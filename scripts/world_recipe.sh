@@ -4,13 +4,13 @@
 #   bash scripts/world_recipe.sh [OUT]          (default OUT: runs/world)
 # Stages (docs/shapes_world.md says why this order):
 #   data   dreamllm world gen: 10000 training and 500 held-out scenes
-#   init   dreamllm world init: the SentencePiece vocabulary and fresh weights
+#   init   dreamllm world init: the SentencePiece vocabulary and fresh weights (CLIP patches of PATCH px, default 8: 16 image tokens)
 #   vae    the autoencoder (reconstruction + KL), then the latent scale set to 1/std as SD's was chosen
 #   see    comprehension alignment (stage I-b) with the LLM learning language and reading a random ViT,
 #          then the vision tower joins at a fifth of the rate
 #   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions
-#   II     interleaved generative pretraining (documents and pairs)
-#   III    supervised fine-tuning (VQA, drawing conversations, instructions)
+#   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
+#   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, DRAW_STEPS, II_STEPS,
 # III_STEPS); THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
 set -euo pipefail
@@ -45,7 +45,7 @@ fi
 if run_stage init; then
   say "init"
   rm -rf "$OUT/init"
-  "$D" world init -d "$W" -o "$OUT/init" | tee -a "$LOG"
+  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" | tee -a "$LOG"
 fi
 if run_stage vae; then
   say "vae"
@@ -74,13 +74,14 @@ if run_stage II; then
   say "stage II"
   rm -rf "$OUT/II"
   train --stage II -m "$OUT/draw" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/II" \
-    -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1
+    -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
+    --trainable llm,vision_projector,dream_queries,condition_projector,unet
 fi
 if run_stage III; then
   say "stage III"
   rm -rf "$OUT/model"
   train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
-    --data "$W/train/instruct.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
+    --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
     --warmup-ratio 0.03 --cond-dropout 0.1
 fi
 say "trained: $OUT/model"
