@@ -11,7 +11,9 @@
 # weight 10 (the paper's), so the runs differ only in their data. Then every model is measured on the same held-out
 # VQA, captions and creation prompts, and the table is written to OUT/synergy.md.
 #   bash scripts/world_synergy.sh [RUN] [OUT]     (defaults: runs/world, RUN/synergy)
-# Environment: STEPS (default 1000, batch 16 each), THREADS, N_VQA / N_CAPTIONS / N_CREATE (held-out sizes).
+# Environment: STEPS (default 1000, batch 16 each), THREADS, N_VQA / N_CAPTIONS / N_CREATE (held-out sizes),
+# START (the model every arm starts from; default RUN/vae, e.g. RUN/see for a model that already reads), ARMS
+# (a subset of: creation comprehension joint joint_vm1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/world}
@@ -21,12 +23,13 @@ T=${THREADS:-0}
 STEPS=${STEPS:-1000}
 W="$RUN/data"
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
-for need in "$W/train/pairs.jsonl" "$W/train/vqa.json" "$W/test/scenes.jsonl" "$RUN/vae/config.json"; do
+for need in "$W/train/pairs.jsonl" "$W/train/vqa.json" "$W/test/scenes.jsonl" "${START:-$RUN/vae}/config.json"; do
   [ -e "$need" ] || { echo "world_synergy: $need is missing (run scripts/world_recipe.sh first)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
 LOG="$OUT/synergy.log"
-common=(-t "$T" -q -m "$RUN/vae" -b 16 --max-steps "$STEPS" --lr 1e-3 --warmup-ratio 0.03 --reinit none
+START=${START:-$RUN/vae}
+common=(-t "$T" -q -m "$START" -b 16 --max-steps "$STEPS" --lr 1e-3 --warmup-ratio 0.03 --reinit none
   --trainable llm,vision_projector,dream_queries,condition_projector,unet --lm-weight 1
   --cond-dropout 0.1 --snr-gamma 5 --seed 11)
 # joint_vm1 is the joint run with the diffusion term weighted 1 instead of the paper's 10 (the LM's share of the
@@ -35,7 +38,7 @@ declare -A stage=([creation]=I-a [comprehension]=I-b [joint]=II [joint_vm1]=II)
 declare -A vm=([creation]=10 [comprehension]=10 [joint]=10 [joint_vm1]=1)
 declare -A data=([creation]="$W/train/pairs.jsonl:pair" [comprehension]="$W/train/vqa.json $W/train/pairs.jsonl:pair"
   [joint]="$W/train/vqa.json $W/train/pairs.jsonl:pair" [joint_vm1]="$W/train/vqa.json $W/train/pairs.jsonl:pair")
-runs=(creation comprehension joint joint_vm1)
+read -r -a runs <<< "${ARMS:-creation comprehension joint joint_vm1}"
 for r in "${runs[@]}"; do
   if [ -f "$OUT/$r/config.json" ] && [ -z "${FORCE:-}" ]; then echo "== $r: kept (FORCE=1 retrains)" | tee -a "$LOG"; continue; fi
   rm -rf "${OUT:?}/$r"
