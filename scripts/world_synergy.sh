@@ -23,12 +23,12 @@ T=${THREADS:-0}
 STEPS=${STEPS:-1000}
 W="$RUN/data"
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
-for need in "$W/train/pairs.jsonl" "$W/train/vqa.json" "$W/test/scenes.jsonl" "${START:-$RUN/vae}/config.json"; do
+START=${START:-$RUN/vae}
+for need in "$W/train/pairs.jsonl" "$W/train/vqa.json" "$W/test/scenes.jsonl" "$START/config.json"; do
   [ -e "$need" ] || { echo "world_synergy: $need is missing (run scripts/world_recipe.sh first)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
 LOG="$OUT/synergy.log"
-START=${START:-$RUN/vae}
 common=(-t "$T" -q -m "$START" -b 16 --max-steps "$STEPS" --lr 1e-3 --warmup-ratio 0.03 --reinit none
   --trainable llm,vision_projector,dream_queries,condition_projector,unet --lm-weight 1
   --cond-dropout 0.1 --snr-gamma 5 --seed 11)
@@ -36,8 +36,8 @@ common=(-t "$T" -q -m "$START" -b 16 --max-steps "$STEPS" --lr 1e-3 --warmup-rat
 # shared LLM's gradient is what that weight sets; a single-loss run is nearly indifferent to it under AdamW).
 declare -A stage=([creation]=I-a [comprehension]=I-b [joint]=II [joint_vm1]=II)
 declare -A vm=([creation]=10 [comprehension]=10 [joint]=10 [joint_vm1]=1)
-declare -A data=([creation]="$W/train/pairs.jsonl:pair" [comprehension]="$W/train/vqa.json $W/train/pairs.jsonl:pair"
-  [joint]="$W/train/vqa.json $W/train/pairs.jsonl:pair" [joint_vm1]="$W/train/vqa.json $W/train/pairs.jsonl:pair")
+both="$W/train/vqa.json $W/train/pairs.jsonl:pair"
+declare -A data=([creation]="$W/train/pairs.jsonl:pair" [comprehension]="$both" [joint]="$both" [joint_vm1]="$both")
 read -r -a runs <<< "${ARMS:-creation comprehension joint joint_vm1}"
 for r in "${runs[@]}"; do
   if [ -f "$OUT/$r/config.json" ] && [ -z "${FORCE:-}" ]; then echo "== $r: kept (FORCE=1 retrains)" | tee -a "$LOG"; continue; fi

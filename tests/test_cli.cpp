@@ -43,23 +43,31 @@ std::string test_image(const Scratch& s) {
   return p;
 }
 
+// What the library answers (greedy, 10 tokens) for one image and the prompt `render` makes from the model's image
+// span length: the reference `ask` is checked against.
+template <typename Render>
+std::string library_answer(const std::string& img, Render render) {
+  const io::ModelDir dir = io::ModelDir::open(kModel);
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const text::Tokenizer tok = text::Tokenizer::load(kModel);
+  const std::vector<int32_t> ids = tok.encode(render(int(m.image_tokens())));
+  const Tensor px = io::clip_preprocess(io::read_image(img), io::clip_preprocess_config(dir));
+  pipelines::GenerationConfig gc;
+  gc.max_new_tokens = 10;
+  gc.eos_token_id = tok.eos_id();
+  const auto res = pipelines::generate_text(m, {ids}, px.reshape({1, 3, 28, 28}), gc);
+  return tok.decode(res.tokens[0]);
+}
+
 TEST(Cli, AskAnswersAsTheEvaluationTemplateDoes) {
   Scratch s;
   const std::string img = test_image(s);
   const CliResult r = cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1");
   ASSERT_EQ(r.code, 0) << r.err;
   // The same question through the library: eval template, one image span, greedy.
-  const io::ModelDir dir = io::ModelDir::open(kModel);
-  const models::DreamLLM m = models::DreamLLM::load(dir);
-  const text::Tokenizer tok = text::Tokenizer::load(kModel);
-  const std::vector<int32_t> ids =
-      tok.encode(text::vqa_prompt("", "What shape is it?", "", "", int(m.image_tokens())));
-  const Tensor px = io::clip_preprocess(io::read_image(img), io::clip_preprocess_config(dir));
-  pipelines::GenerationConfig gc;
-  gc.max_new_tokens = 10;
-  gc.eos_token_id = tok.eos_id();
-  const auto res = pipelines::generate_text(m, {ids}, px.reshape({1, 3, 28, 28}), gc);
-  EXPECT_EQ(r.out, tok.decode(res.tokens[0]) + "\n");
+  EXPECT_EQ(r.out, library_answer(img, [](int patches) {
+              return text::vqa_prompt("", "What shape is it?", "", "", patches);
+            }) + "\n");
   EXPECT_EQ(cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1").out, r.out);
 }
 
@@ -69,19 +77,12 @@ TEST(Cli, AskWithTheTrainingTemplateAnswersAsTheTrainingLayoutReads) {
   const CliResult r = cli("ask -m " + kModel + " -i " + img + " -p 'What shape is it?' -n 10 -t 1 --template train");
   ASSERT_EQ(r.code, 0) << r.err;
   // The training conversations' layout: no leading space, the image span then a newline before the question.
-  const io::ModelDir dir = io::ModelDir::open(kModel);
-  const models::DreamLLM m = models::DreamLLM::load(dir);
-  const text::Tokenizer tok = text::Tokenizer::load(kModel);
-  text::Conversation conv(text::VicunaVariant::Train);
-  conv.append_user(text::image_span_text(int(m.image_tokens())) + "\nWhat shape is it?");
-  conv.append_assistant(std::nullopt);
-  const std::vector<int32_t> ids = tok.encode(conv.generation_prompt());
-  const Tensor px = io::clip_preprocess(io::read_image(img), io::clip_preprocess_config(dir));
-  pipelines::GenerationConfig gc;
-  gc.max_new_tokens = 10;
-  gc.eos_token_id = tok.eos_id();
-  const auto res = pipelines::generate_text(m, {ids}, px.reshape({1, 3, 28, 28}), gc);
-  EXPECT_EQ(r.out, tok.decode(res.tokens[0]) + "\n");
+  EXPECT_EQ(r.out, library_answer(img, [](int patches) {
+              text::Conversation conv(text::VicunaVariant::Train);
+              conv.append_user(text::image_span_text(patches) + "\nWhat shape is it?");
+              conv.append_assistant(std::nullopt);
+              return conv.generation_prompt();
+            }) + "\n");
   // An explicit placeholder puts the span where it stands, and nothing is added.
   EXPECT_EQ(cli("ask -m " + kModel + " -i " + img + " -p '<image>\nWhat shape is it?' -n 10 -t 1 --template train").out,
             r.out);

@@ -59,6 +59,11 @@ struct Trainable {
     v.set_requires_grad(true);
     params[name] = v;
   }
+  // Makes trainable every parameter named by a fixture tensor "<prefix><NAME>".
+  void train_listed(const io::SafetensorsFile& f, const std::string& prefix) {
+    for (const auto& [key, _] : f.tensors)
+      if (key.rfind(prefix, 0) == 0) train(key.substr(prefix.size()));
+  }
 };
 
 train::Batch fixture_batch() {
@@ -90,8 +95,7 @@ void check_case(const std::string& name, train::LossWeights w, bool recompute = 
   Trainable t;
   t.model.set_gradient_checkpointing(recompute);
   const std::string prefix = name + "/grad/";
-  for (const auto& [key, _] : loss_fixture().tensors)
-    if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
+  t.train_listed(loss_fixture(), prefix);
   ASSERT_GT(t.params.size(), 200u);
   const train::DreamLLMObjective objective(t.model, t.head.unet, t.dir.scheduler_config());
   const train::LossTerms r = objective(fixture_batch(), w);
@@ -149,8 +153,7 @@ void check_weighted(const std::string& name, float snr_gamma, bool v_prediction)
   const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/weighted.safetensors");
   Trainable t;
   const std::string prefix = name + "/grad/";
-  for (const auto& [key, _] : f.tensors)
-    if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
+  t.train_listed(f, prefix);
   ASSERT_EQ(t.params.size(), 3u);
   io::SchedulerConfig scheduler = t.dir.scheduler_config();
   if (v_prediction) scheduler.prediction_type = "v_prediction";
@@ -177,8 +180,7 @@ TEST(TrainLoss, AutoencoderObjectiveMatchesTheReference) {
   const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/vae.safetensors");
   Trainable t;
   const std::string prefix = "grad/";
-  for (const auto& [key, _] : f.tensors)
-    if (key.rfind(prefix, 0) == 0) t.train(key.substr(prefix.size()));
+  t.train_listed(f, prefix);
   ASSERT_GT(t.params.size(), 40u);
   train::Batch b;
   b.dm_images = get(f, "x");
