@@ -177,6 +177,28 @@ TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
   EXPECT_EQ(r.code, 2) << r.err;
 }
 
+// `world init --unet-text-embedding`: the UNet gets diffusers' "text" addition embedding, initialised as
+// PyTorch does (the pooling's position randn / sqrt(width)), and the model directory loads and runs.
+TEST(Scratch, TheWorldUNetCanPoolTheCondition) {
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_pool_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  train::create_model_dir(dir.string(), world::tiny_spec(32, 0, true), text::train_sentencepiece(corpus(), 300), 2);
+  const io::ModelDir md = io::ModelDir::open(dir.string());
+  EXPECT_EQ(md.unet_config().addition_embed_type, "text");
+  EXPECT_EQ(md.unet_config().addition_embed_type_num_heads, 4);
+  const auto w = md.load();
+  EXPECT_NEAR(stddev(w.at("stable_diffusion_head.unet.add_embedding.pool.positional_embedding").to(DType::F32)),
+              1.0 / 8.0, 0.03);
+  EXPECT_EQ(w.at("stable_diffusion_head.unet.add_embedding.norm2.weight").to(DType::F32).to_vector()[0], 1.f);
+  nn::NoGradGuard ng;
+  const pipelines::DiffusionHead head(md);
+  const Tensor eps = head.unet.forward(nn::Var(Tensor::zeros({1, 4, 8, 8})), Tensor::from_vector({500.f}, {1}),
+                                       nn::Var(Tensor::full({1, 8, 64}, 0.5f))).value();
+  EXPECT_EQ(eps.shape(), Shape({1, 4, 8, 8}));
+  EXPECT_TRUE(world::tiny_spec(32).unet.addition_embed_type.empty());  // off by default, as in SD
+  fs::remove_all(dir);
+}
+
 // The shapes world's fresh model: its tokenizer covers every word of the world's text (no <unk>), and the model
 // directory loads with the world's sizes.
 TEST(Scratch, TheWorldModelStartsFromItsOwnData) {

@@ -147,6 +147,55 @@ TEST(UNet, BadInputsAreClearErrors) {
             std::string::npos);
 }
 
+// diffusers' addition_embed_type "text": tools/fixtures/make_unet_text_embed_fixture.py.
+TEST(UNet, TextTimeEmbeddingMatchesReference) {
+  const std::string d = kRoot + "/text_embed";
+  const io::UNetConfig cfg = io::parse_unet_config(io::read_text_file(d + "/unet/config.json"), "text_embed config");
+  EXPECT_EQ(cfg.addition_embed_type, "text");
+  EXPECT_EQ(cfg.addition_embed_type_num_heads, 3);
+  const io::SafetensorsFile f = io::read_safetensors(d + "/reference.safetensors");
+  io::StateDict sd;
+  for (const auto& [n, t] : f.tensors)
+    if (n.starts_with("unet.")) sd.emplace(n, t);
+  io::Layout expected;
+  for (const auto& [n, s] : io::unet_layout(cfg)) expected.emplace_back("unet." + n, s);
+  io::check_against_layout(sd, expected, {}, "text_embed weights");
+  EXPECT_EQ(sd.size(), expected.size());
+  models::ParameterSet params;
+  params.adopt(sd, "");
+  for (const auto& [name, p] : params.all()) const_cast<nn::Var&>(p).set_requires_grad(true);
+  models::UNet unet(cfg, params, "unet.");
+  const Tensor t = f.tensors.at("ref/timesteps"), ctx = f.tensors.at("ref/context");
+  const nn::Var x(f.tensors.at("ref/sample"));
+  const nn::Var eps = unet.forward(x, t, nn::Var(ctx));
+  EXPECT_TRUE(test::close_rel(eps.value(), f.tensors.at("ref/eps")));
+  {
+    nn::NoGradGuard ng;
+    const Tensor other = unet.forward(x, t, nn::Var(f.tensors.at("ref/other_context"))).value();
+    EXPECT_TRUE(test::close_rel(other, f.tensors.at("ref/eps_other_context")));
+    EXPECT_FALSE(test::close_rel(other, eps.value()));
+  }
+  nn::sum_all(eps).backward();
+  for (const char* n : {"unet.add_embedding.pool.positional_embedding", "unet.add_embedding.pool.q_proj.weight",
+                        "unet.add_embedding.norm1.weight", "unet.add_embedding.proj.weight"}) {
+    const Tensor& g = params.at(n).grad();
+    ASSERT_TRUE(g.defined()) << n;
+    EXPECT_TRUE(all_finite(g)) << n;
+  }
+  // Other values are refused by name; so is a head count that does not divide the context width.
+  std::string text = io::read_text_file(d + "/unet/config.json");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = text;
+    s.replace(s.find(from), from.size(), to);
+    return test::error_of([&] { io::parse_unet_config(s, "cfg"); });
+  };
+  EXPECT_NE(with("\"text\"", "\"text_image\"").find("addition_embed_type 'text_image' is not supported"),
+            std::string::npos);
+  EXPECT_NE(with("\"addition_embed_type_num_heads\": 3", "\"addition_embed_type_num_heads\": 5")
+                .find("not divisible into 5 addition_embed_type_num_heads"),
+            std::string::npos);
+}
+
 TEST(Vae, EncodeAndDecodeMatchReference) {
   nn::NoGradGuard ng;
   for (const auto& [dtype, tag] : {std::pair{DType::F32, "f32"}, std::pair{DType::BF16, "bf16"}}) {

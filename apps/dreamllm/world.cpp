@@ -526,6 +526,10 @@ int world_main(int argc, char** argv) {
   in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
   in->add_option("--patch", init_patch, "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
       ->check(CLI::NonNegativeNumber);
+  bool init_text_embedding = false;
+  in->add_flag("--unet-text-embedding", init_text_embedding,
+               "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "
+               "time embedding of every resnet");
 
   std::string ev_model, ev_scenes, ev_save;
   int64_t ev_limit = 200;
@@ -590,7 +594,7 @@ int world_main(int argc, char** argv) {
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
   if (in->parsed()) {
-    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_patch);
+    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_patch, init_text_embedding);
     std::printf("%s\n", init_out.c_str());
     return 0;
   }

@@ -116,6 +116,14 @@ Layout unet_layout(const UNetConfig& c) {
   b.conv("conv_in", ch[0], c.in_channels, 3);
   b.linear("time_embedding.linear_1", temb, ch[0]);
   b.linear("time_embedding.linear_2", temb, temb);
+  if (c.addition_embed_type == "text") {
+    const int64_t D = c.cross_attention_dim;
+    b.norm("add_embedding.norm1", D);
+    b.add("add_embedding.pool.positional_embedding", {1, D});
+    for (const char* proj : {"k_proj", "q_proj", "v_proj"}) b.linear(std::string("add_embedding.pool.") + proj, D, D);
+    b.linear("add_embedding.proj", temb, D);
+    b.norm("add_embedding.norm2", temb);
+  }
   int64_t out_c = ch[0];
   for (size_t i = 0; i < n; ++i) {
     const int64_t in_c = out_c;

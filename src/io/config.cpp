@@ -261,7 +261,11 @@ UNetConfig parse_unet_config(const std::string& text, const std::string& what) {
   f.opt("act_fn", c.act_fn, &Fields::string);
   DL_CHECK(!c.only_cross_attention, what, ": only_cross_attention is not supported");
   DL_CHECK(c.act_fn == "silu", what, ": act_fn '", c.act_fn, "' is not supported");
-  for (const char* k : {"class_embed_type", "addition_embed_type", "encoder_hid_dim"})
+  f.opt("addition_embed_type", c.addition_embed_type, &Fields::string);
+  f.opt("addition_embed_type_num_heads", c.addition_embed_type_num_heads, &Fields::integer);
+  DL_CHECK(c.addition_embed_type.empty() || c.addition_embed_type == "text", what, ": addition_embed_type '",
+           c.addition_embed_type, "' is not supported (only \"text\")");
+  for (const char* k : {"class_embed_type", "encoder_hid_dim"})
     DL_CHECK(!f.has(k), what, ": '", k, "' (extra conditioning) is not supported");
   check_positive(what, "in_channels", c.in_channels, 1024);
   check_positive(what, "out_channels", c.out_channels, 1024);
@@ -276,6 +280,12 @@ UNetConfig parse_unet_config(const std::string& text, const std::string& what) {
              " is not divisible by norm_num_groups ", c.norm_num_groups);
     DL_CHECK(c.block_out_channels[i] % c.num_attention_heads[i] == 0, what, ": block ", i, " has ",
              c.block_out_channels[i], " channels, not divisible into ", c.num_attention_heads[i], " heads");
+  }
+  if (!c.addition_embed_type.empty()) {
+    check_positive(what, "addition_embed_type_num_heads", c.addition_embed_type_num_heads, 1024);
+    DL_CHECK(c.cross_attention_dim % c.addition_embed_type_num_heads == 0, what, ": cross_attention_dim ",
+             c.cross_attention_dim, " is not divisible into ", c.addition_embed_type_num_heads,
+             " addition_embed_type_num_heads");
   }
   return c;
 }
@@ -409,7 +419,7 @@ std::string to_json(const ClipVisionConfig& c) {
 }
 
 std::string to_json(const UNetConfig& c) {
-  return dump({{"_class_name", "UNet2DConditionModel"},
+  json j = {{"_class_name", "UNet2DConditionModel"},
                {"_diffusers_version", "0.24.0"},
                {"in_channels", c.in_channels},
                {"out_channels", c.out_channels},
@@ -429,7 +439,12 @@ std::string to_json(const UNetConfig& c) {
                {"upcast_attention", c.upcast_attention},
                {"freq_shift", c.freq_shift},
                {"downsample_padding", c.downsample_padding},
-               {"act_fn", c.act_fn}});
+               {"act_fn", c.act_fn}};
+  if (!c.addition_embed_type.empty()) {
+    j["addition_embed_type"] = c.addition_embed_type;
+    j["addition_embed_type_num_heads"] = c.addition_embed_type_num_heads;
+  }
+  return dump(j);
 }
 
 std::string to_json(const VaeConfig& c) {

@@ -56,6 +56,10 @@ struct UNetConfig {
   bool use_linear_projection = true, flip_sin_to_cos = true, upcast_attention = false, only_cross_attention = false;
   int64_t freq_shift = 0, downsample_padding = 1;
   std::string act_fn = "silu";
+  // diffusers' addition_embed_type "text" (TextTimeEmbedding): the context, attention-pooled to one vector, is
+  // added to the time embedding, so every resnet sees the condition. Empty: off, as in SD.
+  std::string addition_embed_type;
+  int64_t addition_embed_type_num_heads = 64;
   int64_t time_embed_dim() const { return block_out_channels.at(0) * 4; }
 };
 

@@ -128,6 +128,29 @@ Var Transformer2D::operator()(const Var& x, const Var& context) const {
   return nn::add(h, x);
 }
 
+TextTimeEmbedding::TextTimeEmbedding(const ParameterSet& p, const std::string& n, int64_t heads_)
+    : norm1_w(p.at(n + ".norm1.weight")),
+      norm1_b(p.at(n + ".norm1.bias")),
+      position(p.at(n + ".pool.positional_embedding")),
+      norm2_w(p.at(n + ".norm2.weight")),
+      norm2_b(p.at(n + ".norm2.bias")),
+      k(p, n + ".pool.k_proj"),
+      q(p, n + ".pool.q_proj"),
+      v(p, n + ".pool.v_proj"),
+      proj(p, n + ".proj"),
+      heads(heads_) {}
+
+Var TextTimeEmbedding::operator()(const Var& context) const {
+  constexpr float kEps = 1e-5f;  // nn.LayerNorm's default
+  const Var x = nn::layer_norm(context, &norm1_w, &norm1_b, kEps);
+  const Var cls = nn::add(nn::mean(x, 1, true), position);  // [B, 1, D]
+  const Var tokens = nn::concat({cls, x}, 1);
+  // diffusers scales q and k by head_dim^-1/4 each, which is the usual head_dim^-1/2 on their product.
+  const Var pooled = multi_head_attention(q(cls), k(tokens), v(tokens), heads);  // [B, 1, D]
+  const Var t = proj(nn::reshape(pooled, {pooled.shape()[0], pooled.shape()[2]}));
+  return nn::layer_norm(t, &norm2_w, &norm2_b, kEps);
+}
+
 }  // namespace sd
 
 UNet::UNet(const io::UNetConfig& c, const ParameterSet& p, const std::string& prefix) : config_(c) {
@@ -140,6 +163,8 @@ UNet::UNet(const io::UNetConfig& c, const ParameterSet& p, const std::string& pr
   conv_in_ = sd::Conv2d(p, prefix + "conv_in", 1, 1);
   time_1_ = sd::Linear(p, prefix + "time_embedding.linear_1");
   time_2_ = sd::Linear(p, prefix + "time_embedding.linear_2");
+  if (c.addition_embed_type == "text")
+    add_embedding_.emplace(p, prefix + "add_embedding", c.addition_embed_type_num_heads);
   auto transformer = [&](const std::string& name, int64_t layers, int64_t heads) {
     return sd::Transformer2D(p, name, G, layers, c.use_linear_projection, heads);
   };
@@ -214,6 +239,7 @@ Var UNet::forward(const Var& sample, const Tensor& timesteps, const Var& encoder
            "unet: encoder_hidden_states ", ctx.describe(), " are not [", B, ", S, ", c.cross_attention_dim, "]");
 
   Var temb = time_2_(nn::silu(time_1_(Var(timestep_features(timesteps, B)))));
+  if (add_embedding_) temb = nn::add(temb, (*add_embedding_)(encoder_hidden_states));
   const Var temb_act = nn::silu(temb);  // every resnet projects SiLU(temb)
 
   Var h = conv_in_(sample);

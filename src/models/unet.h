@@ -1,6 +1,6 @@
 // Stable Diffusion's denoiser, diffusers 0.24 UNet2DConditionModel, for the SD 1.x/2.x family that
 // io::unet_layout describes (CrossAttn/plain down and up blocks, UNetMidBlock2DCrossAttn, GEGLU transformer
-// blocks, linear or 1x1-conv projections). The building blocks in `sd` are shared with the VAE.
+// blocks, linear or 1x1-conv projections, optionally the "text" addition embedding). The building blocks in `sd` are shared with the VAE.
 #pragma once
 #include <optional>
 #include <string>
@@ -87,6 +87,17 @@ struct Transformer2D {
   nn::Var operator()(const nn::Var& x, const nn::Var& context) const;
 };
 
+// TextTimeEmbedding (diffusers addition_embed_type "text"): LayerNorm, AttentionPooling (a class token, the
+// context's mean plus a learned position, attends over itself and the context; no output projection), a linear
+// map to the time-embedding width and a LayerNorm. [B, S, D] -> [B, T].
+struct TextTimeEmbedding {
+  nn::Var norm1_w, norm1_b, position, norm2_w, norm2_b;
+  Linear k, q, v, proj;
+  int64_t heads = 1;
+  TextTimeEmbedding(const ParameterSet& p, const std::string& name, int64_t heads);
+  nn::Var operator()(const nn::Var& context) const;
+};
+
 }  // namespace sd
 
 class UNet {
@@ -113,6 +124,7 @@ class UNet {
   io::UNetConfig config_;
   sd::Conv2d conv_in_, conv_out_;
   sd::Linear time_1_, time_2_;
+  std::optional<sd::TextTimeEmbedding> add_embedding_;
   std::vector<Block> down_, up_;
   Block mid_;
   sd::GroupNorm norm_out_;

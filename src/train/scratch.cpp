@@ -52,6 +52,8 @@ std::map<std::string, Tensor> pytorch_default(const io::Layout& layout, const st
         out[prefix + name] = uniform(shape, 1.0 / std::sqrt(double(fan_in(it->second))), rng);
       else
         out[prefix + name] = constant(shape, 0.f);
+    } else if (name.ends_with(".positional_embedding")) {  // AttentionPooling: randn / sqrt(width)
+      out[prefix + name] = normal(shape, 1.0 / std::sqrt(double(shape.back())), rng);
     } else {
       fail("no initialisation rule for '", name, "'");
     }

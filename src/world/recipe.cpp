@@ -11,7 +11,7 @@ namespace dl::world {
 
 namespace fs = std::filesystem;
 
-train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size) {
+train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size, bool unet_text_embedding) {
   DL_CHECK(image_size == 32 || image_size == 64, "the tiny world model is sized for 32 or 64 px pictures, not ",
            image_size);
   if (patch_size == 0) patch_size = image_size / 4;  // 16 patches
@@ -45,6 +45,10 @@ train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size) {
   s.unet.transformer_layers_per_block = {1, 1};
   s.unet.cross_attention_dim = 64;
   s.unet.norm_num_groups = 16;
+  if (unet_text_embedding) {
+    s.unet.addition_embed_type = "text";
+    s.unet.addition_embed_type_num_heads = 4;
+  }
   s.dream_queries = 8;
   return s;
 }
@@ -94,9 +98,10 @@ std::vector<std::string> training_text(const std::string& dir) {
 }
 
 void init_model(const std::string& data_dir, const std::string& out, int64_t image_size, int vocab_size,
-                uint64_t seed, int64_t patch_size) {
+                uint64_t seed, int64_t patch_size, bool unet_text_embedding) {
   const std::vector<std::string> text = training_text((fs::path(data_dir) / "train").string());
-  train::create_model_dir(out, tiny_spec(image_size, patch_size), text::train_sentencepiece(text, vocab_size), seed);
+  train::create_model_dir(out, tiny_spec(image_size, patch_size, unet_text_embedding),
+                           text::train_sentencepiece(text, vocab_size), seed);
 }
 
 }  // namespace dl::world
