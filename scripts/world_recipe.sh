@@ -47,9 +47,9 @@ fi
 if run_stage init; then
   say "init"
   rm -rf "$OUT/init"
-  pool=()
-  [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && pool=(--unet-text-embedding)
-  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" "${pool[@]}" | tee -a "$LOG"
+  unet_options=()
+  [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && unet_options=(--unet-text-embedding)
+  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" "${unet_options[@]}" | tee -a "$LOG"
 fi
 if run_stage vae; then
   say "vae"

@@ -1,6 +1,7 @@
 // Stable Diffusion's denoiser, diffusers 0.24 UNet2DConditionModel, for the SD 1.x/2.x family that
 // io::unet_layout describes (CrossAttn/plain down and up blocks, UNetMidBlock2DCrossAttn, GEGLU transformer
-// blocks, linear or 1x1-conv projections, optionally the "text" addition embedding). The building blocks in `sd` are shared with the VAE.
+// blocks, linear or 1x1-conv projections, optionally the "text" addition embedding). The building blocks in `sd`
+// are shared with the VAE.
 #pragma once
 #include <optional>
 #include <string>
