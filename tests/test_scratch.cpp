@@ -223,6 +223,7 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
                            (dir / "data/test/scenes.jsonl").string() + " -n 3");
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("reconstructions: 0/3 scenes parsed exactly"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("latents scaled by 0.8 / 1.2 before decoding: 0 / 0 scenes"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("scaling_factor 1/std"), std::string::npos) << r.out;
   // Creation faithfulness: every prompt is drawn and scored (nothing passes with random weights).
   const auto c = test::cli("world eval-create -m " + (dir / "model").string() + " --scenes " +

@@ -176,25 +176,42 @@ TEST(TrainLoss, VPredictionWithMinSnrMatchesTheReference) { check_weighted("vpre
 
 // The VAE stage's objective (a model built from scratch has no pretrained autoencoder): reconstruction + KL and the
 // gradient of every VAE parameter.
-TEST(TrainLoss, AutoencoderObjectiveMatchesTheReference) {
+// With `with_gain`, the latent draw is decoded times a stored gain per latent pixel (--latent-gain-jitter).
+void check_autoencoder(bool with_gain) {
   const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/vae.safetensors");
+  const std::string key = with_gain ? "gain/" : "";
   Trainable t;
-  const std::string prefix = "grad/";
-  t.train_listed(f, prefix);
+  t.train_listed(f, "grad/");
   ASSERT_GT(t.params.size(), 40u);
   train::Batch b;
   b.dm_images = get(f, "x");
   b.posterior_noise = get(f, "eps");
+  if (with_gain) b.latent_gain = get(f, "gain");
   const train::AutoencoderObjective objective(t.head.vae);
   const train::LossTerms r = objective(b, scalar(get(f, "kl_weight")));
-  EXPECT_NEAR(r.rec_loss, scalar(get(f, "rec_loss")), 1e-4 * scalar(get(f, "rec_loss")));
+  EXPECT_NEAR(r.rec_loss, scalar(get(f, key + "rec_loss")), 1e-4 * scalar(get(f, key + "rec_loss")));
   EXPECT_NEAR(r.kl_loss, scalar(get(f, "kl_loss")), 1e-4 * scalar(get(f, "kl_loss")));
-  EXPECT_NEAR(scalar(r.loss.value()), scalar(get(f, "loss")), 1e-4 * scalar(get(f, "loss")));
+  EXPECT_NEAR(scalar(r.loss.value()), scalar(get(f, key + "loss")), 1e-4 * scalar(get(f, key + "loss")));
   r.loss.backward();
   for (const auto& [n, v] : t.params) {
     SCOPED_TRACE(n);
-    EXPECT_TRUE(grad_close(v.grad().defined() ? v.grad() : Tensor::zeros(v.shape()), get(f, prefix + n)));
+    EXPECT_TRUE(grad_close(v.grad().defined() ? v.grad() : Tensor::zeros(v.shape()), get(f, key + "grad/" + n)));
   }
+}
+
+TEST(TrainLoss, AutoencoderObjectiveMatchesTheReference) { check_autoencoder(false); }
+TEST(TrainLoss, AutoencoderObjectiveWithLatentGainMatchesTheReference) { check_autoencoder(true); }
+
+TEST(TrainLoss, AutoencoderObjectiveRefusesAMisshapenLatentGain) {
+  const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/vae.safetensors");
+  Trainable t;
+  t.train_listed(f, "grad/");
+  train::Batch b;
+  b.dm_images = get(f, "x");
+  b.posterior_noise = get(f, "eps");
+  b.latent_gain = Tensor::full({2, 4, 8, 8}, 1.f);  // one gain per channel too: not what the objective takes
+  const train::AutoencoderObjective objective(t.head.vae);
+  EXPECT_NE(test::error_of([&] { objective(b, 0.f); }).find("one gain per latent pixel"), std::string::npos);
 }
 
 TEST(TrainSchedule, CosineWithWarmupFollowsHuggingFace) {

@@ -85,6 +85,11 @@ int train_main(int argc, char** argv) {
                  "the schedule's rate and the weight decay, as a PyTorch parameter group's own lr)");
   std::optional<float> kl_weight;
   app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)");
+  std::optional<float> latent_gain_jitter;
+  app.add_option("--latent-gain-jitter", latent_gain_jitter,
+                 "stage VAE: decode each latent pixel times a gain from U[1-J, 1+J], so that colour is coded by a "
+                 "latent's direction, not its length (default 0, as SD's autoencoder)")
+      ->check(CLI::Range(0.0, 0.9));
   app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
   app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
   app.add_option("--snr-gamma", snr_gamma,
@@ -95,6 +100,11 @@ int train_main(int argc, char** argv) {
                  "stop (with a checkpoint) after this optimizer step, e.g. to split a run into time slices; "
                  "continue with --resume")
       ->check(CLI::PositiveNumber);
+  size_t posterior_cache_mb = o.posterior_cache_bytes >> 20;
+  app.add_option("--posterior-cache-mb", posterior_cache_mb,
+                 "memory for the frozen VAE's posterior of each dream picture, kept after its first encoding "
+                 "(0: encode every time; the results are the same)")
+      ->capture_default_str();
   app.add_flag("--grad-checkpointing", o.gradient_checkpointing,
                "recompute each LLM layer during backward: the same gradients with far less activation memory");
   app.add_flag("--resume", o.resume, "continue from the newest checkpoint in --out (bit-identical for the same "
@@ -107,6 +117,7 @@ int train_main(int argc, char** argv) {
   // killing the process halfway through a checkpoint.
   std::signal(SIGXFSZ, SIG_IGN);
 
+  o.posterior_cache_bytes = posterior_cache_mb << 20;
   o.model = model;
   o.stage = train::stage_preset(stage);
   if (lr) o.learning_rate = *lr;
@@ -114,6 +125,13 @@ int train_main(int argc, char** argv) {
   if (vm_weight) o.stage.weights.vm = *vm_weight;
   if (snr_gamma) o.stage.weights.snr_gamma = *snr_gamma;
   if (kl_weight) o.stage.kl_weight = *kl_weight;
+  if (latent_gain_jitter) {
+    if (o.stage.objective != train::Objective::kAutoencoder) {
+      std::fprintf(stderr, "dreamllm train: --latent-gain-jitter applies to stage VAE only, not '%s'\n", stage.c_str());
+      return 2;
+    }
+    o.stage.latent_gain_jitter = *latent_gain_jitter;
+  }
   if (!trainable.empty()) {
     o.stage.trainable.clear();
     for (const std::string& g : split_list(trainable)) o.stage.trainable.push_back(train::parse_group(g));

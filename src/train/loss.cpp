@@ -195,7 +195,13 @@ LossTerms AutoencoderObjective::operator()(const Batch& batch, float kl_weight) 
   DL_CHECK(batch.posterior_noise.defined() && batch.posterior_noise.shape() == post.mean.shape(),
            "posterior noise ", batch.posterior_noise.defined() ? batch.posterior_noise.describe() : "(missing)",
            " does not match the latents ", post.mean.value().describe());
-  const Var z = nn::gaussian_sample(post.mean, post.logvar_raw, batch.posterior_noise);
+  Var z = nn::gaussian_sample(post.mean, post.logvar_raw, batch.posterior_noise);
+  if (batch.latent_gain.defined()) {
+    const Shape want{post.mean.value().size(0), 1, post.mean.value().size(2), post.mean.value().size(3)};
+    DL_CHECK(batch.latent_gain.shape() == want, "latent gain ", batch.latent_gain.describe(), " does not match the latents ",
+             post.mean.value().describe(), " (one gain per latent pixel)");
+    z = nn::mul(z, Var(batch.latent_gain));
+  }
   const Var rec = nn::mse(vae_.decode(z), Var(x));
   const Var kl = nn::gaussian_kl(post.mean, post.logvar_raw);
   out.rec_loss = rec.value().f32()[0];

@@ -33,8 +33,9 @@ struct Batch {
   // Optional classifier-free-guidance dropout: span m's condition is replaced by the unconditional one, computed
   // as inference computes the negative branch (the LLM on [<s>, <dream_start>, queries, <dream_end>]). Empty: none.
   std::vector<bool> drop_condition;
-  // The autoencoder objective's inputs: pictures [M, 3, R, R] in [-1, 1] and the posterior draw [M, C, r, r].
-  Tensor dm_images, posterior_noise;
+  // The autoencoder objective's inputs: pictures [M, 3, R, R] in [-1, 1], the posterior draw [M, C, r, r] and
+  // optionally a gain per latent pixel [M, 1, r, r] applied to the draw before decoding (undefined: none).
+  Tensor dm_images, posterior_noise, latent_gain;
 };
 
 struct LossWeights {
@@ -74,7 +75,7 @@ class DreamLLMObjective {
 };
 
 // The VAE trained as Stable Diffusion's autoencoder was, less its perceptual and adversarial terms:
-// loss = mean((decode(mean + exp(logvar / 2) * eps) - x)^2) + kl_weight * KL(posterior || N(0, I)) (KL summed per
+// loss = mean((decode(gain * (mean + exp(logvar / 2) * eps)) - x)^2) + kl_weight * KL(posterior || N(0, I)) (KL summed per
 // image, averaged over the batch, as diffusers' DiagonalGaussianDistribution.kl).
 class AutoencoderObjective {
  public:

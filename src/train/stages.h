@@ -49,6 +49,11 @@ struct StagePreset {
   std::vector<Reinit> reinit;
   Objective objective = Objective::kDreamLLM;
   float kl_weight = 1e-6f;  // kAutoencoder only (SD's KL weight)
+  // kAutoencoder only: each latent pixel is multiplied by a gain drawn from U[1 - j, 1 + j] before decoding (all
+  // channels alike), so the decoder has to read what a latent pixel shows from its direction, not its length.
+  // Diffusion samples miss the length (shrinkage without guidance, overshoot with it), and a latent that codes
+  // colour by length turns every such miss into a wrong colour. 0: off, SD's autoencoder.
+  float latent_gain_jitter = 0.f;
 };
 
 // "I-a" (alias "1a", "creation"), "I-b" ("1b", "comprehension"), "II" ("2", "pretrain"), "III" ("3", "sft"),

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <unordered_map>
 
 #include "core/error.h"
 #include "core/ops.h"
@@ -156,6 +157,15 @@ struct Trainer::Impl {
   DreamLLMObjective objective;
   AutoencoderObjective autoencoder;
   std::unique_ptr<nn::AdamW> optimizer;
+  // The frozen VAE's posterior of each dream picture, encoded once per run: the encoder is deterministic and the
+  // DreamLLM objective never trains it, so a picture's moments do not change. Each picture is encoded alone, so its
+  // moments do not depend on the batch that first met it, and a resumed run (whose cache starts empty) stays
+  // bit-identical. Past opt.posterior_cache_bytes, further pictures are encoded each time they come.
+  struct Moments {
+    Tensor mean, logvar;  // [1, C, h, w]
+  };
+  std::unordered_map<std::string, Moments> posteriors;
+  size_t posterior_bytes = 0;
   std::vector<std::string> trainable_names;
   unsigned rewrite = 0;  // components whose weights train
   int64_t total = 0, start = 0, skipped_samples = 0;
@@ -305,6 +315,18 @@ struct Trainer::Impl {
     }
   }
 
+  Moments posterior(const std::string& ref, const Tensor& pixels) {
+    if (const auto it = posteriors.find(ref); it != posteriors.end()) return it->second;
+    const auto post = vae.encode(nn::Var(pixels.contiguous()));
+    Moments m{post.mean.value().contiguous(), post.logvar.value().contiguous()};
+    const size_t bytes = size_t(m.mean.numel() + m.logvar.numel()) * sizeof(float) + ref.size();
+    if (posterior_bytes + bytes <= opt.posterior_cache_bytes) {
+      posteriors.emplace(ref, m);
+      posterior_bytes += bytes;
+    }
+    return m;
+  }
+
   // One micro-batch with its diffusion targets: VAE posterior samples x scaling factor, noise and timesteps from a
   // generator derived from the micro-batch's global index.
   Batch next_batch(int64_t micro_index, StepReport& r) {
@@ -322,6 +344,12 @@ struct Trainer::Impl {
         b.dm_images = c.dm_images;
         b.posterior_noise = rng.randn({c.dm_images.size(0), dir.vae_config().latent_channels,
                                        c.dm_images.size(2) / f, c.dm_images.size(3) / f});
+        if (const float j = opt.stage.latent_gain_jitter; j > 0.f) {
+          std::vector<float> gain(size_t(c.dm_images.size(0) * (c.dm_images.size(2) / f) * (c.dm_images.size(3) / f)));
+          for (float& g : gain) g = float(1.0 + j * (2.0 * rng.uniform() - 1.0));
+          b.latent_gain = Tensor::from_vector(gain, {c.dm_images.size(0), 1, c.dm_images.size(2) / f,
+                                                     c.dm_images.size(3) / f});
+        }
         r.dream_images += c.dm_images.size(0);
       }
       return b;
@@ -331,11 +359,20 @@ struct Trainer::Impl {
       Tensor latents;
       {
         nn::NoGradGuard frozen;
-        const auto post = vae.encode(nn::Var(c.dm_images));
+        std::vector<Tensor> means, logvars;
+        int64_t m = 0;
+        for (const PreparedSample& p : samples)
+          for (const ImageRef& ref : p.sample.dream_images) {
+            const Moments post = posterior(ref.path, c.dm_images.slice(0, m, m + 1));
+            means.push_back(post.mean);
+            logvars.push_back(post.logvar);
+            ++m;
+          }
+        DL_CHECK(m == M, "the batch has ", M, " diffusion picture(s) for ", m, " dream image reference(s)");
+        const Tensor mean = M == 1 ? means[0] : ops::concat(means, 0), logvar = M == 1 ? logvars[0] : ops::concat(logvars, 0);
         // latent_dist.sample() times the scaling factor, as the original encodes.
-        const Tensor eps = rng.randn(post.mean.shape());
-        latents = ops::scale(ops::gaussian_sample(post.mean.value(), post.logvar.value(), eps),
-                             dir.vae_config().scaling_factor);
+        const Tensor eps = rng.randn(mean.shape());
+        latents = ops::scale(ops::gaussian_sample(mean, logvar, eps), dir.vae_config().scaling_factor);
       }
       b.dm_latents = latents;
       b.noise = rng.randn(latents.shape());

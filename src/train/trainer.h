@@ -38,6 +38,9 @@ struct TrainOptions {
   int save_total_limit = 2;
   float condition_dropout = 0.f;  // probability of training a dream span on the unconditional condition
   bool gradient_checkpointing = false;  // recompute each LLM layer during backward (less memory)
+  // Memory for the frozen VAE's posterior of each dream picture, kept after its first encoding (0: encode every
+  // time). Results are bit-identical either way.
+  size_t posterior_cache_bytes = size_t(1) << 30;
   bool resume = false;            // continue from the newest checkpoint under `out`
   bool write_final = true;        // write the final model into `out` itself
 };
