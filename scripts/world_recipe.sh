@@ -6,14 +6,17 @@
 #   data   dreamllm world gen: 10000 training and 500 held-out scenes
 #   init   dreamllm world init: the SentencePiece vocabulary and fresh weights (CLIP patches of PATCH px, default 8:
 #          16 image tokens; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text" addition embedding)
-#   vae    the autoencoder (reconstruction + KL), then the latent scale set to 1/std as SD's was chosen
+#   vae    the autoencoder (reconstruction + KL; each latent pixel decoded times a gain from U[0.7, 1.3], so that
+#          colour is coded by a latent's direction, not its length), then the latent scale set to 1/std as SD's
+#          was chosen
 #   see    comprehension alignment (stage I-b) with the LLM learning language and reading a random ViT,
 #          then the vision tower joins at a fifth of the rate, then the LLM reads on with the tower frozen
 #   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, DRAW_STEPS,
-# II_STEPS, III_STEPS), DRAW_BATCH the UNet stage's batch; THREADS (default: all cores); FROM=stage resumes the
+# II_STEPS, III_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0: SD's plain
+# autoencoder); THREADS (default: all cores); FROM=stage resumes the
 # chain at that stage (earlier outputs kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +58,7 @@ if run_stage vae; then
   say "vae"
   rm -rf "$OUT/vae"
   train --stage VAE -m "$OUT/init" --data "$W/train/pairs.jsonl" -o "$OUT/vae" -b 16 \
-    --max-steps "${VAE_STEPS:-1500}" --lr 3e-3 --warmup-ratio 0.02
+    --max-steps "${VAE_STEPS:-1500}" --lr 3e-3 --warmup-ratio 0.02 --latent-gain-jitter "${VAE_GAIN_JITTER:-0.3}"
   "$D" world eval-vae -m "$OUT/vae" --scenes "$W/test/scenes.jsonl" -n 200 --write-scale | tee -a "$LOG"
 fi
 if run_stage see; then

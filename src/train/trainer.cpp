@@ -1,9 +1,11 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -158,9 +160,10 @@ struct Trainer::Impl {
   AutoencoderObjective autoencoder;
   std::unique_ptr<nn::AdamW> optimizer;
   // The frozen VAE's posterior of each dream picture, encoded once per run: the encoder is deterministic and the
-  // DreamLLM objective never trains it, so a picture's moments do not change. Each picture is encoded alone, so its
-  // moments do not depend on the batch that first met it, and a resumed run (whose cache starts empty) stays
-  // bit-identical. Past opt.posterior_cache_bytes, further pictures are encoded each time they come.
+  // DreamLLM objective never trains it, so a picture's moments do not change. The encoder's arithmetic is per
+  // picture (convolutions, group norms and attention never mix pictures), so moments do not depend on the batch
+  // that first met a picture, and a resumed run (whose cache starts empty) stays bit-identical. Past
+  // opt.posterior_cache_bytes, further pictures are encoded each time they come.
   struct Moments {
     Tensor mean, logvar;  // [1, C, h, w]
   };
@@ -315,16 +318,41 @@ struct Trainer::Impl {
     }
   }
 
-  Moments posterior(const std::string& ref, const Tensor& pixels) {
-    if (const auto it = posteriors.find(ref); it != posteriors.end()) return it->second;
-    const auto post = vae.encode(nn::Var(pixels.contiguous()));
-    Moments m{post.mean.value().contiguous(), post.logvar.value().contiguous()};
-    const size_t bytes = size_t(m.mean.numel() + m.logvar.numel()) * sizeof(float) + ref.size();
-    if (posterior_bytes + bytes <= opt.posterior_cache_bytes) {
-      posteriors.emplace(ref, m);
-      posterior_bytes += bytes;
+  // The posterior moments [M, C, h, w] of a batch's dream pictures (refs[m] is the file of pictures[m]); the ones
+  // not cached yet are encoded together, as the batch would be.
+  std::pair<Tensor, Tensor> posteriors_of(const std::vector<std::string>& refs, const Tensor& pictures) {
+    const int64_t M = pictures.size(0);
+    std::vector<int64_t> misses;
+    for (int64_t m = 0; m < M; ++m)
+      if (!posteriors.contains(refs[size_t(m)])) misses.push_back(m);
+    std::map<int64_t, Moments> fresh;
+    if (!misses.empty()) {
+      std::vector<Tensor> rows;
+      for (int64_t m : misses) rows.push_back(pictures.slice(0, m, m + 1));
+      const auto post = vae.encode(nn::Var(rows.size() == 1 ? rows[0].contiguous() : ops::concat(rows, 0)));
+      // The cache holds only while the encoder stays fixed: a VAE listed as trainable is encoded every time.
+      const bool vae_moves = std::find(opt.stage.trainable.begin(), opt.stage.trainable.end(), Group::kVAE) !=
+                             opt.stage.trainable.end();
+      for (size_t i = 0; i < misses.size(); ++i) {
+        const int64_t k = int64_t(i);
+        Moments mm{post.mean.value().slice(0, k, k + 1).contiguous(), post.logvar.value().slice(0, k, k + 1).contiguous()};
+        const std::string& ref = refs[size_t(misses[i])];
+        const size_t bytes = size_t(mm.mean.numel() + mm.logvar.numel()) * sizeof(float) + ref.size();
+        if (!vae_moves && posterior_bytes + bytes <= opt.posterior_cache_bytes && !posteriors.contains(ref)) {
+          posteriors.emplace(ref, mm);
+          posterior_bytes += bytes;
+        }
+        fresh.emplace(misses[i], std::move(mm));
+      }
     }
-    return m;
+    std::vector<Tensor> means, logvars;
+    for (int64_t m = 0; m < M; ++m) {
+      const auto f = fresh.find(m);
+      const Moments& mm = f != fresh.end() ? f->second : posteriors.at(refs[size_t(m)]);
+      means.push_back(mm.mean);
+      logvars.push_back(mm.logvar);
+    }
+    return {M == 1 ? means[0] : ops::concat(means, 0), M == 1 ? logvars[0] : ops::concat(logvars, 0)};
   }
 
   // One micro-batch with its diffusion targets: VAE posterior samples x scaling factor, noise and timesteps from a
@@ -359,17 +387,12 @@ struct Trainer::Impl {
       Tensor latents;
       {
         nn::NoGradGuard frozen;
-        std::vector<Tensor> means, logvars;
-        int64_t m = 0;
+        std::vector<std::string> refs;
         for (const PreparedSample& p : samples)
-          for (const ImageRef& ref : p.sample.dream_images) {
-            const Moments post = posterior(ref.path, c.dm_images.slice(0, m, m + 1));
-            means.push_back(post.mean);
-            logvars.push_back(post.logvar);
-            ++m;
-          }
-        DL_CHECK(m == M, "the batch has ", M, " diffusion picture(s) for ", m, " dream image reference(s)");
-        const Tensor mean = M == 1 ? means[0] : ops::concat(means, 0), logvar = M == 1 ? logvars[0] : ops::concat(logvars, 0);
+          for (const ImageRef& ref : p.sample.dream_images) refs.push_back(ref.path);
+        DL_CHECK(int64_t(refs.size()) == M, "the batch has ", M, " diffusion picture(s) for ", refs.size(),
+                 " dream image reference(s)");
+        const auto [mean, logvar] = posteriors_of(refs, c.dm_images);
         // latent_dist.sample() times the scaling factor, as the original encodes.
         const Tensor eps = rng.randn(mean.shape());
         latents = ops::scale(ops::gaussian_sample(mean, logvar, eps), dir.vae_config().scaling_factor);
