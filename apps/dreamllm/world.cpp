@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <map>
 #include <sstream>
 
@@ -204,7 +205,7 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
   // Diffusion samples rarely get a latent's length exactly right, so the scenes are also decoded from latents
   // scaled by these gains: a VAE that codes colour by length loses the colours here.
   const float gains[] = {0.8f, 1.2f};
-  int64_t agree = 0, agree_scaled[2] = {0, 0};
+  int64_t agree = 0, agree_scaled[std::size(gains)] = {};
   double sq = 0, latent_sum = 0, latent_sq = 0, latent_n = 0, pixels = 0;
   const auto to_picture = [R](const Tensor& y) {
     Tensor unit = Tensor::empty(y.shape());
@@ -225,7 +226,7 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
     const io::Image rec = to_picture(y);
     if (!save_dir.empty()) io::write_png(save_dir + "/" + std::to_string(i) + ".png", rec);
     agree += world::same_shapes(world::parse_image(rec).scene(), records[i].scene) ? 1 : 0;
-    for (size_t g = 0; g < 2; ++g) {
+    for (size_t g = 0; g < std::size(gains); ++g) {
       const io::Image scaled = to_picture(head.vae.decode(nn::Var(ops::scale(mean, gains[g]))).value().contiguous());
       agree_scaled[g] += world::same_shapes(world::parse_image(scaled).scene(), records[i].scene) ? 1 : 0;
     }

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <set>
 #include <unordered_map>
 
@@ -322,37 +321,38 @@ struct Trainer::Impl {
   // not cached yet are encoded together, as the batch would be.
   std::pair<Tensor, Tensor> posteriors_of(const std::vector<std::string>& refs, const Tensor& pictures) {
     const int64_t M = pictures.size(0);
+    std::vector<Moments> got(static_cast<size_t>(M));
     std::vector<int64_t> misses;
-    for (int64_t m = 0; m < M; ++m)
-      if (!posteriors.contains(refs[size_t(m)])) misses.push_back(m);
-    std::map<int64_t, Moments> fresh;
+    std::vector<Tensor> rows;
+    for (int64_t m = 0; m < M; ++m) {
+      if (const auto it = posteriors.find(refs[size_t(m)]); it != posteriors.end()) {
+        got[size_t(m)] = it->second;
+      } else {
+        misses.push_back(m);
+        rows.push_back(pictures.slice(0, m, m + 1));
+      }
+    }
     if (!misses.empty()) {
-      std::vector<Tensor> rows;
-      for (int64_t m : misses) rows.push_back(pictures.slice(0, m, m + 1));
-      const auto post = vae.encode(nn::Var(rows.size() == 1 ? rows[0].contiguous() : ops::concat(rows, 0)));
+      const auto post = vae.encode(nn::Var(ops::concat(rows, 0)));
       // The cache holds only while the encoder stays fixed: a VAE listed as trainable is encoded every time.
       const bool vae_moves = std::find(opt.stage.trainable.begin(), opt.stage.trainable.end(), Group::kVAE) !=
                              opt.stage.trainable.end();
       for (size_t i = 0; i < misses.size(); ++i) {
         const int64_t k = int64_t(i);
-        Moments mm{post.mean.value().slice(0, k, k + 1).contiguous(), post.logvar.value().slice(0, k, k + 1).contiguous()};
+        Moments& mm = got[size_t(misses[i])];
+        mm = {post.mean.value().slice(0, k, k + 1).contiguous(), post.logvar.value().slice(0, k, k + 1).contiguous()};
         const std::string& ref = refs[size_t(misses[i])];
         const size_t bytes = size_t(mm.mean.numel() + mm.logvar.numel()) * sizeof(float) + ref.size();
-        if (!vae_moves && posterior_bytes + bytes <= opt.posterior_cache_bytes && !posteriors.contains(ref)) {
-          posteriors.emplace(ref, mm);
+        if (!vae_moves && posterior_bytes + bytes <= opt.posterior_cache_bytes && posteriors.emplace(ref, mm).second)
           posterior_bytes += bytes;
-        }
-        fresh.emplace(misses[i], std::move(mm));
       }
     }
     std::vector<Tensor> means, logvars;
-    for (int64_t m = 0; m < M; ++m) {
-      const auto f = fresh.find(m);
-      const Moments& mm = f != fresh.end() ? f->second : posteriors.at(refs[size_t(m)]);
+    for (const Moments& mm : got) {
       means.push_back(mm.mean);
       logvars.push_back(mm.logvar);
     }
-    return {M == 1 ? means[0] : ops::concat(means, 0), M == 1 ? logvars[0] : ops::concat(logvars, 0)};
+    return {ops::concat(means, 0), ops::concat(logvars, 0)};
   }
 
   // One micro-batch with its diffusion targets: VAE posterior samples x scaling factor, noise and timesteps from a
@@ -370,13 +370,12 @@ struct Trainer::Impl {
       if (c.dm_images.defined()) {
         const int64_t f = dir.vae_config().scale_factor();
         b.dm_images = c.dm_images;
-        b.posterior_noise = rng.randn({c.dm_images.size(0), dir.vae_config().latent_channels,
-                                       c.dm_images.size(2) / f, c.dm_images.size(3) / f});
+        const int64_t n = c.dm_images.size(0), h = c.dm_images.size(2) / f, w = c.dm_images.size(3) / f;
+        b.posterior_noise = rng.randn({n, dir.vae_config().latent_channels, h, w});
         if (const float j = opt.stage.latent_gain_jitter; j > 0.f) {
-          std::vector<float> gain(size_t(c.dm_images.size(0) * (c.dm_images.size(2) / f) * (c.dm_images.size(3) / f)));
+          std::vector<float> gain(size_t(n * h * w));
           for (float& g : gain) g = float(1.0 + j * (2.0 * rng.uniform() - 1.0));
-          b.latent_gain = Tensor::from_vector(gain, {c.dm_images.size(0), 1, c.dm_images.size(2) / f,
-                                                     c.dm_images.size(3) / f});
+          b.latent_gain = Tensor::from_vector(gain, {n, 1, h, w});
         }
         r.dream_images += c.dm_images.size(0);
       }
