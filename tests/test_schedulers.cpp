@@ -52,6 +52,11 @@ Variant variant(std::string v) {
   if (v.rfind("v_", 0) == 0) {
     r.config.prediction_type = "v_prediction";
     v = v.substr(2);
+  } else if (v.rfind("z_", 0) == 0) {  // zero terminal SNR, v_prediction; DDPM and DDIM spaced "trailing"
+    r.config.prediction_type = "v_prediction";
+    r.config.rescale_betas_zero_snr = true;
+    v = v.substr(2);
+    if (v.rfind("ddpm", 0) == 0 || v.rfind("ddim", 0) == 0) r.options.timestep_spacing = "trailing";
   }
   if (v == "ddim_eta") {
     r.options.eta = 0.7f;
@@ -154,6 +159,38 @@ INSTANTIATE_TEST_SUITE_P(SchedulerVPrediction, SchedulerTrajectory,
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_n" + std::to_string(std::get<1>(info.param));
                          });
+
+INSTANTIATE_TEST_SUITE_P(SchedulerZeroTerminalSnr, SchedulerTrajectory,
+                         ::testing::Combine(::testing::Values("z_ddpm", "z_ddim", "z_ddim_eta", "z_dpmpp2m", "z_euler",
+                                                              "z_euler_a"),
+                                            ::testing::Values(4, 25)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_n" + std::to_string(std::get<1>(info.param));
+                         });
+
+TEST(SchedulerAlphas, ZeroTerminalSnrMatchesTorch) {
+  io::SchedulerConfig c;
+  c.prediction_type = "v_prediction";
+  c.rescale_betas_zero_snr = true;
+  auto s = make_scheduler("ddpm", c);
+  const auto& ac = s->alphas_cumprod();
+  EXPECT_EQ(ac.back(), 0.f);  // the last timestep is pure noise
+  EXPECT_TRUE(all_close(Tensor::from_vector(ac, {int64_t(ac.size())}), sfx("zero_snr/alphas_cumprod"), 1e-6f, 1e-9f));
+  // Training at the last timestep: the noisy latent is the noise itself.
+  const Tensor x0 = sfx("add_noise/x0"), z = sfx("add_noise/noise");
+  const Tensor x0_row = x0.select(0, 0).unsqueeze(0).contiguous(), z_row = z.select(0, 0).unsqueeze(0).contiguous();
+  EXPECT_TRUE(bit_equal(s->add_noise(x0_row, z_row, {999}), z_row));
+}
+
+TEST(SchedulerErrors, ZeroTerminalSnrNeedsVPredictionAndASigmaSampler) {
+  io::SchedulerConfig c;
+  c.rescale_betas_zero_snr = true;
+  EXPECT_NE(error_of([&] { make_scheduler("ddim", c); }).find("needs prediction_type v_prediction"), std::string::npos);
+  c.prediction_type = "v_prediction";
+  EXPECT_NE(error_of([&] { make_scheduler("pndm", c); }).find("pndm: rescale_betas_zero_snr is not supported"),
+            std::string::npos);
+  EXPECT_NO_THROW(make_scheduler("dpmpp2m", c));
+}
 
 TEST(SchedulerAddNoise, MatchesReference) {
   auto s = make_scheduler("ddpm", io::SchedulerConfig{});

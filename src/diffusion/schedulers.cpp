@@ -78,6 +78,34 @@ double np_interp(double x, const std::vector<float>& fp) {
 // numpy.round: half to even.
 double np_round(double v) { return std::nearbyint(v); }
 
+// torch.cumprod(1 - betas) on CPU: float32 inputs accumulated in double, each output rounded.
+std::vector<float> cumprod_of_alphas(const std::vector<float>& betas) {
+  std::vector<float> ac(betas.size());
+  double p = 1.0;
+  for (size_t i = 0; i < betas.size(); ++i) {
+    p *= double(1.f - betas[i]);
+    ac[i] = float(p);
+  }
+  return ac;
+}
+
+// diffusers' rescale_zero_terminal_snr, in its float32 order: sqrt(alphas_cumprod) is shifted so that its last
+// value is 0 and scaled so that its first is unchanged, then turned back into betas.
+std::vector<float> rescale_zero_terminal_snr(const std::vector<float>& betas) {
+  std::vector<float> root = cumprod_of_alphas(betas);
+  for (float& v : root) v = std::sqrt(v);
+  const float first = root.front(), last = root.back();
+  const float scale = first / (first - last);
+  for (float& v : root) v = (v - last) * scale;
+  std::vector<float> out(betas.size());
+  for (size_t i = 0; i < root.size(); ++i) {
+    const float bar = root[i] * root[i];
+    const float alpha = i == 0 ? bar : bar / (root[i - 1] * root[i - 1]);
+    out[i] = 1.f - alpha;
+  }
+  return out;
+}
+
 std::vector<float> make_alphas_cumprod(const io::SchedulerConfig& c) {
   DL_CHECK(c.num_train_timesteps >= 2 && c.num_train_timesteps <= 100000,
            "scheduler: num_train_timesteps must be in [2, 100000], got ", c.num_train_timesteps);
@@ -102,15 +130,12 @@ std::vector<float> make_alphas_cumprod(const io::SchedulerConfig& c) {
   } else {
     fail("scheduler: beta_schedule '", c.beta_schedule, "' is not supported");
   }
-  // torch.cumprod on CPU accumulates float32 inputs in double and rounds each output.
-  std::vector<float> ac(betas.size());
-  double p = 1.0;
-  for (size_t i = 0; i < betas.size(); ++i) {
-    p *= double(1.f - betas[i]);
-    ac[i] = float(p);
-  }
-  return ac;
+  if (c.rescale_betas_zero_snr) betas = rescale_zero_terminal_snr(betas);
+  return cumprod_of_alphas(betas);
 }
+
+// The sigma-based samplers cannot start at sigma = infinity; diffusers sets the last alphas_cumprod to 2^-24 instead.
+constexpr float kZeroSnrFloor = 1.f / float(1 << 24);
 
 // Contiguous float32 data of t (a copy only when needed).
 Tensor f32c(const Tensor& t) { return t.to(DType::F32).contiguous(); }
@@ -264,6 +289,8 @@ class DDIM final : public DiscreteScheduler {
 class PNDM final : public DiscreteScheduler {
  public:
   PNDM(const io::SchedulerConfig& c, std::string spacing) : DiscreteScheduler(c, std::move(spacing)) {
+    // diffusers' PNDM has no zero-SNR option; its step divides by sqrt(alphas_cumprod[t]).
+    DL_CHECK(!c.rescale_betas_zero_snr, "pndm: rescale_betas_zero_snr is not supported (use ddim, ddpm, dpmpp2m or euler)");
     final_alpha_ = c.set_alpha_to_one ? 1.f : alphas_cumprod_[0];
   }
   const char* name() const override { return "pndm"; }
@@ -361,6 +388,7 @@ class Euler final : public Scheduler {
       : Scheduler(c), spacing_(std::move(spacing)), ancestral_(ancestral) {
     DL_CHECK(spacing_ == "linspace" || spacing_ == "leading" || spacing_ == "trailing", name(),
              ": timestep_spacing '", spacing_, "' is not supported");
+    if (c.rescale_betas_zero_snr) alphas_cumprod_.back() = kZeroSnrFloor;
   }
   const char* name() const override { return ancestral_ ? "euler_a" : "euler"; }
   bool stochastic() const override { return ancestral_; }
@@ -456,6 +484,7 @@ class DPMpp2M final : public Scheduler {
       : Scheduler(c), spacing_(std::move(spacing)), karras_(karras) {
     DL_CHECK(spacing_ == "linspace" || spacing_ == "leading" || spacing_ == "trailing",
              "dpmpp2m: timestep_spacing '", spacing_, "' is not supported");
+    if (c.rescale_betas_zero_snr) alphas_cumprod_.back() = kZeroSnrFloor;
   }
   const char* name() const override { return "dpmpp2m"; }
 
@@ -584,6 +613,8 @@ class DPMpp2M final : public Scheduler {
 Scheduler::Scheduler(const io::SchedulerConfig& cfg) : cfg_(cfg), alphas_cumprod_(make_alphas_cumprod(cfg)) {
   DL_CHECK(cfg.prediction_type == "epsilon" || cfg.prediction_type == "v_prediction", "scheduler: prediction_type '",
            cfg.prediction_type, "' is not supported");
+  DL_CHECK(!cfg.rescale_betas_zero_snr || cfg.prediction_type == "v_prediction",
+           "scheduler: rescale_betas_zero_snr needs prediction_type v_prediction (epsilon has no x0 at zero SNR)");
   DL_CHECK(cfg.steps_offset >= 0 && cfg.steps_offset < cfg.num_train_timesteps, "scheduler: steps_offset ",
            cfg.steps_offset, " is out of range");
 }

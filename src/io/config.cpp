@@ -342,6 +342,7 @@ SchedulerConfig parse_scheduler_config(const std::string& text, const std::strin
   f.opt("variance_type", c.variance_type, &Fields::string);
   f.opt("clip_sample", c.clip_sample, &Fields::boolean);
   f.opt("set_alpha_to_one", c.set_alpha_to_one, &Fields::boolean);
+  f.opt("rescale_betas_zero_snr", c.rescale_betas_zero_snr, &Fields::boolean);
   check_positive(what, "num_train_timesteps", c.num_train_timesteps, 100000);
   DL_CHECK(c.beta_start > 0.f && c.beta_end > c.beta_start && c.beta_end < 1.f, what, ": betas ", c.beta_start,
            "..", c.beta_end, " are not increasing within (0, 1)");
@@ -475,6 +476,7 @@ std::string to_json(const SchedulerConfig& c) {
                {"variance_type", c.variance_type},
                {"clip_sample", c.clip_sample},
                {"set_alpha_to_one", c.set_alpha_to_one},
+               {"rescale_betas_zero_snr", c.rescale_betas_zero_snr},
                {"steps_offset", c.steps_offset}});
 }
 

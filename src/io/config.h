@@ -83,6 +83,9 @@ struct SchedulerConfig {
   std::string beta_schedule = "scaled_linear", prediction_type = "epsilon", timestep_spacing = "leading";
   std::string variance_type = "fixed_small";
   bool clip_sample = false, set_alpha_to_one = false;
+  // diffusers' rescale_betas_zero_snr (Lin et al. 2024): the betas are rescaled so that the last timestep is pure
+  // noise, as sampling from N(0, 1) assumes. Meant for v_prediction, where the model still has a target there.
+  bool rescale_betas_zero_snr = false;
 };
 
 // Each parser reads a JSON file; `*_from_json` parses text (used by tests and fuzzers), `what` names the source.
