@@ -12,7 +12,7 @@ D=./build/bin/dreamllm
 M=models/shapes-world
 mkdir -p out
 echo "== dreamllm write: the model writes and draws (images are placed by the model itself)"
-$D write -m "$M" -o out/demo.html --steps 25 --sampler dpmpp2m --max-images 3 \
+$D write -m "$M" -o out/demo.html --steps 25 --sampler dpmpp2m --cfg-scale 3 --max-images 3 \
   -p "Show how to draw a large red circle at the top left and a small blue square at the bottom right step by step." \
   "$@"
 echo "== dreamllm ask: a question about a picture of the world"

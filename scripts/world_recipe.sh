@@ -5,7 +5,8 @@
 # Stages (docs/shapes_world.md says why this order):
 #   data   dreamllm world gen: 10000 training and 500 held-out scenes
 #   init   dreamllm world init: the SentencePiece vocabulary and fresh weights (CLIP patches of PATCH px, default 8:
-#          16 image tokens; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text" addition embedding)
+#          16 image tokens; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text" addition embedding). The noise
+#          schedule is v_prediction at zero terminal SNR (SD_NOISE_SCHEDULE=1: SD 2.1-base's epsilon schedule)
 #   vae    the autoencoder (reconstruction + KL; each latent pixel decoded times a gain from U[0.7, 1.3], so that
 #          colour is coded by a latent's direction, not its length), then the latent scale set to 1/std as SD's
 #          was chosen
@@ -14,6 +15,8 @@
 #   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
+#   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 4, not the paper's 10: the v_prediction loss is
+#   about 2.6 times the epsilon loss, and 4 keeps the paper's balance between the two terms)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, DRAW_STEPS,
 # II_STEPS, III_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0: SD's plain
 # autoencoder); THREADS (default: all cores); FROM=stage resumes the
@@ -50,9 +53,10 @@ fi
 if run_stage init; then
   say "init"
   rm -rf "$OUT/init"
-  unet_options=()
-  [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && unet_options=(--unet-text-embedding)
-  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" "${unet_options[@]}" | tee -a "$LOG"
+  init_options=()
+  [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && init_options+=(--unet-text-embedding)
+  [ "${SD_NOISE_SCHEDULE:-0}" = 1 ] && init_options+=(--sd-noise-schedule)
+  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" "${init_options[@]}" | tee -a "$LOG"
 fi
 if run_stage vae; then
   say "vae"
@@ -86,6 +90,7 @@ if run_stage II; then
   rm -rf "$OUT/II"
   train --stage II -m "$OUT/draw" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/II" \
     -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
+    --vm-weight "${JOINT_VM_WEIGHT:-4}" \
     --trainable llm,vision_projector,dream_queries,condition_projector,unet
 fi
 if run_stage III; then
@@ -93,7 +98,7 @@ if run_stage III; then
   rm -rf "$OUT/model"
   train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
     --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
-    --warmup-ratio 0.03 --cond-dropout 0.1
+    --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-4}"
 fi
 say "trained: $OUT/model"
 "$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"

@@ -166,11 +166,11 @@ TEST(Scratch, AFreshModelDirectoryLoadsRunsAndIsInitialisedAsTheOriginals) {
 // not tile the picture are refused by name.
 TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
   EXPECT_EQ(world::tiny_spec(32).clip.patch_size, 8);
-  EXPECT_EQ(world::tiny_spec(32, 4).clip.patch_size, 4);
-  EXPECT_EQ(world::tiny_spec(64, 8).clip.num_patches(), 64);
+  EXPECT_EQ(world::tiny_spec(32, {.patch_size = 4}).clip.patch_size, 4);
+  EXPECT_EQ(world::tiny_spec(64, {.patch_size = 8}).clip.num_patches(), 64);
   for (int64_t bad : {5, 1, 64}) {
     SCOPED_TRACE(bad);
-    EXPECT_NE(test::error_of([&] { world::tiny_spec(32, bad); }).find("CLIP patches of " + std::to_string(bad)),
+    EXPECT_NE(test::error_of([&] { world::tiny_spec(32, {.patch_size = bad}); }).find("CLIP patches of " + std::to_string(bad)),
               std::string::npos);
   }
   const auto r = test::cli("world init -d /nonexistent -o /tmp/x --patch -3");
@@ -182,7 +182,7 @@ TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
 TEST(Scratch, TheWorldUNetCanPoolTheCondition) {
   const fs::path dir = fs::temp_directory_path() / ("dl_scratch_pool_" + std::to_string(getpid()));
   fs::remove_all(dir);
-  train::create_model_dir(dir.string(), world::tiny_spec(32, 0, true), text::train_sentencepiece(corpus(), 300), 2);
+  train::create_model_dir(dir.string(), world::tiny_spec(32, {.unet_text_embedding = true}), text::train_sentencepiece(corpus(), 300), 2);
   const io::ModelDir md = io::ModelDir::open(dir.string());
   EXPECT_EQ(md.unet_config().addition_embed_type, "text");
   EXPECT_EQ(md.unet_config().addition_embed_type_num_heads, 4);
@@ -197,6 +197,20 @@ TEST(Scratch, TheWorldUNetCanPoolTheCondition) {
   EXPECT_EQ(eps.shape(), Shape({1, 4, 8, 8}));
   EXPECT_TRUE(world::tiny_spec(32).unet.addition_embed_type.empty());  // off by default, as in SD
   fs::remove_all(dir);
+}
+
+// The world's noise schedule: v_prediction at zero terminal SNR by default, written to the model directory so that
+// training and sampling read it; --sd-noise-schedule gives SD 2.1-base's.
+TEST(Scratch, TheWorldSchedulesToZeroTerminalSnr) {
+  const io::SchedulerConfig world = world::tiny_spec(32).scheduler;
+  EXPECT_EQ(world.prediction_type, "v_prediction");
+  EXPECT_TRUE(world.rescale_betas_zero_snr);
+  EXPECT_EQ(world.timestep_spacing, "trailing");
+  EXPECT_EQ(io::parse_scheduler_config(io::to_json(world), "world").rescale_betas_zero_snr, true);
+  const io::SchedulerConfig sd = world::tiny_spec(32, {.sd_noise_schedule = true}).scheduler;
+  EXPECT_EQ(sd.prediction_type, "epsilon");
+  EXPECT_FALSE(sd.rescale_betas_zero_snr);
+  EXPECT_EQ(io::parse_scheduler_config(io::to_json(sd), "sd").rescale_betas_zero_snr, false);
 }
 
 // The shapes world's fresh model: its tokenizer covers every word of the world's text (no <unk>), and the model

@@ -530,7 +530,8 @@ int world_main(int argc, char** argv) {
   r->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
 
   std::string init_data, init_out;
-  int64_t init_size = 32, init_seed = 0, init_patch = 0;
+  int64_t init_size = 32, init_seed = 0;
+  world::TinyModelOptions init_options;
   int vocab = 512;
   CLI::App* in = app.add_subcommand("init", "a fresh tiny DreamLLM for the world: tokenizer trained on DATA/train, "
                                             "random weights initialised as the original libraries do");
@@ -539,12 +540,14 @@ int world_main(int argc, char** argv) {
   in->add_option("--size", init_size, "picture side (32 or 64)")->capture_default_str();
   in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
   in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
-  in->add_option("--patch", init_patch, "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
+  in->add_option("--patch", init_options.patch_size, "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
       ->check(CLI::NonNegativeNumber);
-  bool init_text_embedding = false;
-  in->add_flag("--unet-text-embedding", init_text_embedding,
+  in->add_flag("--unet-text-embedding", init_options.unet_text_embedding,
                "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "
                "time embedding of every resnet");
+  in->add_flag("--sd-noise-schedule", init_options.sd_noise_schedule,
+               "SD 2.1-base's noise schedule (epsilon prediction, terminal SNR 0.0047) instead of v_prediction with "
+               "zero terminal SNR");
 
   std::string ev_model, ev_scenes, ev_save;
   int64_t ev_limit = 200;
@@ -560,9 +563,13 @@ int world_main(int argc, char** argv) {
 
   std::string ec_model, ec_scenes, ec_save;
   int64_t ec_limit = 100;
+  // The world's models sample at guidance 3: at 7.5 a zero-terminal-SNR model overshoots, with darker colours and
+  // extra shapes (docs/shapes_world.md).
+  constexpr float kWorldCfgScale = 3.f;
   DrawOptions ec_draw;
   ec_draw.steps = 25;
   ec_draw.sampler = "dpmpp2m";
+  ec_draw.cfg_scale = kWorldCfgScale;
   CLI::App* ec = app.add_subcommand("eval-create", "draw every held-out scene from its caption and score the "
                                                    "pictures against it (by number of shapes)");
   ec->add_option("-m,--model", ec_model, "model directory")->required()->check(CLI::ExistingDirectory);
@@ -585,6 +592,7 @@ int world_main(int argc, char** argv) {
   DrawOptions ew_draw;
   ew_draw.steps = 25;
   ew_draw.sampler = "dpmpp2m";
+  ew_draw.cfg_scale = kWorldCfgScale;
   CLI::App* ew = app.add_subcommand("eval-write", "write documents for held-out instructions and check every image "
                                                   "against the text before it");
   ew->add_option("-m,--model", ew_model, "model directory")->required()->check(CLI::ExistingDirectory);
@@ -609,7 +617,7 @@ int world_main(int argc, char** argv) {
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
   if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
   if (in->parsed()) {
-    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_patch, init_text_embedding);
+    world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_options);
     std::printf("%s\n", init_out.c_str());
     return 0;
   }

@@ -11,9 +11,10 @@ namespace dl::world {
 
 namespace fs = std::filesystem;
 
-train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size, bool unet_text_embedding) {
+train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options) {
   DL_CHECK(image_size == 32 || image_size == 64, "the tiny world model is sized for 32 or 64 px pictures, not ",
            image_size);
+  int64_t patch_size = options.patch_size;
   if (patch_size == 0) patch_size = image_size / 4;  // 16 patches
   DL_CHECK(patch_size >= 2 && image_size % patch_size == 0 && image_size / patch_size <= 16, "CLIP patches of ",
            patch_size, " px do not tile a ", image_size, " px picture into at most 16 x 16 patches");
@@ -45,9 +46,14 @@ train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size, bool unet_t
   s.unet.transformer_layers_per_block = {1, 1};
   s.unet.cross_attention_dim = 64;
   s.unet.norm_num_groups = 16;
-  if (unet_text_embedding) {
+  if (options.unet_text_embedding) {
     s.unet.addition_embed_type = "text";
     s.unet.addition_embed_type_num_heads = 4;
+  }
+  if (!options.sd_noise_schedule) {
+    s.scheduler.prediction_type = "v_prediction";
+    s.scheduler.rescale_betas_zero_snr = true;
+    s.scheduler.timestep_spacing = "trailing";  // DDPM and DDIM then start at the timestep of zero SNR
   }
   s.dream_queries = 8;
   return s;
@@ -98,9 +104,9 @@ std::vector<std::string> training_text(const std::string& dir) {
 }
 
 void init_model(const std::string& data_dir, const std::string& out, int64_t image_size, int vocab_size,
-                uint64_t seed, int64_t patch_size, bool unet_text_embedding) {
+                uint64_t seed, const TinyModelOptions& options) {
   const std::vector<std::string> text = training_text((fs::path(data_dir) / "train").string());
-  train::create_model_dir(out, tiny_spec(image_size, patch_size, unet_text_embedding),
+  train::create_model_dir(out, tiny_spec(image_size, options),
                            text::train_sentencepiece(text, vocab_size), seed);
 }
 

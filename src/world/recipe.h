@@ -9,9 +9,18 @@
 
 namespace dl::world {
 
-// The world's sizes for `image_size` px pictures (32 or 64): 4x VAE downsampling, CLIP patches of `patch_size` px
-// (0: image_size / 4, 16 patches). `unet_text_embedding` adds diffusers' addition_embed_type "text" to the UNet.
-train::ScratchSpec tiny_spec(int64_t image_size, int64_t patch_size = 0, bool unet_text_embedding = false);
+struct TinyModelOptions {
+  int64_t patch_size = 0;            // CLIP patch side in px; 0: a quarter of the picture (16 patches)
+  bool unet_text_embedding = false;  // diffusers' addition_embed_type "text" in the UNet
+  // SD 2.1-base's noise schedule (epsilon prediction, the last timestep at SNR 0.0047) instead of the world's:
+  // v_prediction with the betas rescaled to zero terminal SNR. At the old schedule's last timestep the latent still
+  // shows where the shapes are, so the UNet learns to read the layout from the noise and not from the condition
+  // (docs/shapes_world.md, "The noise schedule leaked the layout").
+  bool sd_noise_schedule = false;
+};
+
+// The world's sizes for `image_size` px pictures (32 or 64): 4x VAE downsampling, 8 dream queries.
+train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options = {});
 
 // Every sentence of a generated split's files (captions, questions, answers, documents, instructions, drawing
 // requests) with the DreamLLM placeholders removed: the tokenizer's training text.
@@ -19,6 +28,6 @@ std::vector<std::string> training_text(const std::string& split_dir);
 
 // Trains the tokenizer on `data_dir`/train and writes a fresh model directory to `out`.
 void init_model(const std::string& data_dir, const std::string& out, int64_t image_size, int vocab_size, uint64_t seed,
-                int64_t patch_size = 0, bool unet_text_embedding = false);
+                const TinyModelOptions& options = {});
 
 }  // namespace dl::world
