@@ -170,7 +170,8 @@ TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
   EXPECT_EQ(world::tiny_spec(64, {.patch_size = 8}).clip.num_patches(), 64);
   for (int64_t bad : {5, 1, 64}) {
     SCOPED_TRACE(bad);
-    EXPECT_NE(test::error_of([&] { world::tiny_spec(32, {.patch_size = bad}); }).find("CLIP patches of " + std::to_string(bad)),
+    EXPECT_NE(test::error_of([&] { world::tiny_spec(32, {.patch_size = bad}); })
+                  .find("CLIP patches of " + std::to_string(bad)),
               std::string::npos);
   }
   const auto r = test::cli("world init -d /nonexistent -o /tmp/x --patch -3");
@@ -182,7 +183,8 @@ TEST(Scratch, TheWorldSpecTakesACLIPPatchSize) {
 TEST(Scratch, TheWorldUNetCanPoolTheCondition) {
   const fs::path dir = fs::temp_directory_path() / ("dl_scratch_pool_" + std::to_string(getpid()));
   fs::remove_all(dir);
-  train::create_model_dir(dir.string(), world::tiny_spec(32, {.unet_text_embedding = true}), text::train_sentencepiece(corpus(), 300), 2);
+  train::create_model_dir(dir.string(), world::tiny_spec(32, {.unet_text_embedding = true}),
+                          text::train_sentencepiece(corpus(), 300), 2);
   const io::ModelDir md = io::ModelDir::open(dir.string());
   EXPECT_EQ(md.unet_config().addition_embed_type, "text");
   EXPECT_EQ(md.unet_config().addition_embed_type_num_heads, 4);

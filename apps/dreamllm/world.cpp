@@ -540,7 +540,8 @@ int world_main(int argc, char** argv) {
   in->add_option("--size", init_size, "picture side (32 or 64)")->capture_default_str();
   in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
   in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
-  in->add_option("--patch", init_options.patch_size, "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
+  in->add_option("--patch", init_options.patch_size,
+                 "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
       ->check(CLI::NonNegativeNumber);
   in->add_flag("--unet-text-embedding", init_options.unet_text_embedding,
                "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "

@@ -290,7 +290,8 @@ class PNDM final : public DiscreteScheduler {
  public:
   PNDM(const io::SchedulerConfig& c, std::string spacing) : DiscreteScheduler(c, std::move(spacing)) {
     // diffusers' PNDM has no zero-SNR option; its step divides by sqrt(alphas_cumprod[t]).
-    DL_CHECK(!c.rescale_betas_zero_snr, "pndm: rescale_betas_zero_snr is not supported (use ddim, ddpm, dpmpp2m or euler)");
+    DL_CHECK(!c.rescale_betas_zero_snr,
+             "pndm: rescale_betas_zero_snr is not supported (use ddim, ddpm, dpmpp2m or euler)");
     final_alpha_ = c.set_alpha_to_one ? 1.f : alphas_cumprod_[0];
   }
   const char* name() const override { return "pndm"; }
