@@ -13,9 +13,9 @@ struct TinyModelOptions {
   int64_t patch_size = 0;            // CLIP patch side in px; 0: a quarter of the picture (16 patches)
   bool unet_text_embedding = false;  // diffusers' addition_embed_type "text" in the UNet
   // SD 2.1-base's noise schedule (epsilon prediction, the last timestep at SNR 0.0047) instead of the world's:
-  // v_prediction with the betas rescaled to zero terminal SNR. At the old schedule's last timestep the latent still
-  // shows where the shapes are, so the UNet learns to read the layout from the noise and not from the condition
-  // (docs/shapes_world.md, "The noise schedule leaked the layout").
+  // v_prediction with the betas rescaled to zero terminal SNR. Trained on SD's, the UNet barely learns the layout
+  // from the condition: an epsilon loss weights x0 errors at the noisiest steps by their SNR, and the last step
+  // still shows where the shapes are (docs/shapes_world.md, "The UNet did not learn the layout from the condition").
   bool sd_noise_schedule = false;
 };
 
