@@ -182,7 +182,7 @@ TEST(SchedulerAlphas, ZeroTerminalSnrMatchesTorch) {
   EXPECT_TRUE(bit_equal(s->add_noise(x0_row, z_row, {999}), z_row));
 }
 
-TEST(SchedulerErrors, ZeroTerminalSnrNeedsVPredictionAndASigmaSampler) {
+TEST(SchedulerErrors, ZeroTerminalSnrNeedsVPredictionAndRefusesPndm) {
   io::SchedulerConfig c;
   c.rescale_betas_zero_snr = true;
   EXPECT_NE(error_of([&] { make_scheduler("ddim", c); }).find("needs prediction_type v_prediction"), std::string::npos);
