@@ -310,3 +310,49 @@ TEST(Optim, AdamWRefusesReadOnlyParameters) {
 
 }  // namespace
 }  // namespace dl
+
+namespace dl {
+namespace {
+
+// A batch of small images (spread over the threads, one image per task, each unfolded whole): every output and
+// gradient equals a direct convolution written out as the sums of its definition, padding included.
+TEST(Conv2d, SmallImageBatchesMatchADirectConvolution) {
+  const int64_t N = 9, C = 64, H = 32, W = 32, O = 3;
+  const Tensor x = test::randn({N, C, H, W}, 21), w = test::randn({O, C, 3, 3}, 22), b = test::randn({O}, 23);
+  const Tensor gy = test::randn({N, O, H, W}, 24);
+  const float *xp = x.f32(), *wp = w.f32(), *gp = gy.f32();
+  auto at = [&](int64_t n, int64_t c, int64_t yy, int64_t xx) {
+    return yy < 0 || yy >= H || xx < 0 || xx >= W ? 0.0 : double(xp[((n * C + c) * H + yy) * W + xx]);
+  };
+  std::vector<double> y(N * O * H * W), gw(O * C * 9, 0.0), gx(N * C * H * W, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j) {
+          double s = b.f32()[o];
+          const double g = gp[((n * O + o) * H + i) * W + j];
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t di = 0; di < 3; ++di)
+              for (int64_t dj = 0; dj < 3; ++dj) {
+                const int64_t k = (o * C + c) * 9 + di * 3 + dj;
+                s += wp[k] * at(n, c, i + di - 1, j + dj - 1);
+                gw[k] += g * at(n, c, i + di - 1, j + dj - 1);
+                const int64_t yy = i + di - 1, xx = j + dj - 1;
+                if (yy >= 0 && yy < H && xx >= 0 && xx < W) gx[((n * C + c) * H + yy) * W + xx] += g * wp[k];
+              }
+          y[((n * O + o) * H + i) * W + j] = s;
+        }
+  auto max_error = [](const Tensor& got, const std::vector<double>& want) {
+    double e = 0;
+    for (size_t i = 0; i < want.size(); ++i) e = std::max(e, std::fabs(got.f32()[i] - want[i]) / (1 + std::fabs(want[i])));
+    return e;
+  };
+  EXPECT_LT(max_error(ops::conv2d(x, w, &b, 1, 1), y), 1e-4);
+  Tensor ggx, ggw;
+  ops::conv2d_backward(x, w, gy, 1, 1, &ggx, &ggw, nullptr);
+  EXPECT_LT(max_error(ggw, gw), 1e-4);
+  EXPECT_LT(max_error(ggx, gx), 1e-4);
+}
+
+}  // namespace
+}  // namespace dl

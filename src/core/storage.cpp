@@ -14,7 +14,7 @@
 
 namespace dl {
 
-std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
+std::shared_ptr<Storage> Storage::allocate_uninitialized(size_t bytes) {
   // Guard against absurd sizes before asking the allocator (a corrupt header must not trigger a giant allocation
   // that "succeeds" lazily and then fails on first touch).
   constexpr size_t kMaxBytes = size_t(1) << 46;
@@ -23,8 +23,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
   if (rounded == 0) rounded = 64;
   void* p = std::aligned_alloc(64, rounded);
   if (!p) fail("out of memory allocating ", bytes, " bytes");
-  std::memset(p, 0, rounded);
   return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned));
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
+  std::shared_ptr<Storage> s = allocate_uninitialized(bytes);
+  std::memset(s->data(), 0, (bytes + 63) / 64 * 64);
+  return s;
 }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {

@@ -10,6 +10,8 @@ class Storage {
  public:
   // Owned, 64-byte aligned, zero-initialised memory.
   static std::shared_ptr<Storage> allocate(size_t bytes);
+  // The same without zeroing, for outputs whose every byte the caller writes before anything reads them.
+  static std::shared_ptr<Storage> allocate_uninitialized(size_t bytes);
   // Maps a whole file read-only (copy-on-write private mapping). Throws naming the path on failure.
   static std::shared_ptr<Storage> map_file(const std::string& path);
   // A byte range of another storage (kept alive by the view), e.g. one entry of a mapped archive. Inherits the

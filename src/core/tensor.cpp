@@ -74,6 +74,11 @@ Tensor Tensor::empty(const Shape& shape, DType dtype) {
   return Tensor(Storage::allocate(bytes), 0, dtype, shape, contiguous_strides(shape));
 }
 
+Tensor Tensor::uninitialized(const Shape& shape, DType dtype) {
+  size_t bytes = dtype_bytes(dtype, shape_numel(shape));
+  return Tensor(Storage::allocate_uninitialized(bytes), 0, dtype, shape, contiguous_strides(shape));
+}
+
 Tensor Tensor::full(const Shape& shape, float value) {
   Tensor t = empty(shape);
   std::fill_n(t.f32(), t.numel(), value);
@@ -329,14 +334,14 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_);
+  Tensor t = uninitialized(shape_, dtype_);
   t.copy_from(*this);
   return t;
 }
 
 Tensor Tensor::to(DType dtype) const {
   if (dtype == dtype_ && is_contiguous()) return *this;
-  Tensor t = empty(shape_, dtype);
+  Tensor t = uninitialized(shape_, dtype);
   t.copy_from(*this);
   return t;
 }

@@ -104,7 +104,7 @@ Tensor softmax(const Tensor& x_in, const AttentionMask& mask) {
     Tq = x.size(2);
     mv.emplace(mask, x.size(0), H, Tq, Tk, "softmax");
   }
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::uninitialized(x.shape());
   const float* xp = x.f32();
   float* yp = y.f32();
   parallel_for(R, 4, [&](int64_t r0, int64_t r1) {
@@ -135,7 +135,7 @@ Tensor softmax_backward(const Tensor& y_in, const Tensor& gy_in) {
   DL_CHECK(y_in.shape() == gy_in.shape(), "softmax backward: ", y_in.describe(), " vs ", gy_in.describe());
   Tensor y = y_in.contiguous(), gy = gy_in.contiguous();
   const int64_t Tk = y.size(-1), R = y.numel() / std::max<int64_t>(Tk, 1);
-  Tensor gx = Tensor::empty(y.shape());
+  Tensor gx = Tensor::uninitialized(y.shape());
   parallel_for(R, 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float *yr = y.f32() + r * Tk, *gr = gy.f32() + r * Tk;
@@ -333,7 +333,7 @@ Tensor rope(const Tensor& x_in, const Tensor& positions, float theta, bool inver
            x_in.describe());
   Tensor pos = positions.to(DType::I64);
   Tensor x = x_in.to(DType::F32);
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::uninitialized(x.shape());
   const int64_t half = D / 2;
   // inv_freq exactly as HF computes it in float32: 1 / theta^(2i/D).
   std::vector<float> inv_freq(static_cast<size_t>(half));

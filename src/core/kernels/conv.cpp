@@ -122,7 +122,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int st
     DL_CHECK(bias->dim() == 1 && bias->size(0) == g.O, "conv2d: bias ", bias->describe(), " does not match ",
              g.O, " output channels");
   Tensor x = x_in.contiguous(), w = w_in.to(DType::F32);
-  Tensor out = Tensor::empty({g.N, g.O, g.Ho, g.Wo});
+  Tensor out = Tensor::uninitialized({g.N, g.O, g.Ho, g.Wo});
   const int64_t HWo = g.Ho * g.Wo, K = g.ckk();
   if (out.numel() == 0) return out;
   const size_t cols_size = g.pointwise() ? 0 : size_t(K * g.band_rows() * g.Wo);

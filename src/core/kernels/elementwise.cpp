@@ -22,7 +22,7 @@ Tensor binary(const Tensor& a_in, const Tensor& b_in, const char* op, F f) {
   DL_CHECK(a_in.dtype() == DType::F32 && b_in.dtype() == DType::F32, op, ": F32 operands expected, got ",
            a_in.describe(), " and ", b_in.describe());
   Shape shape = broadcast_shapes(a_in.shape(), b_in.shape(), op);
-  Tensor out = Tensor::empty(shape);
+  Tensor out = Tensor::uninitialized(shape);
   const int64_t n = out.numel();
   if (n == 0) return out;
   float* o = out.f32();
@@ -61,7 +61,7 @@ Tensor binary(const Tensor& a_in, const Tensor& b_in, const char* op, F f) {
 template <typename F>
 Tensor unary(const Tensor& x_in, F f) {
   Tensor x = x_in.to(DType::F32);
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::uninitialized(x.shape());
   const float* xp = x.f32();
   float* yp = y.f32();
   parallel_for(x.numel(), kGrain, [&](int64_t i0, int64_t i1) {
@@ -170,7 +170,7 @@ Tensor activation(Act act, const Tensor& x_in) {
   const std::optional<float> a = gate_slope(act);
   if (!a) return unary(x_in, [act](float v) { return gelu_forward(act, v); });
   Tensor x = x_in.to(DType::F32);
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::uninitialized(x.shape());
   const float* xp = x.f32();
   float* yp = y.f32();
   parallel_for(x.numel(), kGrain, [&](int64_t i0, int64_t i1) {
@@ -186,7 +186,7 @@ Tensor activation(Act act, const Tensor& x_in) {
 Tensor activation_backward(Act act, const Tensor& x_in, const Tensor& gy_in) {
   DL_CHECK(x_in.shape() == gy_in.shape(), "activation backward: ", x_in.describe(), " vs ", gy_in.describe());
   Tensor x = x_in.to(DType::F32), gy = gy_in.contiguous();
-  Tensor gx = Tensor::empty(x.shape());
+  Tensor gx = Tensor::uninitialized(x.shape());
   const float *xp = x.f32(), *gp = gy.f32();
   float* op = gx.f32();
   const std::optional<float> a = gate_slope(act);
@@ -212,7 +212,7 @@ Tensor geglu(const Tensor& x_in) {
   const int64_t F2 = x.size(-1), F = F2 / 2, R = x.numel() / std::max<int64_t>(F2, 1);
   Shape s = x.shape();
   s.back() = F;
-  Tensor y = Tensor::empty(s);
+  Tensor y = Tensor::uninitialized(s);
   parallel_for(R, std::max<int64_t>(1, kGrain / std::max<int64_t>(F, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x.f32() + r * F2;
@@ -227,7 +227,7 @@ Tensor geglu_backward(const Tensor& x_in, const Tensor& gy_in) {
   Tensor x = x_in.to(DType::F32), gy = gy_in.contiguous();
   const int64_t F2 = x.size(-1), F = F2 / 2, R = x.numel() / std::max<int64_t>(F2, 1);
   DL_CHECK(gy.numel() == R * F, "geglu backward: gradient ", gy_in.describe(), " vs input ", x_in.describe());
-  Tensor gx = Tensor::empty(x.shape());
+  Tensor gx = Tensor::uninitialized(x.shape());
   parallel_for(R, std::max<int64_t>(1, kGrain / std::max<int64_t>(F, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float *xr = x.f32() + r * F2, *gr = gy.f32() + r * F;
@@ -247,7 +247,7 @@ Tensor swiglu(const Tensor& gate_in, const Tensor& up_in) {
   DL_CHECK(gate_in.dtype() == DType::F32 && up_in.dtype() == DType::F32, "swiglu: F32 operands expected, got ",
            gate_in.describe(), " and ", up_in.describe());
   Tensor g = gate_in.contiguous(), u = up_in.contiguous();
-  Tensor y = Tensor::empty(g.shape());
+  Tensor y = Tensor::uninitialized(g.shape());
   const float *gp = g.f32(), *up = u.f32();
   float* yp = y.f32();
   parallel_for(g.numel(), kGrain, [&](int64_t i0, int64_t i1) {
@@ -264,8 +264,8 @@ void swiglu_backward(const Tensor& gate_in, const Tensor& up_in, const Tensor& g
   Tensor g = gate_in.contiguous(), u = up_in.contiguous(), gy = gy_in.contiguous();
   DL_CHECK(g.shape() == gy.shape() && u.shape() == gy.shape(), "swiglu backward: shapes ", g.describe(), ", ",
            u.describe(), ", ", gy.describe());
-  if (ggate) *ggate = Tensor::empty(g.shape());
-  if (gup) *gup = Tensor::empty(g.shape());
+  if (ggate) *ggate = Tensor::uninitialized(g.shape());
+  if (gup) *gup = Tensor::uninitialized(g.shape());
   const float *gp = g.f32(), *up = u.f32(), *dy = gy.f32();
   float* dg = ggate ? ggate->f32() : nullptr;
   float* du = gup ? gup->f32() : nullptr;
@@ -288,7 +288,7 @@ Tensor upsample_nearest2x(const Tensor& x_in) {
   DL_CHECK(x_in.dim() == 4, "upsample_nearest2x: input must be [N,C,H,W], got ", x_in.describe());
   Tensor x = x_in.to(DType::F32);
   const int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
-  Tensor y = Tensor::empty({x.size(0), x.size(1), 2 * H, 2 * W});
+  Tensor y = Tensor::uninitialized({x.size(0), x.size(1), 2 * H, 2 * W});
   parallel_for(NC * H, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x.f32() + r * W;
@@ -305,7 +305,7 @@ Tensor upsample_nearest2x_backward(const Tensor& gy_in) {
            "upsample_nearest2x backward: gradient ", gy_in.describe(), " is not [N,C,2H,2W]");
   Tensor gy = gy_in.contiguous();
   const int64_t H = gy.size(2) / 2, W = gy.size(3) / 2, NC = gy.size(0) * gy.size(1);
-  Tensor gx = Tensor::empty({gy.size(0), gy.size(1), H, W});
+  Tensor gx = Tensor::uninitialized({gy.size(0), gy.size(1), H, W});
   parallel_for(NC * H, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* g0 = gy.f32() + (r / H) * 4 * H * W + (r % H) * 2 * (2 * W);
@@ -334,7 +334,7 @@ Tensor upsample_nearest(const Tensor& x_in, int64_t out_h, int64_t out_w) {
   Tensor x = x_in.to(DType::F32);
   const int64_t NC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
   const std::vector<int64_t> sy = nearest_sources(H, out_h), sx = nearest_sources(W, out_w);
-  Tensor y = Tensor::empty({x.size(0), x.size(1), out_h, out_w});
+  Tensor y = Tensor::uninitialized({x.size(0), x.size(1), out_h, out_w});
   parallel_for(NC * out_h, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x.f32() + (r / out_h) * H * W + sy[size_t(r % out_h)] * W;
@@ -381,7 +381,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     total += t.size(d);
   }
   shape[size_t(d)] = total;
-  Tensor out = Tensor::empty(shape, first.dtype());
+  Tensor out = Tensor::uninitialized(shape, first.dtype());
   int64_t at = 0;
   for (const Tensor& t : xs) {
     Tensor dst = out.slice(d, at, at + t.size(d));
@@ -421,7 +421,7 @@ Tensor sum(const Tensor& x_in, int64_t dim, bool keepdim) {
     s[size_t(d)] = 1;
   else
     s.erase(s.begin() + d);
-  Tensor y = Tensor::empty(s);
+  Tensor y = Tensor::uninitialized(s);
   parallel_for(outer * inner, 256, [&](int64_t i0, int64_t i1) {
     for (int64_t oi = i0; oi < i1; ++oi) {
       const int64_t o = oi / inner, i = oi % inner;
@@ -457,7 +457,7 @@ Tensor embedding(const Tensor& weight, const Tensor& ids_in) {
   }
   Shape s = ids.shape();
   s.push_back(D);
-  Tensor y = Tensor::empty(s);
+  Tensor y = Tensor::uninitialized(s);
   const size_t row_bytes = dtype_bytes(w.dtype(), D);
   parallel_for(n, 16, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)

@@ -194,7 +194,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool ta, bool tb) {
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   const int64_t nb = shape_numel(batch);
   if (nb == 0 || M == 0 || N == 0) return out;
 
@@ -250,7 +250,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   }
   Shape out_shape = x.shape();
   out_shape.back() = N;
-  Tensor out = Tensor::empty(out_shape);
+  // With K = 0 nothing below writes the output: it stays zero.
+  Tensor out = K > 0 ? Tensor::uninitialized(out_shape) : Tensor::zeros(out_shape);
   const int64_t R = x.numel() / std::max<int64_t>(K, 1);
   if (R == 0 || N == 0) return out;
   Tensor xc = x.contiguous();
@@ -309,7 +310,7 @@ Tensor linear_backward_input(const Tensor& gy, const Tensor& weight) {
   Tensor g = gy.contiguous();
   Shape out_shape = gy.shape();
   out_shape.back() = K;
-  Tensor gx = Tensor::empty(out_shape);
+  Tensor gx = Tensor::uninitialized(out_shape);
   const int64_t R = g.numel() / std::max<int64_t>(N, 1);
   gemm(false, false, R, K, N, 1.f, g.f32(), N, w.f32(), K, 0.f, gx.f32(), K);
   return gx;
@@ -321,7 +322,7 @@ Tensor linear_backward_weight(const Tensor& gy, const Tensor& x) {
   const int64_t R = g.numel() / std::max<int64_t>(N, 1);
   DL_CHECK(xc.numel() == R * K, "linear backward: input ", x.describe(), " does not match gradient ",
            gy.describe());
-  Tensor gw = Tensor::empty({N, K});
+  Tensor gw = Tensor::uninitialized({N, K});
   gemm(true, false, N, K, R, 1.f, g.f32(), N, xc.f32(), K, 0.f, gw.f32(), K);
   return gw;
 }

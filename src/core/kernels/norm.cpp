@@ -33,7 +33,7 @@ Tensor layer_norm(const Tensor& x_in, const Tensor* gamma, const Tensor* beta, f
   Tensor x = x_in.to(DType::F32), gh, bh;
   const float* gp = f32_or_null(gamma, gh);
   const float* bp = f32_or_null(beta, bh);
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::uninitialized(x.shape());
   Tensor mean = Tensor::empty({R}), rstd = Tensor::empty({R});
   const float* xp = x.f32();
   float* yp = y.f32();
@@ -70,7 +70,7 @@ void layer_norm_backward(const Tensor& x_in, const Tensor* gamma, const Tensor& 
   const float* gp = f32_or_null(gamma, gh);
   const float *xp = x.f32(), *gyp = gy.f32(), *mp = mean.f32(), *rp = rstd.f32();
   if (gx) {
-    *gx = Tensor::empty(x.shape());
+    *gx = Tensor::uninitialized(x.shape());
     float* gxp = gx->f32();
     parallel_for(R, 8, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -115,7 +115,7 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& weight, float eps, Tensor* rst
   const int64_t D = x_in.size(-1), R = x_in.numel() / std::max<int64_t>(D, 1);
   check_affine("rms_norm", &weight, D, x_in);
   Tensor x = x_in.to(DType::F32), w = weight.to(DType::F32);
-  Tensor y = Tensor::empty(x.shape()), rstd = Tensor::empty({R});
+  Tensor y = Tensor::uninitialized(x.shape()), rstd = Tensor::empty({R});
   const float *xp = x.f32(), *wp = w.f32();
   float* yp = y.f32();
   parallel_for(R, 8, [&](int64_t r0, int64_t r1) {
@@ -141,7 +141,7 @@ void rms_norm_backward(const Tensor& x_in, const Tensor& weight, const Tensor& r
   Tensor x = x_in.to(DType::F32), w = weight.to(DType::F32), gy = gy_in.contiguous();
   const float *xp = x.f32(), *wp = w.f32(), *gyp = gy.f32(), *rp = rstd.f32();
   if (gx) {
-    *gx = Tensor::empty(x.shape());
+    *gx = Tensor::uninitialized(x.shape());
     float* gxp = gx->f32();
     parallel_for(R, 8, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -178,7 +178,7 @@ Tensor group_norm(const Tensor& x_in, int groups, const Tensor* gamma, const Ten
   Tensor x = x_in.to(DType::F32), gh, bh;
   const float* gp = f32_or_null(gamma, gh);
   const float* bp = f32_or_null(beta, bh);
-  Tensor y = Tensor::empty(x.shape()), mean = Tensor::empty({N, groups}), rstd = Tensor::empty({N, groups});
+  Tensor y = Tensor::uninitialized(x.shape()), mean = Tensor::empty({N, groups}), rstd = Tensor::empty({N, groups});
   const float* xp = x.f32();
   float* yp = y.f32();
   parallel_for(N * groups, 1, [&](int64_t i0, int64_t i1) {
@@ -214,7 +214,7 @@ void group_norm_backward(const Tensor& x_in, int groups, const Tensor* gamma, co
   const float* gp = f32_or_null(gamma, gh);
   const float *xp = x.f32(), *gyp = gy.f32(), *mp = mean.f32(), *rp = rstd.f32();
   if (gx) {
-    *gx = Tensor::empty(x.shape());
+    *gx = Tensor::uninitialized(x.shape());
     float* gxp = gx->f32();
     parallel_for(N * groups, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t ng = i0; ng < i1; ++ng) {
