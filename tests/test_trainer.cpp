@@ -178,6 +178,41 @@ TEST(Trainer, CachedPosteriorsGiveTheUncachedRun) {
   for (const auto& [name, t] : x) EXPECT_TRUE(test::bit_equal(t, y.at(name))) << name;
 }
 
+// --posterior mode: the diffusion targets are the posterior means, so the diffusion loss does not move when the
+// VAE's posterior variance does (its quant_conv logvar bias raised by 8: std x e^4), while sampled targets do.
+TEST(Trainer, PosteriorModeTargetsTheMean) {
+  Dataset d("mode");
+  const fs::path wide = d.dir / "wide_posterior";
+  fs::copy(kModel, wide, fs::copy_options::recursive);
+  std::map<std::string, Tensor> head;
+  const std::string prefix = "stable_diffusion_head.";
+  for (auto& [k, v] : io::ModelDir::open(kModel).load())
+    if (k.rfind(prefix, 0) == 0) head.emplace(k.substr(prefix.size()), v.to(DType::F32).contiguous());
+  Tensor& bias = head.at("vae.quant_conv.bias");
+  const int64_t latent = bias.size(0) / 2;
+  for (int64_t c = latent; c < 2 * latent; ++c) bias.f32()[c] += 8.f;  // the logvar half
+  io::write_safetensors((wide / "stable_diffusion_head.safetensors").string(), head);
+  fs::remove(wide / "stable_diffusion_head.bin");
+
+  auto first_vm_losses = [&](const std::string& model, bool mode, const std::string& out) {
+    train::TrainOptions o = options(d, out, "II");
+    o.model = model;
+    o.max_steps = 2;
+    o.posterior_mode = mode;
+    std::vector<train::StepReport> r;
+    train::Trainer(o, collect(r)).run();
+    EXPECT_EQ(r.size(), 2u);
+    std::vector<float> vm;
+    for (const auto& s : r) vm.push_back(s.vm_loss);
+    return vm;
+  };
+  const auto mode = first_vm_losses(kModel, true, "a"), mode_wide = first_vm_losses(wide.string(), true, "b");
+  const auto sample = first_vm_losses(kModel, false, "c"), sample_wide = first_vm_losses(wide.string(), false, "e");
+  EXPECT_EQ(mode, mode_wide);
+  EXPECT_NE(sample, sample_wide);
+  EXPECT_NE(mode, sample);
+}
+
 // The VAE stage's latent gain moves only what the decoder reads: at the first step the encoder (so the KL term) is
 // the plain run's and the reconstruction is not; the gains come from the run's seed, so a rerun repeats them.
 TEST(Trainer, LatentGainJitterReachesOnlyTheDecoder) {
@@ -407,6 +442,9 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   const auto factor = test::cli("train --lr-scale vision_tower=fast -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(factor.code, 2);
   EXPECT_NE(factor.err.find("GROUP=FACTOR"), std::string::npos);
+  const auto posterior = test::cli("train --posterior mean -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(posterior.code, 2);
+  EXPECT_NE(posterior.err.find("--posterior"), std::string::npos);
 }
 
 TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {

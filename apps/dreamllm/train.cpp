@@ -73,6 +73,12 @@ int train_main(int argc, char** argv) {
                  "probability of training a dream span on the unconditional condition (classifier-free guidance; "
                  "0 as the released configs)")
       ->check(CLI::Range(0.0, 0.99));
+  std::string posterior = "sample";
+  app.add_option("--posterior", posterior,
+                 "diffusion targets: 'sample' the VAE posterior (the original's latent_dist.sample()) or take its "
+                 "'mode' (the mean)")
+      ->check(CLI::IsMember({"sample", "mode"}))
+      ->capture_default_str();
   app.add_option("--trainable", trainable,
                  "override the stage's trainable groups: comma list of llm, vision_projector, dream_queries, "
                  "condition_projector, vision_tower, unet, vae");
@@ -118,6 +124,7 @@ int train_main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
 
   o.posterior_cache_bytes = posterior_cache_mb << 20;
+  o.posterior_mode = posterior == "mode";
   o.model = model;
   o.stage = train::stage_preset(stage);
   if (lr) o.learning_rate = *lr;

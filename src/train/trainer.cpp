@@ -392,9 +392,11 @@ struct Trainer::Impl {
         DL_CHECK(int64_t(refs.size()) == M, "the batch has ", M, " diffusion picture(s) for ", refs.size(),
                  " dream image reference(s)");
         const auto [mean, logvar] = posteriors_of(refs, c.dm_images);
-        // latent_dist.sample() times the scaling factor, as the original encodes.
+        // latent_dist.sample() times the scaling factor, as the original encodes (or the mode, on request; the
+        // sample's noise is drawn either way, so the rest of the batch does not depend on the choice).
         const Tensor eps = rng.randn(mean.shape());
-        latents = ops::scale(ops::gaussian_sample(mean, logvar, eps), dir.vae_config().scaling_factor);
+        latents = ops::scale(opt.posterior_mode ? mean : ops::gaussian_sample(mean, logvar, eps),
+                             dir.vae_config().scaling_factor);
       }
       b.dm_latents = latents;
       b.noise = rng.randn(latents.shape());

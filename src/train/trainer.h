@@ -38,6 +38,10 @@ struct TrainOptions {
   int save_total_limit = 2;
   float condition_dropout = 0.f;  // probability of training a dream span on the unconditional condition
   bool gradient_checkpointing = false;  // recompute each LLM layer during backward (less memory)
+  // The diffusion target: the VAE posterior's mean (latent_dist.mode()) instead of a sample (the original's
+  // latent_dist.sample()). A VAE whose decoder ignores most of its latent pixels (the world's at 2x downsampling:
+  // posterior std above the latents' own spread) otherwise hands the UNet targets that are mostly noise.
+  bool posterior_mode = false;
   // Memory for the frozen VAE's posterior of each dream picture, kept after its first encoding (0: encode every
   // time). Results are bit-identical either way.
   size_t posterior_cache_bytes = size_t(1) << 30;
