@@ -201,6 +201,37 @@ TEST(Scratch, TheWorldUNetCanPoolTheCondition) {
   fs::remove_all(dir);
 }
 
+// `world init --latent-downsampling 2`: a two-block VAE (16x16 latents at 32 px) and a three-level UNet whose
+// first level works at the latent's side; the directory loads, the VAE codes a picture to 16x16 latents and the UNet
+// maps them to their own shape. Other factors are refused by name.
+TEST(Scratch, TheWorldCanCodeLatentsAtHalfResolution) {
+  const train::ScratchSpec four = world::tiny_spec(32);
+  EXPECT_EQ(four.unet.sample_size, 8);
+  EXPECT_EQ(four.vae.block_out_channels.size(), 3u);
+  const train::ScratchSpec two = world::tiny_spec(32, {.latent_downsampling = 2});
+  EXPECT_EQ(two.unet.sample_size, 16);
+  EXPECT_EQ(two.unet.block_out_channels, (std::vector<int64_t>{32, 64, 128}));
+  EXPECT_EQ(two.unet.down_block_types, (std::vector<std::string>{"DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"}));
+  EXPECT_NE(test::error_of([] { world::tiny_spec(32, {.latent_downsampling = 8}); }).find("downsamples 2x or 4x"),
+            std::string::npos);
+  EXPECT_EQ(test::cli("world init -d /nonexistent -o /tmp/x --latent-downsampling 3").code, 2);
+
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_half_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  train::create_model_dir(dir.string(), two, text::train_sentencepiece(corpus(), 300), 2);
+  const io::ModelDir md = io::ModelDir::open(dir.string());
+  EXPECT_EQ(md.vae_config().scale_factor(), 2);
+  EXPECT_EQ(md.unet_config().sample_size, 16);
+  nn::NoGradGuard ng;
+  const pipelines::DiffusionHead head(md);
+  const Tensor z = head.vae.encode(nn::Var(Tensor::zeros({1, 3, 32, 32}))).mean.value();
+  EXPECT_EQ(z.shape(), Shape({1, 4, 16, 16}));
+  const Tensor v = head.unet.forward(nn::Var(z), Tensor::from_vector({500.f}, {1}),
+                                     nn::Var(Tensor::full({1, 8, 64}, 0.5f))).value();
+  EXPECT_EQ(v.shape(), Shape({1, 4, 16, 16}));
+  fs::remove_all(dir);
+}
+
 // The world's noise schedule: v_prediction at zero terminal SNR by default, written to the model directory so that
 // training and sampling read it; --sd-noise-schedule gives SD 2.1-base's.
 TEST(Scratch, TheWorldSchedulesToZeroTerminalSnr) {

@@ -546,6 +546,10 @@ int world_main(int argc, char** argv) {
   in->add_flag("--unet-text-embedding", init_options.unet_text_embedding,
                "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "
                "time embedding of every resnet");
+  in->add_option("--latent-downsampling", init_options.latent_downsampling,
+                 "the VAE's downsampling factor: 4 (8x8 latents at 32 px) or 2 (16x16 latents, a three-level UNet)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({2, 4}));
   in->add_flag("--sd-noise-schedule", init_options.sd_noise_schedule,
                "SD 2.1-base's noise schedule (epsilon prediction, terminal SNR 0.0047) instead of v_prediction with "
                "zero terminal SNR");

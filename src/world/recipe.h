@@ -17,9 +17,13 @@ struct TinyModelOptions {
   // from the condition: an epsilon loss weights x0 errors at the noisiest steps by their SNR, and the last step
   // still shows where the shapes are (docs/shapes_world.md, "The UNet did not learn the layout from the condition").
   bool sd_noise_schedule = false;
+  // The VAE's downsampling factor, 4 or 2. At 4 (8x8 latents at 32 px) a shape is 1.6-2.3 latent pixels across and
+  // its kind is a pattern of channel values at one of 9 sub-pixel phases; at 2 (16x16 latents) it is 3-5 pixels
+  // across, a shape the UNet's convolutions can draw, and the UNet gets a third level (16, 8 and 4 latent px).
+  int64_t latent_downsampling = 4;
 };
 
-// The world's sizes for `image_size` px pictures (32 or 64): 4x VAE downsampling, 8 dream queries.
+// The world's sizes for `image_size` px pictures (32 or 64): 4x (or 2x) VAE downsampling, 8 dream queries.
 train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options = {});
 
 // Every sentence of a generated split's files (captions, questions, answers, documents, instructions, drawing
