@@ -6,8 +6,13 @@
                                          patches: position-invariant), trained on DATA/train, read on DATA/test
   world_probes.py condition MODEL DATA   what the creation condition carries and whether the UNet uses it:
                                          dream-query conditions of 1-shape captions -> colour, kind, cell, size
-                                         (ridge probe), then the UNet's noise-prediction error on held-out pictures
-                                         with their own, shuffled and empty conditions, by timestep range
+                                         (ridge probe), then the UNet's error on held-out pictures with their own,
+                                         shuffled and empty conditions, by timestep range
+  world_probes.py kind MODEL DATA [PNG]  where the kind of a drawn shape is decided: held-out one-shape pictures
+                                         noised to t and denoised from there (DDIM, 10 steps, CFG 3) with their own
+                                         caption and with the kind word changed, scored with `world score`; then the
+                                         UNet's picture estimate from pure noise (t = 999) for five kinds at three
+                                         cells, written to PNG if given
 
 Runs `dreamllm run` (build/bin/dreamllm, or $DREAMLLM) on tensor files; needs numpy, PIL and sentencepiece
 (Debian's python3-numpy, python3-pil, python3-sentencepiece).
@@ -121,22 +126,56 @@ def vision(model, data, tmp):
         print(f"  {name:7s} from the patch under the shape: {acc:.3f} (majority {np.bincount(yte).max() / len(yte):.3f})")
 
 
-def condition(model, data, tmp):
+def dream_conditions(model, captions, tmp):
+    """The creation conditions [N, Q, C] of captions as the pairs read them: BOS, caption, the dream-query span."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=os.path.join(model, "tokenizer.model"))
     cfg = json.load(open(os.path.join(model, "config.json")))
     special = cfg["special_tokens2ids_dict"]["additional_special_tokens"]
     queries = cfg["plugins_init_kwargs"]["dream_embedding"]["num_dream_queries"]
     span = [special["<dream_start>"]] + [special["<im_patch>"]] * queries + [special["<dream_end>"]]
+    ids = [[cfg["bos_token_id"]] + sp.encode(c) + span for c in captions]
+    width = max(map(len, ids))
+    a = np.zeros((len(ids), width), np.int64)
+    m = np.zeros((len(ids), width), np.float32)
+    for i, x in enumerate(ids):
+        a[i, :len(x)], m[i, :len(x)] = x, 1
+    return run("llm", model, {"input_ids": a, "attention_mask": m}, tmp)["dream_conditions"]
 
+
+def schedule(model):
+    """alphas_cumprod of the model's scheduler (scaled_linear betas, rescaled to zero terminal SNR when configured,
+    as diffusers' rescale_zero_terminal_snr) and its prediction type."""
+    sch = json.load(open(os.path.join(model, "scheduler", "scheduler_config.json")))
+    betas = np.linspace(sch["beta_start"] ** 0.5, sch["beta_end"] ** 0.5, sch["num_train_timesteps"]) ** 2
+    alphas = np.cumprod(1 - betas)
+    if sch.get("rescale_betas_zero_snr", False):
+        r = np.sqrt(alphas)
+        r = (r - r[-1]) * r[0] / (r[0] - r[-1])
+        alphas = r ** 2
+    return alphas, sch.get("prediction_type", "epsilon")
+
+
+def latents_of(model, data, split, ss, tmp):
+    x = np.array([picture(data, split, s).transpose(2, 0, 1) * 2 - 1 for s in ss], np.float32)
+    vae = json.load(open(os.path.join(model, "vae", "config.json")))
+    return run("vae_encode", model, {"image": x}, tmp)["mean"] * vae["scaling_factor"]
+
+
+def unet(model, xt, t, cond, tmp):
+    return run("unet", model, {"sample": xt.astype(np.float32), "timestep": np.full(len(xt), t, np.float32),
+                               "encoder_hidden_states": cond.astype(np.float32)}, tmp)["eps"]
+
+
+def decoded(model, z, tmp):
+    """Pictures [N, H, W, 3] in [0, 1] from scaled latents."""
+    image = run("vae_decode", model, {"latents": z.astype(np.float32)}, tmp)["image"]
+    return np.clip((image.transpose(0, 2, 3, 1) + 1) / 2, 0, 1)
+
+
+def condition(model, data, tmp):
     def conditions(captions):
-        ids = [[cfg["bos_token_id"]] + sp.encode(c) + span for c in captions]
-        width = max(map(len, ids))
-        a = np.zeros((len(ids), width), np.int64)
-        m = np.zeros((len(ids), width), np.float32)
-        for i, x in enumerate(ids):
-            a[i, :len(x)], m[i, :len(x)] = x, 1
-        return run("llm", model, {"input_ids": a, "attention_mask": m}, tmp)["dream_conditions"]
+        return dream_conditions(model, captions, tmp)
 
     def attributes(s):
         sh = s["shapes"][0]
@@ -150,33 +189,96 @@ def condition(model, data, tmp):
         acc = (ridge(ctr.reshape(len(ctr), -1), ytr[:, j], cte.reshape(len(cte), -1), k) == yte[:, j]).mean()
         print(f"  {name:6s} read back from the condition: {acc:.3f} (chance {1 / k:.3f})")
 
-    x = np.array([picture(data, "test", s).transpose(2, 0, 1) * 2 - 1 for s in te], np.float32)
-    vae = json.load(open(os.path.join(model, "vae", "config.json")))
-    z = run("vae_encode", model, {"image": x}, tmp)["mean"] * vae["scaling_factor"]
-    sch = json.load(open(os.path.join(model, "scheduler", "scheduler_config.json")))
-    betas = np.linspace(sch["beta_start"] ** 0.5, sch["beta_end"] ** 0.5, sch["num_train_timesteps"]) ** 2
-    alphas = np.cumprod(1 - betas)
+    z = latents_of(model, data, "test", te, tmp)
+    alphas, prediction = schedule(model)
     rng = np.random.default_rng(0)
     empty = np.repeat(conditions([""]), len(te), 0)
-    print("  UNet noise-prediction MSE with each picture's own / a shuffled / the empty condition:")
+    print(f"  UNet {prediction} MSE with each picture's own / a shuffled / the empty condition:")
     for lo, hi in [(0, 300), (300, 700), (700, 1000)]:
         t = rng.integers(lo, hi, size=len(z))
         eps = rng.standard_normal(z.shape).astype(np.float32)
         a = alphas[t][:, None, None, None]
         xt = (np.sqrt(a) * z + np.sqrt(1 - a) * eps).astype(np.float32)
+        target = eps if prediction == "epsilon" else np.sqrt(a) * eps - np.sqrt(1 - a) * z
         errs = []
         for c in [cte, cte[rng.permutation(len(cte))], empty]:
             out = run("unet", model, {"sample": xt, "timestep": t.astype(np.float32),
                                       "encoder_hidden_states": c.astype(np.float32)}, tmp)["eps"]
-            errs.append(((out - eps) ** 2).mean())
+            errs.append(((out - target) ** 2).mean())
         print(f"    t in [{lo}, {hi}): own {errs[0]:.4f}  shuffled {errs[1]:.4f}  empty {errs[2]:.4f}")
 
 
+def kinds_found(pictures, captions, tmp):
+    """The kind `world score` finds for the one shape of each picture ('-' when it finds none)."""
+    found = []
+    for i, (p, c) in enumerate(zip(pictures, captions)):
+        path = os.path.join(tmp, f"kind_{i}.png")
+        Image.fromarray((p * 255 + 0.5).astype(np.uint8)).save(path)
+        report = subprocess.run([DREAMLLM, "world", "score", "-i", path, "-p", c], capture_output=True,
+                                text=True).stdout
+        kind = "-"
+        for line in report.splitlines():
+            if line.startswith("kind"):
+                kind = line.split("found ")[-1] if "found" in line else c.split()[3]
+        found.append(kind)
+    return found
+
+
+def kind(model, data, tmp, png=None, n=48, cfg_scale=3.0, steps=10):
+    alphas, prediction = schedule(model)
+    assert prediction == "v_prediction", "the kind probe samples v_prediction models (the world's default)"
+    te = scenes(data, "test", n, one_shape=True)
+    truth = [s["shapes"][0]["kind"] for s in te]
+    other = [KINDS[(KINDS.index(k) + 1) % len(KINDS)] for k in truth]
+    own = [s["caption"] for s in te]
+    changed = [c.replace(a, b) for c, a, b in zip(own, truth, other)]
+    c_own, c_changed = dream_conditions(model, own, tmp), dream_conditions(model, changed, tmp)
+    empty = np.repeat(dream_conditions(model, [""], tmp), len(te), 0)
+    z = latents_of(model, data, "test", te, tmp)
+    noise = np.random.default_rng(0).standard_normal(z.shape).astype(np.float32)
+
+    def sample_from(t0, cond):  # DDIM (eta 0) on the v_prediction model from timestep t0 to 0, with CFG
+        ts = np.round(np.linspace(t0, 0, steps + 1)).astype(int)
+        x = np.sqrt(alphas[t0]) * z + np.sqrt(1 - alphas[t0]) * noise
+        for i in range(steps):
+            a = alphas[ts[i]]
+            u = unet(model, x, ts[i], empty, tmp)
+            v = u + cfg_scale * (unet(model, x, ts[i], cond, tmp) - u)
+            x0, eps = np.sqrt(a) * x - np.sqrt(1 - a) * v, np.sqrt(a) * v + np.sqrt(1 - a) * x
+            a_next = alphas[ts[i + 1]] if i + 1 < steps else 1.0
+            x = np.sqrt(a_next) * x0 + np.sqrt(1 - a_next) * eps
+        return decoded(model, x, tmp)
+
+    print(f"{len(te)} held-out one-shape pictures noised to t and denoised (DDIM {steps} steps, CFG {cfg_scale:g}):")
+    for t0 in [10, 100, 200, 300, 400, 700, 999]:
+        kept = np.mean([a == b for a, b in zip(kinds_found(sample_from(t0, c_own), own, tmp), truth)])
+        moved = np.mean([a == b for a, b in zip(kinds_found(sample_from(t0, c_changed), changed, tmp), other)])
+        print(f"  from t = {t0:3d}: own caption keeps the kind {kept:.2f}; kind word changed: the new kind {moved:.2f}")
+
+    captions = [f"a large red {k} at the {c}" for c in ["top left", "center", "bottom right"] for k in KINDS]
+    cond = dream_conditions(model, captions, tmp)
+    side = json.load(open(os.path.join(model, "unet", "config.json")))["sample_size"]
+    x = np.repeat(np.random.default_rng(1).standard_normal((1, z.shape[1], side, side)).astype(np.float32),
+                  len(captions), 0)
+    estimate = decoded(model, -unet(model, x, len(alphas) - 1, cond, tmp), tmp)  # x0 = -v at zero SNR
+    found = kinds_found(estimate, captions, tmp)
+    print("picture estimates from pure noise, 'a large red KIND at CELL': kinds found " +
+          ", ".join(f"{k}->{f}" for k, f in zip([c.split()[3] for c in captions], found)))
+    if png:
+        tile = 64
+        sheet = Image.new("RGB", (len(captions) * (tile + 2), tile), (128, 128, 128))
+        for i, p in enumerate(estimate):
+            sheet.paste(Image.fromarray((p * 255 + 0.5).astype(np.uint8)).resize((tile, tile), Image.NEAREST),
+                        (i * (tile + 2), 0))
+        sheet.save(png)
+
+
 def main():
-    if len(sys.argv) != 4 or sys.argv[1] not in ("vision", "condition"):
+    probes = {"vision": vision, "condition": condition, "kind": kind}
+    if len(sys.argv) not in (4, 5) or sys.argv[1] not in probes or (len(sys.argv) == 5 and sys.argv[1] != "kind"):
         sys.exit(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
-        (vision if sys.argv[1] == "vision" else condition)(sys.argv[2], sys.argv[3], tmp)
+        probes[sys.argv[1]](sys.argv[2], sys.argv[3], tmp, *sys.argv[4:])
 
 
 if __name__ == "__main__":
