@@ -308,12 +308,6 @@ TEST(Optim, AdamWRefusesReadOnlyParameters) {
   std::remove(path);
 }
 
-}  // namespace
-}  // namespace dl
-
-namespace dl {
-namespace {
-
 // A batch of small images (spread over the threads, one image per task, each unfolded whole): every output and
 // gradient equals a direct convolution written out as the sums of its definition, padding included.
 TEST(Conv2d, SmallImageBatchesMatchADirectConvolution) {

@@ -26,6 +26,20 @@ Tensor iota(const Shape& s) {
   return t;
 }
 
+// Both allocators refuse absurd sizes by name before asking the system; the zeroing one clears the whole 64-byte
+// block, padding included, and a zero-byte request still gets a block.
+TEST(Storage, AllocationsAreBoundedAndZeroedWhenAsked) {
+  for (auto* allocate : {&Storage::allocate, &Storage::allocate_uninitialized})
+    EXPECT_NE(test::error_of([&] { allocate(size_t(1) << 50); }).find("larger than the 64 TiB limit"),
+              std::string::npos);
+  const auto s = Storage::allocate(5);
+  EXPECT_EQ(s->size(), 5u);
+  const auto* bytes = static_cast<const unsigned char*>(s->data());
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(bytes[i], 0) << i;
+  EXPECT_NE(Storage::allocate_uninitialized(0)->data(), nullptr);
+  EXPECT_EQ(Tensor::uninitialized({3, 4}).shape(), Shape({3, 4}));
+}
+
 TEST(Tensor, ContiguousBasics) {
   Tensor t = iota({2, 3, 4});
   EXPECT_EQ(t.numel(), 24);

@@ -206,8 +206,9 @@ TEST(Trainer, PosteriorModeTargetsTheMean) {
     for (const auto& s : r) vm.push_back(s.vm_loss);
     return vm;
   };
-  const auto mode = first_vm_losses(kModel, true, "a"), mode_wide = first_vm_losses(wide.string(), true, "b");
-  const auto sample = first_vm_losses(kModel, false, "c"), sample_wide = first_vm_losses(wide.string(), false, "e");
+  const auto mode = first_vm_losses(kModel, true, "mode"), mode_wide = first_vm_losses(wide.string(), true, "mode_w");
+  const auto sample = first_vm_losses(kModel, false, "sample"),
+             sample_wide = first_vm_losses(wide.string(), false, "sample_w");
   EXPECT_EQ(mode, mode_wide);
   EXPECT_NE(sample, sample_wide);
   EXPECT_NE(mode, sample);

@@ -163,7 +163,9 @@ def latents_of(model, data, split, ss, tmp):
 
 
 def unet(model, xt, t, cond, tmp):
-    return run("unet", model, {"sample": xt.astype(np.float32), "timestep": np.full(len(xt), t, np.float32),
+    """The UNet's output for latents xt at timestep t (one for all, or one per latent)."""
+    timesteps = np.broadcast_to(np.asarray(t, np.float32), (len(xt),)).copy()
+    return run("unet", model, {"sample": xt.astype(np.float32), "timestep": timesteps,
                                "encoder_hidden_states": cond.astype(np.float32)}, tmp)["eps"]
 
 
@@ -174,15 +176,13 @@ def decoded(model, z, tmp):
 
 
 def condition(model, data, tmp):
-    def conditions(captions):
-        return dream_conditions(model, captions, tmp)
-
     def attributes(s):
         sh = s["shapes"][0]
         return [COLOURS.index(sh["colour"]), KINDS.index(sh["kind"]), sh["row"] * 3 + sh["col"], int(sh["size"] == "large")]
 
     tr, te = scenes(data, "train", 1200, True), scenes(data, "test", 150, True)
-    ctr, cte = conditions([s["caption"] for s in tr]), conditions([s["caption"] for s in te])
+    ctr = dream_conditions(model, [s["caption"] for s in tr], tmp)
+    cte = dream_conditions(model, [s["caption"] for s in te], tmp)
     ytr, yte = np.array([attributes(s) for s in tr]), np.array([attributes(s) for s in te])
     print(f"conditions {list(ctr.shape[1:])} of 1-shape captions: {len(tr)} training, {len(te)} held out")
     for j, (name, k) in enumerate([("colour", 6), ("kind", 5), ("cell", 9), ("size", 2)]):
@@ -192,7 +192,7 @@ def condition(model, data, tmp):
     z = latents_of(model, data, "test", te, tmp)
     alphas, prediction = schedule(model)
     rng = np.random.default_rng(0)
-    empty = np.repeat(conditions([""]), len(te), 0)
+    empty = np.repeat(dream_conditions(model, [""], tmp), len(te), 0)
     print(f"  UNet {prediction} MSE with each picture's own / a shuffled / the empty condition:")
     for lo, hi in [(0, 300), (300, 700), (700, 1000)]:
         t = rng.integers(lo, hi, size=len(z))
@@ -202,9 +202,7 @@ def condition(model, data, tmp):
         target = eps if prediction == "epsilon" else np.sqrt(a) * eps - np.sqrt(1 - a) * z
         errs = []
         for c in [cte, cte[rng.permutation(len(cte))], empty]:
-            out = run("unet", model, {"sample": xt, "timestep": t.astype(np.float32),
-                                      "encoder_hidden_states": c.astype(np.float32)}, tmp)["eps"]
-            errs.append(((out - target) ** 2).mean())
+            errs.append(((unet(model, xt, t, c, tmp) - target) ** 2).mean())
         print(f"    t in [{lo}, {hi}): own {errs[0]:.4f}  shuffled {errs[1]:.4f}  empty {errs[2]:.4f}")
 
 
@@ -216,11 +214,8 @@ def kinds_found(pictures, captions, tmp):
         Image.fromarray((p * 255 + 0.5).astype(np.uint8)).save(path)
         report = subprocess.run([DREAMLLM, "world", "score", "-i", path, "-p", c], capture_output=True,
                                 text=True).stdout
-        kind = "-"
-        for line in report.splitlines():
-            if line.startswith("kind"):
-                kind = line.split("found ")[-1] if "found" in line else c.split()[3]
-        found.append(kind)
+        # "kind  object 1  pass|FAIL expected K, found K'"; no kind line when no shape was found.
+        found.append(next((line.split("found ")[-1] for line in report.splitlines() if line.startswith("kind")), "-"))
     return found
 
 

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -14,22 +15,34 @@
 
 namespace dl {
 
-std::shared_ptr<Storage> Storage::allocate_uninitialized(size_t bytes) {
-  // Guard against absurd sizes before asking the allocator (a corrupt header must not trigger a giant allocation
-  // that "succeeds" lazily and then fails on first touch).
+namespace {
+
+// The 64-byte multiple actually allocated for `bytes` (at least one block), after refusing absurd sizes before
+// asking the allocator (a corrupt header must not trigger a giant allocation that "succeeds" lazily and then fails
+// on first touch).
+size_t allocated_bytes(size_t bytes) {
   constexpr size_t kMaxBytes = size_t(1) << 46;
   DL_CHECK(bytes <= kMaxBytes, "allocation of ", bytes, " bytes is larger than the 64 TiB limit");
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
+  return std::max<size_t>(64, (bytes + 63) / 64 * 64);
+}
+
+void* aligned_block(size_t bytes, size_t rounded) {
   void* p = std::aligned_alloc(64, rounded);
   if (!p) fail("out of memory allocating ", bytes, " bytes");
-  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned));
+  return p;
+}
+
+}  // namespace
+
+std::shared_ptr<Storage> Storage::allocate_uninitialized(size_t bytes) {
+  return std::shared_ptr<Storage>(new Storage(aligned_block(bytes, allocated_bytes(bytes)), bytes, Kind::Owned));
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
-  std::shared_ptr<Storage> s = allocate_uninitialized(bytes);
-  std::memset(s->data(), 0, (bytes + 63) / 64 * 64);
-  return s;
+  const size_t rounded = allocated_bytes(bytes);
+  void* p = aligned_block(bytes, rounded);
+  std::memset(p, 0, rounded);
+  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned));
 }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
