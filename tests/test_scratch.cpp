@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/config.h"
 #include "io/model_dir.h"
+#include "io/safetensors.h"
 #include "models/dreamllm.h"
 #include "pipelines/create.h"
 #include "test_util.h"
@@ -232,6 +233,47 @@ TEST(Scratch, TheWorldCanCodeLatentsAtHalfResolution) {
   fs::remove_all(dir);
 }
 
+// At 36 px each grid cell is 12 px: one CLIP patch of 12 px and 3x3 latent pixels, so every shape's latent code
+// has the same sub-pixel phase. The 9x9 latent is odd, and the UNet's upsampling follows its skip connections.
+TEST(Scratch, TheWorldCanAlignCellsWithPatchesAndLatents) {
+  const train::ScratchSpec spec = world::tiny_spec(36, {.patch_size = 12, .vision_position_std = 0.25});
+  EXPECT_EQ(spec.unet.sample_size, 9);
+  EXPECT_EQ(spec.clip_position_std, 0.25);
+  EXPECT_EQ(world::tiny_spec(36, {.patch_size = 12}).clip_position_std, 0.02);  // HF's initializer_range
+  EXPECT_NE(test::error_of([] { world::tiny_spec(36, {.patch_size = 12, .vision_position_std = 0}); })
+                .find("position embeddings' standard deviation"),
+            std::string::npos);
+  EXPECT_EQ(spec.clip.image_size / spec.clip.patch_size, 3);
+  EXPECT_NE(test::error_of([] { world::tiny_spec(34); }).find("4x downsampling divides, not 34 px"), std::string::npos);
+  EXPECT_NE(test::error_of([] { world::tiny_spec(68); }).find("24-64 px"), std::string::npos);
+  EXPECT_NE(test::error_of([] { world::tiny_spec(36, {.patch_size = 8}); }).find("do not tile a 36 px"),
+            std::string::npos);
+
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_aligned_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  train::create_model_dir(dir.string(), spec, text::train_sentencepiece(corpus(), 300), 2);
+  const io::ModelDir md = io::ModelDir::open(dir.string());
+  nn::NoGradGuard ng;
+  const pipelines::DiffusionHead head(md);
+  const Tensor z = head.vae.encode(nn::Var(Tensor::zeros({2, 3, 36, 36}))).mean.value();
+  EXPECT_EQ(z.shape(), Shape({2, 4, 9, 9}));
+  const Tensor v = head.unet.forward(nn::Var(z), Tensor::from_vector({500.f, 20.f}, {2}),
+                                     nn::Var(Tensor::full({2, 8, 64}, 0.5f))).value();
+  EXPECT_EQ(v.shape(), Shape({2, 4, 9, 9}));
+  EXPECT_EQ(head.vae.decode(nn::Var(z)).value().shape(), Shape({2, 3, 36, 36}));
+  // The position embeddings start at the asked spread, the patch embedding at HF's 0.02.
+  const io::SafetensorsFile clip = io::read_safetensors((dir / "clip_vision_embedding.safetensors").string());
+  const auto spread = [&](const std::string& name) {
+    const Tensor t = clip.tensors.at("clip_vision_model.vision_model.embeddings." + name).to(DType::F32);
+    double s2 = 0;
+    for (int64_t i = 0; i < t.numel(); ++i) s2 += double(t.f32()[i]) * t.f32()[i];
+    return std::sqrt(s2 / double(t.numel()));
+  };
+  EXPECT_NEAR(spread("position_embedding.weight"), 0.25, 0.03);  // 10 x 96 draws
+  EXPECT_NEAR(spread("patch_embedding.weight"), 0.02, 0.001);
+  fs::remove_all(dir);
+}
+
 // The world's noise schedule: v_prediction at zero terminal SNR by default, written to the model directory so that
 // training and sampling read it; --sd-noise-schedule gives SD 2.1-base's.
 TEST(Scratch, TheWorldSchedulesToZeroTerminalSnr) {
@@ -328,6 +370,7 @@ TEST(ShapesWorldModel, SeesHeldOutPicturesAndWritesIllustratedDocuments) {
   g.train = 0;
   g.test = 40;
   g.seed = 1;  // the recipe's held-out split
+  g.world.image_size = io::ModelDir::open(model).vae_config().sample_size;  // the pictures the model was trained on
   world::generate(g, dir.string());
   const auto q = test::cli("world eval-vqa -m " + model + " --vqa " + (dir / "test/vqa.json").string() + " -n 30");
   ASSERT_EQ(q.code, 0) << q.err;

@@ -68,7 +68,7 @@ std::map<std::string, Tensor> llama_init(const io::LlamaConfig& c, Rng& rng) {
   return out;
 }
 
-std::map<std::string, Tensor> clip_init(const io::ClipVisionConfig& c, Rng& rng) {
+std::map<std::string, Tensor> clip_init(const io::ClipVisionConfig& c, double position_std, Rng& rng) {
   const double D = double(c.hidden_size), L = double(c.num_hidden_layers);
   const double in_proj = std::pow(D, -0.5) * std::pow(2.0 * L, -0.5), out_proj = std::pow(D, -0.5),
                fc1 = std::pow(2.0 * D, -0.5);
@@ -78,8 +78,10 @@ std::map<std::string, Tensor> clip_init(const io::ClipVisionConfig& c, Rng& rng)
     Tensor t;
     if (name.ends_with("class_embedding")) {
       t = normal(shape, std::pow(D, -0.5), rng);
-    } else if (name.ends_with("patch_embedding.weight") || name.ends_with("position_embedding.weight")) {
+    } else if (name.ends_with("patch_embedding.weight")) {
       t = normal(shape, 0.02, rng);
+    } else if (name.ends_with("position_embedding.weight")) {
+      t = normal(shape, position_std, rng);
     } else if (name.ends_with(".bias")) {
       t = constant(shape, 0.f);
     } else if (shape.size() == 1) {
@@ -139,7 +141,7 @@ void create_model_dir(const std::string& dir, ScratchSpec spec, const std::strin
       unet_rng(derive_seed(seed, 4)), vae_rng(derive_seed(seed, 5)), proj_rng(derive_seed(seed, 6));
   io::write_safetensors(dir + "/model.safetensors", llama_init(cfg.llm, llm_rng), {{"format", "pt"}});
   const int64_t D = cfg.llm.hidden_size, Dv = spec.clip.hidden_size, C = spec.unet.cross_attention_dim;
-  auto clip = clip_init(spec.clip, clip_rng);
+  auto clip = clip_init(spec.clip, spec.clip_position_std, clip_rng);
   clip["projector.projector.weight"] = uniform({D, Dv}, 1.0 / std::sqrt(double(Dv)), proj_rng);
   clip["projector.projector.bias"] = uniform({D}, 1.0 / std::sqrt(double(Dv)), proj_rng);
   io::write_safetensors(dir + "/clip_vision_embedding.safetensors", clip, {{"format", "pt"}});

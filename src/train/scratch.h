@@ -22,6 +22,10 @@ struct ScratchSpec {
   io::SchedulerConfig scheduler;  // SD 2.1-base's by default
   int64_t dream_queries = 64;
   int64_t clip_select_layer = -2;
+  // Standard deviation of the fresh CLIP position embeddings: HF's initializer_range (0.02) by default. Where every
+  // patch holds one whole cell of a grid, the patches' content says nothing about where they are, and at 0.02 the
+  // position is a few percent of the patch features.
+  double clip_position_std = 0.02;
   float loss_weight_lm = 1.f, loss_weight_vm = 10.f;
 };
 

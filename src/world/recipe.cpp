@@ -12,8 +12,10 @@ namespace dl::world {
 namespace fs = std::filesystem;
 
 train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options) {
-  DL_CHECK(image_size == 32 || image_size == 64, "the tiny world model is sized for 32 or 64 px pictures, not ",
-           image_size);
+  const int64_t down = options.latent_downsampling;
+  DL_CHECK(down == 2 || down == 4, "the tiny world model's VAE downsamples 2x or 4x, not ", down, "x");
+  DL_CHECK(image_size >= 24 && image_size <= 64 && image_size % down == 0, "the tiny world model is sized for ",
+           "24-64 px pictures whose side the VAE's ", down, "x downsampling divides, not ", image_size, " px");
   int64_t patch_size = options.patch_size;
   if (patch_size == 0) patch_size = image_size / 4;  // 16 patches
   DL_CHECK(patch_size >= 2 && image_size % patch_size == 0 && image_size / patch_size <= 16, "CLIP patches of ",
@@ -31,8 +33,9 @@ train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options
   s.clip.num_attention_heads = 4;
   s.clip.image_size = image_size;
   s.clip.patch_size = patch_size;
-  const int64_t down = options.latent_downsampling;
-  DL_CHECK(down == 2 || down == 4, "the tiny world model's VAE downsamples 2x or 4x, not ", down, "x");
+  DL_CHECK(options.vision_position_std > 0 && options.vision_position_std <= 10,
+           "the CLIP position embeddings' standard deviation must be in (0, 10], not ", options.vision_position_std);
+  s.clip_position_std = options.vision_position_std;
   if (down == 4) {
     s.vae.block_out_channels = {32, 64, 64};  // 8x8 latents at 32 px
     s.unet.block_out_channels = {64, 128};

@@ -11,6 +11,10 @@ namespace dl::world {
 
 struct TinyModelOptions {
   int64_t patch_size = 0;            // CLIP patch side in px; 0: a quarter of the picture (16 patches)
+  // The fresh CLIP position embeddings' standard deviation (HF's 0.02 by default). With one cell per patch (36 px,
+  // 12 px patches) the patches' content no longer tells where they are; the recipe starts them at 0.25, the spread
+  // of the patch features across pictures, so that the tower's features carry the cell from the first step.
+  double vision_position_std = 0.02;
   bool unet_text_embedding = false;  // diffusers' addition_embed_type "text" in the UNet
   // SD 2.1-base's noise schedule (epsilon prediction, the last timestep at SNR 0.0047) instead of the world's:
   // v_prediction with the betas rescaled to zero terminal SNR. Trained on SD's, the UNet barely learns the layout
@@ -23,7 +27,8 @@ struct TinyModelOptions {
   int64_t latent_downsampling = 4;
 };
 
-// The world's sizes for `image_size` px pictures (32 or 64): 4x (or 2x) VAE downsampling, 8 dream queries.
+// The world's sizes for `image_size` px pictures (24-64, a multiple of the downsampling): 4x (or 2x) VAE
+// downsampling, 8 dream queries.
 train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options = {});
 
 // Every sentence of a generated split's files (captions, questions, answers, documents, instructions, drawing
