@@ -3,10 +3,14 @@
 # from nothing on this machine through `dreamllm train`, then the held-out measurements.
 #   bash scripts/world_recipe.sh [OUT]          (default OUT: runs/world)
 # Stages (docs/shapes_world.md says why this order):
-#   data   dreamllm world gen: 10000 training and 500 held-out scenes
-#   init   dreamllm world init: the SentencePiece vocabulary and fresh weights (CLIP patches of PATCH px, default 8:
-#          16 image tokens; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text" addition embedding). The noise
-#          schedule is v_prediction at zero terminal SNR (SD_NOISE_SCHEDULE=1: SD 2.1-base's epsilon schedule)
+#   data   dreamllm world gen: 10000 training and 500 held-out scenes of SIZE px (default 36: each cell of the 3x3
+#          grid is 12 px, one CLIP patch and 3x3 latent pixels, so every shape looks the same to the patch
+#          embedding and to the VAE wherever it stands)
+#   init   dreamllm world init: the SentencePiece vocabulary and fresh weights (CLIP patches of PATCH px, default 12:
+#          9 image tokens, one per cell, whose position embeddings start at VISION_POSITION_STD, default 0.25: the
+#          patches' content no longer says where they are; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text"
+#          addition embedding). The noise schedule is v_prediction at zero terminal SNR (SD_NOISE_SCHEDULE=1: SD
+#          2.1-base's epsilon schedule)
 #   vae    the autoencoder (reconstruction + KL; each latent pixel decoded times a gain from U[0.7, 1.3], so that
 #          colour is coded by a latent's direction, not its length), then the latent scale set to 1/std as SD's
 #          was chosen
@@ -15,13 +19,15 @@
 #   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
+#   draw, II and III take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
+#   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
 #   about 2.6 times the epsilon loss, and at 10 or 4 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, DRAW_STEPS,
 # II_STEPS, III_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0: SD's plain
-# autoencoder); THREADS (default: all cores); FROM=stage resumes the
-# chain at that stage (earlier outputs kept).
+# autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous round's world; THREADS
+# (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
@@ -49,7 +55,7 @@ W="$OUT/data"
 if run_stage data; then
   say "data"
   rm -rf "$W"
-  "$D" world gen -o "$W" --train "${SCENES:-10000}" --test 500 --seed 1 | tee -a "$LOG"
+  "$D" world gen -o "$W" --train "${SCENES:-10000}" --test 500 --seed 1 --size "${SIZE:-36}" | tee -a "$LOG"
 fi
 if run_stage init; then
   say "init"
@@ -57,7 +63,8 @@ if run_stage init; then
   init_options=()
   [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && init_options+=(--unet-text-embedding)
   [ "${SD_NOISE_SCHEDULE:-0}" = 1 ] && init_options+=(--sd-noise-schedule)
-  "$D" world init -d "$W" -o "$OUT/init" --patch "${PATCH:-8}" "${init_options[@]}" | tee -a "$LOG"
+  "$D" world init -d "$W" -o "$OUT/init" --size "${SIZE:-36}" --patch "${PATCH:-12}" \
+    --vision-position-std "${VISION_POSITION_STD:-0.25}" "${init_options[@]}" | tee -a "$LOG"
 fi
 if run_stage vae; then
   say "vae"
@@ -83,15 +90,15 @@ if run_stage draw; then
   say "draw: UNet and creation alignment"
   rm -rf "$OUT/draw"
   train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b "${DRAW_BATCH:-16}" \
-    --max-steps "${DRAW_STEPS:-3000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
-    --warmup-ratio 0.02 --cond-dropout 0.1
+    --max-steps "${DRAW_STEPS:-6000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
+    --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}"
 fi
 if run_stage II; then
   say "stage II"
   rm -rf "$OUT/II"
   train --stage II -m "$OUT/draw" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/II" \
     -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
-    --vm-weight "${JOINT_VM_WEIGHT:-2}" \
+    --vm-weight "${JOINT_VM_WEIGHT:-2}" --posterior "${POSTERIOR:-mode}" \
     --trainable llm,vision_projector,dream_queries,condition_projector,unet
 fi
 if run_stage III; then
@@ -99,7 +106,7 @@ if run_stage III; then
   rm -rf "$OUT/model"
   train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
     --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
-    --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}"
+    --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" --posterior "${POSTERIOR:-mode}"
 fi
 say "trained: $OUT/model"
 "$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"
