@@ -537,7 +537,9 @@ int world_main(int argc, char** argv) {
                                             "random weights initialised as the original libraries do");
   in->add_option("-d,--data", init_data, "a directory written by world gen")->required()->check(CLI::ExistingDirectory);
   in->add_option("-o,--output", init_out, "model directory to write")->required();
-  in->add_option("--size", init_size, "picture side, 24-64 px (36: each grid cell is one 12 px CLIP patch and 3x3 latent pixels)")->capture_default_str();
+  in->add_option("--size", init_size,
+                 "picture side, 24-64 px (36: each grid cell is one 12 px CLIP patch and 3x3 latent pixels)")
+      ->capture_default_str();
   in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
   in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
   in->add_option("--patch", init_options.patch_size,
