@@ -270,6 +270,25 @@ TEST(Scratch, TheWorldCanAlignCellsWithPatchesAndLatents) {
   fs::remove_all(dir);
 }
 
+// The world's condition length: 8 dream queries by default, any count in [1, 256] on request (the original has
+// 64); the model directory then holds that many queries and the LLM gives that many condition tokens.
+TEST(Scratch, TheWorldsDreamQueryCountIsAnOption) {
+  EXPECT_EQ(world::tiny_spec(32).dream_queries, 8);
+  EXPECT_NE(test::error_of([] { world::tiny_spec(32, {.dream_queries = 0}); }).find("number of dream queries"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([] { world::tiny_spec(32, {.dream_queries = 257}); }).find("[1, 256], not 257"),
+            std::string::npos);
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_queries_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  train::create_model_dir(dir.string(), world::tiny_spec(32, {.dream_queries = 24}),
+                          text::train_sentencepiece(corpus(), 300), 3);
+  const io::ModelDir md = io::ModelDir::open(dir.string());
+  EXPECT_EQ(md.config().num_dream_queries, 24);
+  EXPECT_EQ(models::DreamLLM::load(md).dream_queries(), 24);
+  EXPECT_EQ(md.load().at("model.dream_embedding.dream_queries").shape(), Shape({1, 24, 128}));
+  fs::remove_all(dir);
+}
+
 // The world's noise schedule: v_prediction at zero terminal SNR by default, written to the model directory so that
 // training and sampling read it; --sd-noise-schedule gives SD 2.1-base's.
 TEST(Scratch, TheWorldSchedulesToZeroTerminalSnr) {

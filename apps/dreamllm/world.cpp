@@ -549,6 +549,9 @@ int world_main(int argc, char** argv) {
                  "standard deviation of the fresh CLIP position embeddings (HF's 0.02; with one grid cell per patch "
                  "the patches' content does not say where they are)")
       ->capture_default_str();
+  in->add_option("--dream-queries", init_options.dream_queries,
+                 "learned dream queries, the UNet's condition length (the original has 64)")
+      ->capture_default_str();
   in->add_flag("--unet-text-embedding", init_options.unet_text_embedding,
                "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "
                "time embedding of every resnet");

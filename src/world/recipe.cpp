@@ -72,7 +72,9 @@ train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options
     s.scheduler.rescale_betas_zero_snr = true;
     s.scheduler.timestep_spacing = "trailing";  // DDPM and DDIM then start at the timestep of zero SNR
   }
-  s.dream_queries = 8;
+  DL_CHECK(options.dream_queries >= 1 && options.dream_queries <= 256,
+           "the number of dream queries must be in [1, 256], not ", options.dream_queries);
+  s.dream_queries = options.dream_queries;
   return s;
 }
 

@@ -25,10 +25,13 @@ struct TinyModelOptions {
   // its kind is a pattern of channel values at one of 9 sub-pixel phases; at 2 (16x16 latents) it is 3-5 pixels
   // across, a shape the UNet's convolutions can draw, and the UNet gets a third level (16, 8 and 4 latent px).
   int64_t latent_downsampling = 4;
+  // Learned dream queries, the length of the UNet's condition (the original has 64). Each query's state is one
+  // token the UNet's cross-attention reads; more of them let different queries carry different attributes.
+  int64_t dream_queries = 8;
 };
 
 // The world's sizes for `image_size` px pictures (24-64, a multiple of the downsampling): 4x (or 2x) VAE
-// downsampling, 8 dream queries.
+// downsampling, options.dream_queries dream queries.
 train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options = {});
 
 // Every sentence of a generated split's files (captions, questions, answers, documents, instructions, drawing
