@@ -254,6 +254,34 @@ TEST(Blas, KernelsMatchTheCpu) {
 #endif
 }
 
+// LAPACK's dsyev through the loaded OpenBLAS, on the second-difference matrix (2 on the diagonal, -1 beside it),
+// whose eigenvalues are known in closed form: 2 - 2 cos(k pi / (n + 1)), k = 1..n, with eigenvectors
+// sin(i k pi / (n + 1)) up to sign.
+TEST(Blas, SymmetricEigenOfTheSecondDifferenceMatrix) {
+  const int64_t n = 10;
+  std::vector<double> a(size_t(n * n), 0.0), values(static_cast<size_t>(n)), vectors(size_t(n * n));
+  for (int64_t i = 0; i < n; ++i) {
+    a[size_t(i * n + i)] = 2;
+    if (i + 1 < n) a[size_t(i * n + i + 1)] = a[size_t((i + 1) * n + i)] = -1;
+  }
+  dl::ops::symmetric_eigen(n, a.data(), values.data(), vectors.data());
+  const double pi = std::acos(-1.0);
+  for (int64_t k = 0; k < n; ++k) {
+    EXPECT_NEAR(values[size_t(k)], 2 - 2 * std::cos(double(k + 1) * pi / double(n + 1)), 1e-12);
+    double norm = 0, dot = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double expected = std::sin(double((i + 1) * (k + 1)) * pi / double(n + 1));
+      norm += expected * expected;
+      dot += expected * vectors[size_t(k * n + i)];
+    }
+    EXPECT_NEAR(std::fabs(dot) / std::sqrt(norm), 1.0, 1e-10) << "eigenvector " << k;
+  }
+  a[1] += 1e-3;  // no longer symmetric
+  EXPECT_NE(dl::test::error_of([&] { dl::ops::symmetric_eigen(n, a.data(), values.data(), vectors.data()); })
+                .find("not symmetric at (1, 0)"),
+            std::string::npos);
+}
+
 // The vectorised exponential against the correctly rounded one (double precision rounded to float): within 2 ulp
 // over the whole finite range, exact limits outside it, and vector lanes bit-identical to the scalar version.
 TEST(VecExp, WithinTwoUlpAndIdenticalInEveryLane) {

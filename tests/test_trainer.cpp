@@ -15,7 +15,10 @@
 #include "models/dreamllm.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "text/tokenizer.h"
 #include "train/trainer.h"
+#include "core/random.h"
+#include "nn/autograd.h"
 
 namespace dl {
 namespace {
@@ -291,6 +294,105 @@ TEST(Trainer, StageIaStartsTheDreamQueriesAndProjectorFresh) {
   EXPECT_LE(peak, 1.f / std::sqrt(32.f));
   EXPECT_GT(peak, 0.8f / std::sqrt(32.f));
   EXPECT_FALSE(test::bit_equal(proj, all_weights(kModel).at("stable_diffusion_head.projector.projector.weight")));
+}
+
+// Covariance of rows [N, C] around their mean, divided by N - 1 (numpy.cov), written out here independently of
+// the trainer's.
+std::vector<double> covariance(const std::vector<double>& x, int64_t C) {
+  const int64_t N = int64_t(x.size()) / C;
+  std::vector<double> mean(size_t(C), 0.0), cov(size_t(C * C), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C; ++i) mean[size_t(i)] += x[size_t(n * C + i)] / double(N);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C; ++i)
+      for (int64_t j = 0; j < C; ++j)
+        cov[size_t(i * C + j)] +=
+            (x[size_t(n * C + i)] - mean[size_t(i)]) * (x[size_t(n * C + j)] - mean[size_t(j)]) / double(N - 1);
+  return cov;
+}
+
+// ZCA whitening by its definition: the symmetric S with S Sigma S = I, for correlated rows of very different
+// spreads (scales 2 to 1/8, plus a mean that must not count).
+TEST(Trainer, WhiteningMatrixGivesIdentityCovariance) {
+  const int64_t N = 400, C = 5;
+  Rng rng(3);
+  std::vector<double> x(size_t(N * C));
+  for (int64_t n = 0; n < N; ++n) {
+    double z[C];
+    for (double& v : z) v = rng.normal();
+    for (int64_t i = 0; i < C; ++i) {
+      double v = 1.0 + double(i);  // a mean that must not count
+      for (int64_t k = 0; k <= i; ++k) v += z[k] * std::pow(2.0, 1.0 - double(k)) * (k == i ? 1.0 : 0.3);
+      x[size_t(n * C + i)] = v;
+    }
+  }
+  const Tensor S = train::whitening_matrix(x, C, 1e-12);  // a floor far below every variance: exact ZCA
+  ASSERT_EQ(S.shape(), Shape({C, C}));
+  const std::vector<double> cov = covariance(x, C);
+  const float* s = S.f32();
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t j = 0; j < C; ++j) {
+      EXPECT_EQ(s[i * C + j], s[j * C + i]);
+      double v = 0;  // (S cov S)[i, j]
+      for (int64_t a = 0; a < C; ++a)
+        for (int64_t b = 0; b < C; ++b) v += double(s[i * C + a]) * cov[size_t(a * C + b)] * double(s[b * C + j]);
+      EXPECT_NEAR(v, i == j ? 1.0 : 0.0, 1e-4) << i << ", " << j;
+    }
+  EXPECT_NE(test::error_of([] { train::whitening_matrix({1, 2, 3}, 3); }).find("at least 2 rows"), std::string::npos);
+  EXPECT_NE(test::error_of([] { train::whitening_matrix({1, 2, 1, 2}, 2); }).find("do not vary"), std::string::npos);
+}
+
+// --whiten-condition: the saved projector gives the conditions of the data's captions (read as creation prompts)
+// identity covariance, measured here with the saved model; a stage without creation refuses it.
+TEST(Trainer, WhitenedConditionsHaveIdentityCovariance) {
+  Dataset d("whiten");
+  const char* colours[] = {"red", "blue", "green", "small", "large"};
+  const char* things[] = {"circle", "square", "triangle", "star", "cross", "dot", "line", "ring"};
+  std::vector<std::string> captions;
+  {
+    std::ofstream pairs(d.path("many.jsonl"));
+    for (int i = 0; i < 40; ++i) {
+      captions.push_back(std::string("a ") + colours[i % 5] + " " + things[(i * 3) % 8] + (i % 2 ? " on the left" : ""));
+      pairs << nlohmann::json{{"image", "img" + std::to_string(i % 4) + ".png"}, {"caption", captions.back()}}.dump()
+            << "\n";
+    }
+  }
+  train::TrainOptions o = options(d, "out", "I-a");
+  o.data = {train::parse_dataset_spec(d.path("many.jsonl"))};
+  o.max_steps = 1;
+  o.learning_rate = 1e-30f;  // practically no update: the saved projector is the whitened one
+  o.warmup_ratio = 0.f;
+  o.whiten_condition = 40;
+  train::Trainer(o).run();
+
+  const io::ModelDir md = io::ModelDir::open(o.out);
+  const models::DreamLLM m = models::DreamLLM::load(md);
+  const text::Tokenizer tok = text::Tokenizer::load(o.out);
+  nn::NoGradGuard ng;
+  std::vector<double> rows;
+  int64_t C = 0;
+  for (const std::string& c : captions) {
+    std::vector<int64_t> ids{md.config().token_id("<s>")};
+    for (int32_t t : tok.encode(c, false)) ids.push_back(t);
+    ids.push_back(md.config().token_id("<dream_start>"));
+    for (int64_t q = 0; q < m.dream_queries(); ++q) ids.push_back(md.config().token_id("<im_patch>"));
+    ids.push_back(md.config().token_id("<dream_end>"));
+    const Tensor cond =
+        m.forward(Tensor::from_vector_i64(ids, {1, int64_t(ids.size())}), Tensor(), Tensor()).conditions.value();
+    C = cond.size(2);
+    for (float v : cond.to(DType::F32).to_vector()) rows.push_back(v);
+  }
+  ASSERT_EQ(int64_t(rows.size()), 40 * m.dream_queries() * C);
+  const std::vector<double> cov = covariance(rows, C);
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t j = 0; j < C; ++j) EXPECT_NEAR(cov[size_t(i * C + j)], i == j ? 1.0 : 0.0, 2e-3) << i << ", " << j;
+  EXPECT_FALSE(test::bit_equal(all_weights(o.out).at("stable_diffusion_head.projector.projector.weight"),
+                               all_weights(kModel).at("stable_diffusion_head.projector.projector.weight")));
+
+  train::TrainOptions b = options(d, "out_b", "I-b");
+  b.whiten_condition = 8;
+  EXPECT_NE(test::error_of([&] { train::Trainer t(b); }).find("--whiten-condition needs a stage that trains creation"),
+            std::string::npos);
 }
 
 TEST(Trainer, BadImagesAndMalformedLinesAreSkippedAndCounted) {

@@ -111,6 +111,10 @@ int train_main(int argc, char** argv) {
                  "memory for the frozen VAE's posterior of each dream picture, kept after its first encoding "
                  "(0: encode every time; the results are the same)")
       ->capture_default_str();
+  app.add_option("--whiten-condition", o.whiten_condition,
+                 "before the first step, whiten the condition projector on the conditions of the first N pair "
+                 "captions (identity covariance; 0: off, the original)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--grad-checkpointing", o.gradient_checkpointing,
                "recompute each LLM layer during backward: the same gradients with far less activation memory");
   app.add_flag("--resume", o.resume, "continue from the newest checkpoint in --out (bit-identical for the same "

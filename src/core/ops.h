@@ -22,6 +22,10 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
 // The OpenBLAS kernel family in use ("SkylakeX", "Haswell", ...): OPENBLAS_CORETYPE when set, else the one this
 // CPU's features call for (OpenBLAS is loaded at first use, see kernels/gemm.cpp).
 const char* blas_kernels();
+// Eigen-decomposition of a symmetric n x n matrix a (row-major, double; LAPACK's dsyev through OpenBLAS):
+// eigenvalues ascending into values[n], eigenvector k (unit length) into row k of vectors[n * n]. Refuses a
+// matrix that is not exactly symmetric.
+void symmetric_eigen(int64_t n, const double* a, double* values, double* vectors);
 // a [..., M, K] @ b [..., K, N] (with ta/tb: a is [..., K, M], b is [..., N, K]); batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b, bool ta = false, bool tb = false);
 // x [..., in] times weight [out, in] (F32/F16/BF16/Q8_0/Q4_0) plus optional bias [out].

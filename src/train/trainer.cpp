@@ -50,6 +50,39 @@ nlohmann::json fixed_options(const TrainOptions& o) {
 
 }  // namespace
 
+Tensor whitening_matrix(const std::vector<double>& rows, int64_t C, double eps_ratio) {
+  DL_CHECK(C >= 1 && rows.size() % size_t(C) == 0, "whitening: ", rows.size(), " values are not rows of ", C);
+  const int64_t N = int64_t(rows.size()) / C;
+  DL_CHECK(N >= 2, "whitening needs at least 2 rows, got ", N);
+  DL_CHECK(eps_ratio > 0 && eps_ratio < 1, "whitening: eps_ratio ", eps_ratio, " is outside (0, 1)");
+  std::vector<double> mean(size_t(C), 0.0), cov(size_t(C * C), 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < C; ++i) mean[size_t(i)] += rows[size_t(n * C + i)] / double(N);
+  for (int64_t n = 0; n < N; ++n) {
+    const double* x = rows.data() + n * C;
+    for (int64_t i = 0; i < C; ++i)
+      for (int64_t j = 0; j <= i; ++j) cov[size_t(i * C + j)] += (x[i] - mean[size_t(i)]) * (x[j] - mean[size_t(j)]);
+  }
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t j = 0; j <= i; ++j) cov[size_t(j * C + i)] = cov[size_t(i * C + j)] /= double(N - 1);
+  std::vector<double> values(static_cast<size_t>(C)), vectors(static_cast<size_t>(C * C));
+  ops::symmetric_eigen(C, cov.data(), values.data(), vectors.data());
+  const double top = values.back();
+  DL_CHECK(std::isfinite(top) && top > 0, "whitening: the rows do not vary (largest variance ", top, ")");
+  std::vector<double> gain(static_cast<size_t>(C));
+  for (int64_t k = 0; k < C; ++k)
+    gain[size_t(k)] = 1.0 / std::sqrt(std::max(values[size_t(k)], 0.0) + eps_ratio * top);
+  Tensor S = Tensor::zeros({C, C});
+  float* out = S.f32();
+  for (int64_t i = 0; i < C; ++i)
+    for (int64_t j = 0; j < C; ++j) {
+      double v = 0;
+      for (int64_t k = 0; k < C; ++k) v += vectors[size_t(k * C + i)] * gain[size_t(k)] * vectors[size_t(k * C + j)];
+      out[i * C + j] = float(v);
+    }
+  return S;
+}
+
 void reinitialise(const std::vector<Reinit>& what, const models::ParameterSet& params,
                   const io::DreamLLMConfig& config, uint64_t seed) {
   for (Reinit r : what) {
@@ -227,6 +260,8 @@ struct Trainer::Impl {
                                                                        double(per_step))));
     const bool resumed = start_dir != opt.model;
     if (!resumed) reinitialise(opt.stage.reinit, model.parameters(), dir.config(), opt.seed);
+    DL_CHECK(opt.whiten_condition >= 0, "--whiten-condition must be >= 0, not ", opt.whiten_condition);
+    if (!resumed && opt.whiten_condition > 0) whiten_condition_projector();
 
     // The trainable set, in state-dict order.
     std::set<Group> groups(opt.stage.trainable.begin(), opt.stage.trainable.end());
@@ -251,6 +286,7 @@ struct Trainer::Impl {
                  : r == Reinit::kVisionProjector  ? io::kClip
                  : r == Reinit::kConditionProjector ? io::kDiffusion
                                                     : io::kLLM;
+    if (opt.whiten_condition > 0) rewrite |= io::kDiffusion;
     optimizer = make_optimizer(params, trainable_names, opt.learning_rate, opt.weight_decay);
     for (size_t i = 0; i < trainable_names.size(); ++i)
       for (const auto& [group, factor] : opt.lr_scale)
@@ -273,6 +309,39 @@ struct Trainer::Impl {
       std::error_code ec;
       fs::remove(opt.out + "/metrics.jsonl", ec);
     }
+  }
+
+  // P <- S P, S the whitening of the conditions of the first opt.whiten_condition pair captions (as creation
+  // prompts: <s> caption <dream_start> queries <dream_end>), pooled over the queries.
+  void whiten_condition_projector() {
+    DL_CHECK(opt.stage.creation, "--whiten-condition needs a stage that trains creation (stage ", opt.stage.name,
+             " reads pairs only as image to text)");
+    nn::NoGradGuard no_grad;
+    std::vector<double> rows;
+    int64_t captions = 0, C = 0;
+    for (const DatasetSpec& spec : opt.data) {
+      auto source = open_source(spec, [](const DataIssue&) {});
+      while (captions < opt.whiten_condition) {
+        const std::optional<Record> r = source->next();
+        if (!r) break;
+        const auto* pair = std::get_if<PairRecord>(&*r);
+        if (pair == nullptr) continue;
+        const Sample s = builder.pair(*pair, 0.0);  // uniform 0: text to image whenever the stage creates
+        std::vector<int64_t> ids(s.input_ids.begin(), s.input_ids.end());
+        const int64_t T = int64_t(ids.size());
+        const Tensor c = model.forward(Tensor::from_vector_i64(ids, {1, T}), Tensor(), Tensor()).conditions.value();
+        C = c.size(2);
+        const Tensor cf = c.to(DType::F32).contiguous();
+        rows.insert(rows.end(), cf.f32(), cf.f32() + cf.numel());
+        ++captions;
+      }
+    }
+    DL_CHECK(captions >= 2, "--whiten-condition needs pair records (image-text pairs) in the data: found ", captions);
+    const Tensor S = whitening_matrix(rows, C);
+    nn::Var p = model.parameters().at(kHead + "projector.projector.weight");
+    make_writable_f32(p);
+    const Tensor whitened = ops::matmul(S, p.value().to(DType::F32).contiguous());
+    std::copy(whitened.f32(), whitened.f32() + whitened.numel(), p.value().f32());
   }
 
   void warn(const std::string& message) {

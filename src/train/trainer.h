@@ -45,6 +45,11 @@ struct TrainOptions {
   // Memory for the frozen VAE's posterior of each dream picture, kept after its first encoding (0: encode every
   // time). Results are bit-identical either way.
   size_t posterior_cache_bytes = size_t(1) << 30;
+  // Whitening of the condition projector before the first step (fresh runs only): the conditions of the first N
+  // pair captions of the data, read as creation prompts, get identity covariance (ZCA, whitening_matrix) by
+  // P <- S P. A fresh UNet learns first what the condition separates most strongly; whitening gives every
+  // direction the LLM's query states vary in the same strength from the start. 0: off, the original.
+  int64_t whiten_condition = 0;
   bool resume = false;            // continue from the newest checkpoint under `out`
   bool write_final = true;        // write the final model into `out` itself
 };
@@ -99,6 +104,11 @@ StepLosses optimizer_step(const DreamLLMObjective& objective, const std::vector<
 // AdamW over named parameters with HF Trainer's decay split: biases and normalisation weights get no decay.
 std::unique_ptr<nn::AdamW> make_optimizer(const std::vector<nn::Var>& params, const std::vector<std::string>& names,
                                           float lr, float weight_decay);
+
+// ZCA whitening of rows x[N, C] (row-major): S = U diag(1 / sqrt(l + eps_ratio * l_max)) U^T from the rows' covariance
+// (around their mean, divided by N - 1, as numpy.cov) = U diag(l) U^T, so that S x has identity covariance in
+// every direction whose variance is above eps_ratio of the largest. Returns S [C, C] (F32); needs N >= 2.
+Tensor whitening_matrix(const std::vector<double>& rows, int64_t C, double eps_ratio = 1e-6);
 
 // Applies a stage's fresh initialisations to the loaded weights (deterministic in seed).
 void reinitialise(const std::vector<Reinit>& what, const models::ParameterSet& params,

@@ -32,6 +32,11 @@ struct Blas {
   decltype(&openblas_get_num_threads) get_num_threads = nullptr;
   decltype(&openblas_set_num_threads) set_num_threads = nullptr;
   decltype(&openblas_get_corename) corename = nullptr;
+  // LAPACK's dsyev, which OpenBLAS carries (Fortran ABI: arguments by pointer, then the hidden lengths of the two
+  // character arguments).
+  using Dsyev = void (*)(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
+                         double* work, const int* lwork, int* info, size_t jobz_len, size_t uplo_len);
+  Dsyev dsyev = nullptr;
 };
 
 const char* kernel_family_for_this_cpu() {
@@ -59,6 +64,7 @@ Blas load_blas() {
   b.get_num_threads = reinterpret_cast<decltype(b.get_num_threads)>(dlsym(lib, "openblas_get_num_threads"));
   b.set_num_threads = reinterpret_cast<decltype(b.set_num_threads)>(dlsym(lib, "openblas_set_num_threads"));
   b.corename = reinterpret_cast<decltype(b.corename)>(dlsym(lib, "openblas_get_corename"));
+  b.dsyev = reinterpret_cast<Blas::Dsyev>(dlsym(lib, "dsyev_"));  // optional: only symmetric_eigen needs it
   DL_CHECK(b.sgemm && b.get_num_threads && b.set_num_threads && b.corename,
            "the loaded BLAS library is not OpenBLAS (cblas_sgemm / openblas_* missing)");
   return b;
@@ -139,6 +145,27 @@ void small_m_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* 
 }  // namespace
 
 const char* blas_kernels() { return blas().corename(); }
+
+void symmetric_eigen(int64_t n, const double* a, double* values, double* vectors) {
+  DL_CHECK(n >= 1 && n <= 46340, "symmetric_eigen: matrix side ", n, " is outside [1, 46340]");
+  const Blas& b = blas();
+  DL_CHECK(b.dsyev != nullptr, "the loaded OpenBLAS has no LAPACK (dsyev_ missing)");
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j)
+      DL_CHECK(a[i * n + j] == a[j * n + i], "symmetric_eigen: the matrix is not symmetric at (", i, ", ", j, ")");
+  // Column-major or row-major is the same symmetric matrix; on return column k (row k here) is eigenvector k.
+  std::copy(a, a + n * n, vectors);
+  const int N = int(n);
+  int info = 0, lwork = -1;
+  double query = 0;
+  b.dsyev("V", "U", &N, vectors, &N, values, &query, &lwork, &info, 1, 1);
+  DL_CHECK(info == 0, "dsyev workspace query failed (info ", info, ")");
+  lwork = std::max(1, int(query));
+  std::vector<double> work(static_cast<size_t>(lwork));
+  b.dsyev("V", "U", &N, vectors, &N, values, work.data(), &lwork, &info, 1, 1);
+  DL_CHECK(info == 0, info < 0 ? "dsyev: bad argument " : "dsyev did not converge: off-diagonal elements left ",
+           info < 0 ? -info : info);
+}
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
