@@ -9,16 +9,16 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/random.h"
 #include "io/image_file.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
-#include "test_util.h"
-#include "train/checkpoint.h"
-#include "text/tokenizer.h"
-#include "train/trainer.h"
-#include "core/random.h"
 #include "nn/autograd.h"
+#include "test_util.h"
+#include "text/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
 
 namespace dl {
 namespace {

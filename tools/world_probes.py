@@ -185,11 +185,11 @@ def condition(model, data, tmp):
     cte = dream_conditions(model, [s["caption"] for s in te], tmp)
     ytr, yte = np.array([attributes(s) for s in tr]), np.array([attributes(s) for s in te])
     print(f"conditions {list(ctr.shape[1:])} of 1-shape captions: {len(tr)} training, {len(te)} held out")
+    flat, flat_te = ctr.reshape(len(ctr), -1), cte.reshape(len(cte), -1)
     for j, (name, k) in enumerate([("colour", 6), ("kind", 5), ("cell", 9), ("size", 2)]):
-        acc = (ridge(ctr.reshape(len(ctr), -1), ytr[:, j], cte.reshape(len(cte), -1), k) == yte[:, j]).mean()
+        acc = (ridge(flat, ytr[:, j], flat_te, k) == yte[:, j]).mean()
         # How strongly the condition separates the attribute's classes: the distance of each class's mean
         # condition from the overall mean (over all its values), root-mean-squared over the classes.
-        flat = ctr.reshape(len(ctr), -1)
         means = np.array([flat[ytr[:, j] == c].mean(0) for c in range(k) if (ytr[:, j] == c).any()])
         rms = np.sqrt(((means - flat.mean(0)) ** 2).sum(1).mean())
         print(f"  {name:6s} read back from the condition: {acc:.3f} (chance {1 / k:.3f}), between-class rms {rms:.2f}")

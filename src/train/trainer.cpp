@@ -340,7 +340,7 @@ struct Trainer::Impl {
     const Tensor S = whitening_matrix(rows, C);
     nn::Var p = model.parameters().at(kHead + "projector.projector.weight");
     make_writable_f32(p);
-    const Tensor whitened = ops::matmul(S, p.value().to(DType::F32).contiguous());
+    const Tensor whitened = ops::matmul(S, p.value());  // p is F32 and contiguous now
     std::copy(whitened.f32(), whitened.f32() + whitened.numel(), p.value().f32());
   }
 
