@@ -21,14 +21,17 @@
 #          off), so that the cell, which the LLM's query states carry weakly, starts as strong as the kind
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
+#   align  creation alignment again (stage I-a, ALIGN_STEPS, default 1000): the condition projector and the UNet
+#          follow the conditions of the LLM that II and III left, on the pairs, with the LLM and the
+#          dream queries frozen, so that comprehension and the text are unchanged (ALIGN_STEPS=0: skipped)
 #   draw, II and III take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
 #   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
 #   about 2.6 times the epsilon loss, and at 10 or 4 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, DRAW_STEPS,
-# II_STEPS, III_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0: SD's plain
-# autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous round's world; THREADS
+# II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0:
+# SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous round's world; THREADS
 # (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +41,7 @@ T=${THREADS:-0}
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
 mkdir -p "$OUT"
 LOG="$OUT/recipe.log"
-stages=(data init vae see draw II III)
+stages=(data init vae see draw II III align)
 from=${FROM:-data}
 started=0
 run_stage() {  # run_stage NAME: true when NAME is at or after FROM
@@ -92,7 +95,7 @@ if run_stage draw; then
   say "draw: UNet and creation alignment"
   rm -rf "$OUT/draw"
   train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b "${DRAW_BATCH:-16}" \
-    --max-steps "${DRAW_STEPS:-6000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
+    --max-steps "${DRAW_STEPS:-4500}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
     --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}" --whiten-condition "${WHITEN_CONDITION:-2000}"
 fi
 if run_stage II; then
@@ -105,10 +108,22 @@ if run_stage II; then
 fi
 if run_stage III; then
   say "stage III"
-  rm -rf "$OUT/model"
+  rm -rf "$OUT/sft"
   train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
-    --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/model" -b 8 --max-steps "${III_STEPS:-500}" --reinit none --lr 2e-4 \
-    --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" --posterior "${POSTERIOR:-mode}"
+    --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-500}" \
+    --reinit none --lr 2e-4 --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" \
+    --posterior "${POSTERIOR:-mode}"
+fi
+if run_stage align; then
+  say "align: the UNet to the final LLM's conditions"
+  rm -rf "$OUT/model"
+  if [ "${ALIGN_STEPS:-1000}" = 0 ]; then
+    cp -r "$OUT/sft" "$OUT/model"
+  else
+    train --stage I-a -m "$OUT/sft" --data "$W/train/pairs.jsonl:pair" -o "$OUT/model" -b 16 \
+      --max-steps "${ALIGN_STEPS:-1000}" --trainable condition_projector,unet --reinit none --lr 5e-4 \
+      --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}"
+  fi
 fi
 say "trained: $OUT/model"
 "$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"

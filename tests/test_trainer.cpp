@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -157,6 +158,39 @@ TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
   EXPECT_TRUE(fs::exists(d.path("out_I-a/pytorch_model.bin")));
   EXPECT_FALSE(fs::exists(d.path("out_I-a/model.safetensors")));
   EXPECT_EQ(test::slurp(d.path("out_I-a/pytorch_model.bin")), test::slurp(kModel + "/pytorch_model.bin"));
+}
+
+// The shapes-world recipe ends with a realignment (stage I-a, `--trainable condition_projector,unet --reinit none`):
+// the UNet learns the conditions of the LLM that II and III left. Nothing that reads or writes text may move: the
+// LLM, the dream queries and the vision side stay bit for bit the source's, and the queries are not drawn afresh.
+TEST(Trainer, ARealignmentMovesOnlyTheConditionProjectorAndTheUNet) {
+  Dataset d("realign");
+  train::TrainOptions o = options(d, "out", "I-a");
+  o.stage.trainable = {train::Group::kConditionProjector, train::Group::kUNet};
+  o.stage.reinit.clear();
+  o.max_steps = 2;
+  o.condition_dropout = 0.f;
+  train::Trainer(o).run();
+  const auto before = all_weights(kModel), after = all_weights(o.out);
+  ASSERT_EQ(after.size(), before.size());
+  int64_t projector_changed = 0, unet_changed = 0;
+  for (const auto& [name, t] : before) {
+    const bool same = test::bit_equal(after.at(name), t);
+    std::optional<train::Group> g;
+    try {
+      g = train::group_of(name);
+    } catch (const Error&) {
+    }
+    if (g == train::Group::kConditionProjector) {
+      projector_changed += !same;
+    } else if (g == train::Group::kUNet) {
+      unet_changed += !same;
+    } else {
+      EXPECT_TRUE(same) << name << " moved in a realignment";
+    }
+  }
+  EXPECT_EQ(projector_changed, 1);
+  EXPECT_GT(unet_changed, 0);
 }
 
 // The posterior cache is transparent: a stage II run whose pictures repeat (4 pairs over 6 steps) gives the same
