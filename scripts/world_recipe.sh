@@ -24,7 +24,7 @@
 #   align  creation alignment again (stage I-a, ALIGN_STEPS, default 1000): the condition projector and the UNet
 #          follow the conditions of the LLM that II and III left, on the pairs, with the LLM and the
 #          dream queries frozen, so that comprehension and the text are unchanged (ALIGN_STEPS=0: skipped)
-#   draw, II and III take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
+#   draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
 #   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
 #   about 2.6 times the epsilon loss, and at 10 or 4 it takes the clipped gradient from the language; measured in

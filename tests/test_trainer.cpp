@@ -77,6 +77,15 @@ std::map<std::string, Tensor> all_weights(const std::string& dir) {
   return out;
 }
 
+// The training group of a parameter; none for the names outside every group.
+std::optional<train::Group> group_or_none(const std::string& name) {
+  try {
+    return train::group_of(name);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+}
+
 train::TrainEvents collect(std::vector<train::StepReport>& into) {
   train::TrainEvents e;
   e.on_step = [&into](const train::StepReport& r) { into.push_back(r); };
@@ -139,12 +148,8 @@ TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
     ASSERT_EQ(after.size(), before.size());
     int64_t changed = 0;
     for (const auto& [name, t] : before) {
-      bool trains = false;
-      try {
-        const train::Group g = train::group_of(name);
-        trains = std::find(p.trainable.begin(), p.trainable.end(), g) != p.trainable.end();
-      } catch (const Error&) {
-      }
+      const std::optional<train::Group> g = group_or_none(name);
+      const bool trains = g && std::find(p.trainable.begin(), p.trainable.end(), *g) != p.trainable.end();
       const bool same = test::bit_equal(after.at(name), t);
       if (!trains) {
         EXPECT_TRUE(same) << name << " is frozen in stage " << stage;
@@ -176,11 +181,7 @@ TEST(Trainer, ARealignmentMovesOnlyTheConditionProjectorAndTheUNet) {
   int64_t projector_changed = 0, unet_changed = 0;
   for (const auto& [name, t] : before) {
     const bool same = test::bit_equal(after.at(name), t);
-    std::optional<train::Group> g;
-    try {
-      g = train::group_of(name);
-    } catch (const Error&) {
-    }
+    const std::optional<train::Group> g = group_or_none(name);
     if (g == train::Group::kConditionProjector) {
       projector_changed += !same;
     } else if (g == train::Group::kUNet) {
