@@ -289,6 +289,76 @@ TEST(Scratch, TheWorldsDreamQueryCountIsAnOption) {
   fs::remove_all(dir);
 }
 
+// --tie-embeddings: the world LLM reads each word with the row it writes it with (HF's tie_word_embeddings). The
+// directory holds no lm_head, the logits are the final states against the embedding rows (a product computed here),
+// and training keeps the two one matrix: the row of a byte piece the data never contains moves, as the softmax
+// pushes every output row, while in an untied model nothing reaches that input row.
+TEST(Scratch, TheWorldLLMCanReadWithTheRowsItWritesWith) {
+  EXPECT_FALSE(world::tiny_spec(36).llm.tie_word_embeddings);
+  EXPECT_TRUE(world::tiny_spec(36, {.tie_embeddings = true}).llm.tie_word_embeddings);
+  const fs::path dir = fs::temp_directory_path() / ("dl_scratch_tied_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  world::GenerateOptions g;
+  g.train = 40;
+  g.test = 2;
+  g.seed = 5;
+  g.world.image_size = 36;
+  world::generate(g, (dir / "data").string());
+  const std::string data = (dir / "data").string();
+  // The logits against the embedding rows, largest difference; the model directory must hold no lm_head.
+  auto logits_error = [](const std::string& model) {
+    const io::ModelDir md = io::ModelDir::open(model);
+    EXPECT_TRUE(md.config().llm.tie_word_embeddings);
+    const auto w = md.load();
+    EXPECT_EQ(w.count("lm_head.weight"), 0u);
+    const std::vector<float> E = w.at("model.embed_tokens.weight").to(DType::F32).to_vector();
+    const models::DreamLLM m = models::DreamLLM::load(md);
+    const std::vector<int64_t> ids{1, 20, 31, 42, 53};
+    nn::NoGradGuard ng;
+    const auto out = m.forward(Tensor::from_vector_i64(ids, {1, 5}), Tensor(), Tensor());
+    const std::vector<float> h = out.hidden.value().to(DType::F32).to_vector();
+    const std::vector<float> logits = out.logits.value().to(DType::F32).to_vector();
+    const int64_t D = 128, V = int64_t(E.size()) / D;
+    EXPECT_EQ(int64_t(logits.size()), 5 * V);
+    double worst = 0;
+    for (int64_t t = 0; t < 5; ++t)
+      for (int64_t v = 0; v < V; ++v) {
+        double ref = 0;
+        for (int64_t d = 0; d < D; ++d) ref += double(h[size_t(t * D + d)]) * double(E[size_t(v * D + d)]);
+        worst = std::max(worst, std::fabs(ref - double(logits[size_t(t * V + v)])));
+      }
+    return worst;
+  };
+  const auto tied = test::cli("world init -d " + data + " -o " + (dir / "tied").string() +
+                              " --size 36 --patch 12 --tie-embeddings --seed 2");
+  ASSERT_EQ(tied.code, 0) << tied.err;
+  EXPECT_LT(logits_error((dir / "tied").string()), 1e-4);
+  // The byte piece <0x00> occurs in no world text: as an input it is never looked up.
+  const int32_t unused = text::Tokenizer::load((dir / "tied").string()).token_id("<0x00>");
+  auto row = [&](const std::string& model) {
+    const Tensor E = io::ModelDir::open(model).load().at("model.embed_tokens.weight").to(DType::F32);
+    const std::vector<float> all = E.to_vector();
+    return std::vector<float>(all.begin() + unused * 128, all.begin() + (unused + 1) * 128);
+  };
+  const std::string train_args = " --data " + data + "/train/vqa.json --data " + data +
+                                 "/train/pairs.jsonl -b 2 --max-steps 3 --trainable llm,vision_projector "
+                                 "--reinit none --lr 1e-2 -t 1 -q";
+  const auto tt = test::cli("train --stage I-b -m " + (dir / "tied").string() + " -o " +
+                            (dir / "tied_trained").string() + train_args);
+  ASSERT_EQ(tt.code, 0) << tt.err;
+  EXPECT_LT(logits_error((dir / "tied_trained").string()), 1e-4);
+  EXPECT_NE(row((dir / "tied").string()), row((dir / "tied_trained").string()));
+  const auto untied = test::cli("world init -d " + data + " -o " + (dir / "untied").string() +
+                                " --size 36 --patch 12 --seed 2");
+  ASSERT_EQ(untied.code, 0) << untied.err;
+  EXPECT_EQ(io::ModelDir::open((dir / "untied").string()).load().count("lm_head.weight"), 1u);
+  const auto ut = test::cli("train --stage I-b -m " + (dir / "untied").string() + " -o " +
+                            (dir / "untied_trained").string() + train_args);
+  ASSERT_EQ(ut.code, 0) << ut.err;
+  EXPECT_EQ(row((dir / "untied").string()), row((dir / "untied_trained").string()));
+  fs::remove_all(dir);
+}
+
 // The world's noise schedule: v_prediction at zero terminal SNR by default, written to the model directory so that
 // training and sampling read it; --sd-noise-schedule gives SD 2.1-base's.
 TEST(Scratch, TheWorldSchedulesToZeroTerminalSnr) {

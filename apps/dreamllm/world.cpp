@@ -552,6 +552,9 @@ int world_main(int argc, char** argv) {
   in->add_option("--dream-queries", init_options.dream_queries,
                  "learned dream queries, the UNet's condition length (the original has 64)")
       ->capture_default_str();
+  in->add_flag("--tie-embeddings", init_options.tie_embeddings,
+               "tie the LLM's input embeddings to its output rows (tie_word_embeddings): it then reads a word with "
+               "what it learned writing it");
   in->add_flag("--unet-text-embedding", init_options.unet_text_embedding,
                "give the UNet diffusers' addition_embed_type \"text\": the condition, attention-pooled, joins the "
                "time embedding of every resnet");

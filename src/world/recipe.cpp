@@ -27,6 +27,7 @@ train::ScratchSpec tiny_spec(int64_t image_size, const TinyModelOptions& options
   s.llm.num_attention_heads = 4;
   s.llm.num_key_value_heads = 4;
   s.llm.max_position_embeddings = 512;
+  s.llm.tie_word_embeddings = options.tie_embeddings;
   s.clip.hidden_size = 96;
   s.clip.intermediate_size = 384;
   s.clip.num_hidden_layers = 4;

@@ -28,6 +28,11 @@ struct TinyModelOptions {
   // Learned dream queries, the length of the UNet's condition (the original has 64). Each query's state is one
   // token the UNet's cross-attention reads; more of them let different queries carry different attributes.
   int64_t dream_queries = 8;
+  // The LLM reads words with the embeddings it writes them with (HF's tie_word_embeddings). Untied, as LLaMA, the
+  // world's LLM never learns to tell "left" from "right" or "top" from "bottom" as inputs: the words that follow
+  // them are the same, so their input embeddings stay where they were initialised, and the dream-query
+  // conditions barely change with them. Tied, what captioning teaches the output rows is what reading sees.
+  bool tie_embeddings = false;
 };
 
 // The world's sizes for `image_size` px pictures (24-64, a multiple of the downsampling): 4x (or 2x) VAE
