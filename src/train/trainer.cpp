@@ -387,7 +387,10 @@ struct Trainer::Impl {
   }
 
   // The posterior moments [M, C, h, w] of a batch's dream pictures (refs[m] is the file of pictures[m]); the ones
-  // not cached yet are encoded together, as the batch would be.
+  // not cached yet are encoded one at a time. A picture's posterior must not depend on which other pictures were
+  // still uncached: encoded together, OpenBLAS's Haswell kernels round a picture's rows differently with the
+  // batch's size, and a resumed run (whose cache starts empty) or a cached one drifted from an uninterrupted one in
+  // the last bits.
   std::pair<Tensor, Tensor> posteriors_of(const std::vector<std::string>& refs, const Tensor& pictures) {
     const int64_t M = pictures.size(0);
     std::vector<Moments> got(static_cast<size_t>(M));
@@ -402,14 +405,13 @@ struct Trainer::Impl {
       }
     }
     if (!misses.empty()) {
-      const auto post = vae.encode(nn::Var(ops::concat(rows, 0)));
       // The cache holds only while the encoder stays fixed: a VAE listed as trainable is encoded every time.
       const bool vae_moves = std::find(opt.stage.trainable.begin(), opt.stage.trainable.end(), Group::kVAE) !=
                              opt.stage.trainable.end();
       for (size_t i = 0; i < misses.size(); ++i) {
-        const int64_t k = int64_t(i);
+        const auto post = vae.encode(nn::Var(rows[i]));
         Moments& mm = got[size_t(misses[i])];
-        mm = {post.mean.value().slice(0, k, k + 1).contiguous(), post.logvar.value().slice(0, k, k + 1).contiguous()};
+        mm = {post.mean.value().contiguous(), post.logvar.value().contiguous()};
         const std::string& ref = refs[size_t(misses[i])];
         const size_t bytes = size_t(mm.mean.numel() + mm.logvar.numel()) * sizeof(float) + ref.size();
         if (!vae_moves && posterior_bytes + bytes <= opt.posterior_cache_bytes && posteriors.emplace(ref, mm).second)
