@@ -10,7 +10,9 @@
 #          9 image tokens, one per cell, whose position embeddings start at VISION_POSITION_STD, default 0.25: the
 #          patches' content no longer says where they are; UNET_TEXT_EMBEDDING=1 gives the UNet diffusers' "text"
 #          addition embedding). The noise schedule is v_prediction at zero terminal SNR (SD_NOISE_SCHEDULE=1: SD
-#          2.1-base's epsilon schedule)
+#          2.1-base's epsilon schedule). The LLM's input embeddings are tied to its output rows (TIE_EMBEDDINGS=0:
+#          untied, as LLaMA): untied, it never learns to read "left" apart from "right", and the creation
+#          condition barely changes with them (docs/shapes_world.md, "Mirror words")
 #   vae    the autoencoder (reconstruction + KL; each latent pixel decoded times a gain from U[0.7, 1.3], so that
 #          colour is coded by a latent's direction, not its length), then the latent scale set to 1/std as SD's
 #          was chosen
@@ -68,6 +70,7 @@ if run_stage init; then
   init_options=()
   [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && init_options+=(--unet-text-embedding)
   [ "${SD_NOISE_SCHEDULE:-0}" = 1 ] && init_options+=(--sd-noise-schedule)
+  [ "${TIE_EMBEDDINGS:-1}" = 1 ] && init_options+=(--tie-embeddings)
   "$D" world init -d "$W" -o "$OUT/init" --size "${SIZE:-36}" --patch "${PATCH:-12}" \
     --vision-position-std "${VISION_POSITION_STD:-0.25}" "${init_options[@]}" | tee -a "$LOG"
 fi
@@ -75,7 +78,7 @@ if run_stage vae; then
   say "vae"
   rm -rf "$OUT/vae"
   train --stage VAE -m "$OUT/init" --data "$W/train/pairs.jsonl" -o "$OUT/vae" -b 16 \
-    --max-steps "${VAE_STEPS:-1500}" --lr 3e-3 --warmup-ratio 0.02 --latent-gain-jitter "${VAE_GAIN_JITTER:-0.3}"
+    --max-steps "${VAE_STEPS:-1000}" --lr 3e-3 --warmup-ratio 0.02 --latent-gain-jitter "${VAE_GAIN_JITTER:-0.3}"
   "$D" world eval-vae -m "$OUT/vae" --scenes "$W/test/scenes.jsonl" -n 200 --write-scale | tee -a "$LOG"
 fi
 if run_stage see; then
@@ -95,7 +98,7 @@ if run_stage draw; then
   say "draw: UNet and creation alignment"
   rm -rf "$OUT/draw"
   train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b "${DRAW_BATCH:-16}" \
-    --max-steps "${DRAW_STEPS:-4500}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
+    --max-steps "${DRAW_STEPS:-3500}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
     --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}" --whiten-condition "${WHITEN_CONDITION:-2000}"
 fi
 if run_stage II; then
@@ -117,11 +120,11 @@ fi
 if run_stage align; then
   say "align: the UNet to the final LLM's conditions"
   rm -rf "$OUT/model"
-  if [ "${ALIGN_STEPS:-1000}" = 0 ]; then
+  if [ "${ALIGN_STEPS:-700}" = 0 ]; then
     cp -r "$OUT/sft" "$OUT/model"
   else
     train --stage I-a -m "$OUT/sft" --data "$W/train/pairs.jsonl:pair" -o "$OUT/model" -b 16 \
-      --max-steps "${ALIGN_STEPS:-1000}" --trainable condition_projector,unet --reinit none --lr 5e-4 \
+      --max-steps "${ALIGN_STEPS:-700}" --trainable condition_projector,unet --reinit none --lr 5e-4 \
       --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}"
   fi
 fi
