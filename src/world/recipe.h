@@ -29,9 +29,10 @@ struct TinyModelOptions {
   // token the UNet's cross-attention reads; more of them let different queries carry different attributes.
   int64_t dream_queries = 8;
   // The LLM reads words with the embeddings it writes them with (HF's tie_word_embeddings). Untied, as LLaMA, the
-  // world's LLM never learns to tell "left" from "right" or "top" from "bottom" as inputs: the words that follow
-  // them are the same, so their input embeddings stay where they were initialised, and the dream-query
-  // conditions barely change with them. Tied, what captioning teaches the output rows is what reading sees.
+  // world's LLM never learns to tell "left" from "right" as inputs, and "top" from "bottom" barely: the words that
+  // follow them are the same, so their input embeddings stay about where they were initialised, and the
+  // dream-query conditions barely change with them. Tied, what captioning teaches the output rows is what reading
+  // sees.
   bool tie_embeddings = false;
 };
 
