@@ -23,7 +23,7 @@
 #          off), so that the cell, which the LLM's query states carry weakly, starts as strong as the kind
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
-#   align  creation alignment again (stage I-a, ALIGN_STEPS, default 1000): the condition projector and the UNet
+#   align  creation alignment again (stage I-a, ALIGN_STEPS, default 700): the condition projector and the UNet
 #          follow the conditions of the LLM that II and III left, on the pairs, with the LLM and the
 #          dream queries frozen, so that comprehension and the text are unchanged (ALIGN_STEPS=0: skipped)
 #   draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
@@ -120,11 +120,12 @@ fi
 if run_stage align; then
   say "align: the UNet to the final LLM's conditions"
   rm -rf "$OUT/model"
-  if [ "${ALIGN_STEPS:-700}" = 0 ]; then
+  align_steps=${ALIGN_STEPS:-700}
+  if [ "$align_steps" = 0 ]; then
     cp -r "$OUT/sft" "$OUT/model"
   else
     train --stage I-a -m "$OUT/sft" --data "$W/train/pairs.jsonl:pair" -o "$OUT/model" -b 16 \
-      --max-steps "${ALIGN_STEPS:-700}" --trainable condition_projector,unet --reinit none --lr 5e-4 \
+      --max-steps "$align_steps" --trainable condition_projector,unet --reinit none --lr 5e-4 \
       --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}"
   fi
 fi

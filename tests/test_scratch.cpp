@@ -311,14 +311,15 @@ TEST(Scratch, TheWorldLLMCanReadWithTheRowsItWritesWith) {
     EXPECT_TRUE(md.config().llm.tie_word_embeddings);
     const auto w = md.load();
     EXPECT_EQ(w.count("lm_head.weight"), 0u);
-    const std::vector<float> E = w.at("model.embed_tokens.weight").to(DType::F32).to_vector();
+    const Tensor embed = w.at("model.embed_tokens.weight").to(DType::F32);
+    const std::vector<float> E = embed.to_vector();
     const models::DreamLLM m = models::DreamLLM::load(md);
     const std::vector<int64_t> ids{1, 20, 31, 42, 53};
     nn::NoGradGuard ng;
     const auto out = m.forward(Tensor::from_vector_i64(ids, {1, 5}), Tensor(), Tensor());
     const std::vector<float> h = out.hidden.value().to(DType::F32).to_vector();
     const std::vector<float> logits = out.logits.value().to(DType::F32).to_vector();
-    const int64_t D = 128, V = int64_t(E.size()) / D;
+    const int64_t V = embed.size(0), D = embed.size(1);
     EXPECT_EQ(int64_t(logits.size()), 5 * V);
     double worst = 0;
     for (int64_t t = 0; t < 5; ++t)
@@ -338,7 +339,8 @@ TEST(Scratch, TheWorldLLMCanReadWithTheRowsItWritesWith) {
   auto row = [&](const std::string& model) {
     const Tensor E = io::ModelDir::open(model).load().at("model.embed_tokens.weight").to(DType::F32);
     const std::vector<float> all = E.to_vector();
-    return std::vector<float>(all.begin() + unused * 128, all.begin() + (unused + 1) * 128);
+    const int64_t D = E.size(1);
+    return std::vector<float>(all.begin() + unused * D, all.begin() + (unused + 1) * D);
   };
   const std::string train_args = " --data " + data + "/train/vqa.json --data " + data +
                                  "/train/pairs.jsonl -b 2 --max-steps 3 --trainable llm,vision_projector "
