@@ -94,6 +94,53 @@ TEST(Tensor, ExpandAndContiguousCopy) {
   EXPECT_EQ(c.at({0, 0, 1}), 1.f);
 }
 
+// Strided copies merge dimensions and split rows across threads: every element must land where at() says, for
+// permuted, sliced and broadcast sources, strided destinations, both element sizes, large copies (threaded) and
+// copies between overlapping views of one storage.
+TEST(Tensor, StridedCopiesPutEveryElementWhereIndexingSays) {
+  auto expect_same = [](const Tensor& got, const Tensor& want) {
+    ASSERT_EQ(got.shape(), want.shape());
+    std::vector<float> g = got.to_vector(), w = want.to_vector();
+    for (size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], w[i]) << "element " << i;
+  };
+  auto by_index = [](const Tensor& src) {  // element by element through at(), the reference
+    Tensor out = Tensor::empty(src.shape());
+    Shape idx(src.shape().size(), 0);
+    for (int64_t i = 0; i < src.numel(); ++i) {
+      int64_t rest = i;
+      for (size_t d = idx.size(); d-- > 0;) {
+        idx[d] = rest % src.shape()[d];
+        rest /= src.shape()[d];
+      }
+      out.f32()[i] = src.at(idx);
+    }
+    return out;
+  };
+  for (int64_t big : {1, 40}) {  // 40: about 400k elements, enough to be split across the pool
+    SCOPED_TRACE("big " + std::to_string(big));
+    Tensor t = iota({3 * big, 5, 7, 4});
+    expect_same(t.permute({2, 0, 3, 1}).contiguous(), by_index(t.permute({2, 0, 3, 1})));
+    SCOPED_TRACE("slices");
+    expect_same(t.transpose(1, 2).slice(3, 1, 3).contiguous(), by_index(t.transpose(1, 2).slice(3, 1, 3)));
+    expect_same(t.slice(2, 2, 6).contiguous(), by_index(t.slice(2, 2, 6)));
+    SCOPED_TRACE("broadcast");
+    Tensor row = Tensor::from_vector({1, 2, 3, 4}, {1, 1, 1, 4});
+    expect_same(row.expand({3 * big, 5, 7, 4}).contiguous(), by_index(row.expand({3 * big, 5, 7, 4})));
+    SCOPED_TRACE("strided destination");
+    Tensor dst = Tensor::zeros({7, 3 * big, 4, 5});
+    dst.permute({1, 3, 0, 2}).copy_from(t);
+    expect_same(dst.permute({1, 3, 0, 2}), t);
+    SCOPED_TRACE("two bytes per element");
+    Tensor h = t.to(DType::F16);
+    expect_same(h.permute({3, 2, 1, 0}).contiguous().to(DType::F32), by_index(h.permute({3, 2, 1, 0})));
+  }
+  // Overlapping views of one storage: a shift by one along the last axis, as if through a copy first.
+  Tensor a = iota({4, 6});
+  Tensor want = by_index(a.slice(1, 0, 5));
+  a.slice(1, 1, 6).copy_from(a.slice(1, 0, 5));
+  expect_same(a.slice(1, 1, 6).contiguous(), want);
+}
+
 TEST(Tensor, ViewErrorsNameShapes) {
   Tensor t = iota({2, 3});
   try {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace dl {
 
@@ -271,6 +272,77 @@ void for_each_offset(const Shape& shape, const Shape& strides, Fn&& fn) {
   }
 }
 
+
+// Copies a strided view into another of the same element size. Dimensions of one element are dropped and
+// neighbours that are laid out back to back in both tensors merged, so a permuted or sliced view becomes a few
+// long runs: the innermost is a memcpy when both sides are dense along it, else a typed strided loop. The outer
+// runs are split across the thread pool.
+void strided_copy(const Shape& shape, const Shape& dst_strides, const Shape& src_strides, size_t elem, char* dst,
+                  const char* src) {
+  struct Dim {
+    int64_t n, ds, ss;
+  };
+  std::vector<Dim> dims;  // outermost first
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (shape[d] != 1) dims.push_back({shape[d], dst_strides[d], src_strides[d]});
+  std::vector<Dim> merged;
+  for (const Dim& dim : dims) {
+    if (!merged.empty()) {
+      Dim& outer = merged.back();
+      if (outer.ds == dim.ds * dim.n && outer.ss == dim.ss * dim.n) {
+        outer = {outer.n * dim.n, dim.ds, dim.ss};
+        continue;
+      }
+    }
+    merged.push_back(dim);
+  }
+  if (merged.empty()) merged.push_back({1, 1, 1});
+  const Dim inner = merged.back();
+  merged.pop_back();
+  int64_t rows = 1;
+  for (const Dim& dim : merged) rows *= dim.n;
+  auto copy_run = [&](char* d, const char* s) {
+    if (inner.ds == 1 && inner.ss == 1) {
+      std::memcpy(d, s, size_t(inner.n) * elem);
+      return;
+    }
+    switch (elem) {
+      case 4: {
+        auto* dd = reinterpret_cast<uint32_t*>(d);
+        auto* ss = reinterpret_cast<const uint32_t*>(s);
+        for (int64_t i = 0; i < inner.n; ++i) dd[i * inner.ds] = ss[i * inner.ss];
+        break;
+      }
+      case 2: {
+        auto* dd = reinterpret_cast<uint16_t*>(d);
+        auto* ss = reinterpret_cast<const uint16_t*>(s);
+        for (int64_t i = 0; i < inner.n; ++i) dd[i * inner.ds] = ss[i * inner.ss];
+        break;
+      }
+      default:
+        for (int64_t i = 0; i < inner.n; ++i)
+          std::memcpy(d + size_t(i * inner.ds) * elem, s + size_t(i * inner.ss) * elem, elem);
+    }
+  };
+  // Small copies stay on the calling thread: waking the pool costs more than they do. So does a destination that
+  // repeats elements (a zero stride), so that the last write wins as in a serial copy.
+  int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, inner.n));
+  for (const Dim& dim : merged)
+    if (dim.ds == 0) grain = rows;
+  parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t doff = 0, soff = 0, rest = r;
+      for (size_t k = merged.size(); k-- > 0;) {
+        int64_t i = rest % merged[k].n;
+        rest /= merged[k].n;
+        doff += i * merged[k].ds;
+        soff += i * merged[k].ss;
+      }
+      copy_run(dst + size_t(doff) * elem, src + size_t(soff) * elem);
+    }
+  });
+}
+
 }  // namespace
 
 void Tensor::copy_from(const Tensor& src) {
@@ -305,11 +377,14 @@ void Tensor::copy_from(const Tensor& src) {
   char* d = static_cast<char*>(raw());
   size_t sb = si.block_bytes, db = di.block_bytes;
   if (src.dtype_ == dtype_) {
-    if (is_contiguous()) {
-      for_each_offset(src.shape_, src.strides_,
-                      [&](int64_t off, int64_t i) { std::memcpy(d + size_t(i) * db, s + size_t(off) * sb, sb); });
-      return;
+    if (storage_ != src.storage_) {
+      strided_copy(shape_, strides_, src.strides_, sb, d, s);
+    } else {  // the two views may overlap: through a buffer
+      std::vector<char> buf(size_t(numel()) * sb);
+      strided_copy(shape_, contiguous_strides(shape_), src.strides_, sb, buf.data(), s);
+      strided_copy(shape_, strides_, contiguous_strides(shape_), sb, d, buf.data());
     }
+    return;
   }
   // General case: gather source into contiguous F32-or-same buffer, then scatter.
   std::vector<char> buf(size_t(numel()) * sb);
