@@ -19,9 +19,10 @@
 #   see    comprehension alignment (stage I-b) with the LLM learning language and reading a random ViT,
 #          then the vision tower joins at a fifth of the rate, then the LLM reads on with the tower frozen, then
 #          it answers questions four to one against captions (ASK_STEPS, default 4000; 0: skipped)
-#   draw   creation alignment (stage I-a) with the UNet trained from scratch on the dream-query conditions; the
-#          condition projector is whitened first on the conditions of WHITEN_CONDITION captions (default 2000; 0:
-#          off), so that the cell, which the LLM's query states carry weakly, starts as strong as the kind
+#   draw   creation alignment (stage I-a, DRAW_STEPS, default 6000) with the UNet trained from scratch on the
+#          dream-query conditions; the condition projector is whitened first on the conditions of WHITEN_CONDITION
+#          captions (default 2000; 0: off), so that the cell, which the LLM's query states carry weakly, starts as
+#          strong as the kind
 #   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
 #   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
 #   align  creation alignment again (stage I-a, ALIGN_STEPS, default 700): the condition projector and the UNet
@@ -109,7 +110,7 @@ if run_stage draw; then
   say "draw: UNet and creation alignment"
   rm -rf "$OUT/draw"
   train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b "${DRAW_BATCH:-16}" \
-    --max-steps "${DRAW_STEPS:-3500}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
+    --max-steps "${DRAW_STEPS:-6000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
     --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}" --whiten-condition "${WHITEN_CONDITION:-2000}"
 fi
 if run_stage II; then
