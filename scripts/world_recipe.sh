@@ -34,9 +34,9 @@
 #   about 2.6 times the epsilon loss, and at 10 or 4 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, ASK_STEPS,
-# DRAW_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's gain range (0:
-# SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous round's world; THREADS
-# (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
+# DRAW_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
+# gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
+# round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
