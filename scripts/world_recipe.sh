@@ -37,6 +37,8 @@
 # DRAW_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
 # gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
 # round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
+# III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources; II_STEPS=1500 III_DRAW_WEIGHT=5000
+# III_INSTRUCT_WEIGHT=20000 is the longer-II route of docs/shapes_world.md (more creation, about 4 minutes more).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
@@ -124,8 +126,15 @@ fi
 if run_stage III; then
   say "stage III"
   rm -rf "$OUT/sft"
-  train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$W/train/draw.json" \
-    --data "$W/train/instruct.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-500}" \
+  # III_DRAW_WEIGHT / III_INSTRUCT_WEIGHT weight the drawing conversations and the instructions in the mixture
+  # (default: their record counts, 10000 each); with II_STEPS=1500, weights 5000 and 20000 keep the model placing
+  # pictures in what it writes (docs/shapes_world.md, "A longer stage II").
+  draw_data="$W/train/draw.json"
+  [ -n "${III_DRAW_WEIGHT:-}" ] && draw_data+=":conversation:$III_DRAW_WEIGHT"
+  instruct_data="$W/train/instruct.jsonl"
+  [ -n "${III_INSTRUCT_WEIGHT:-}" ] && instruct_data+=":interleaved:$III_INSTRUCT_WEIGHT"
+  train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$draw_data" \
+    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-500}" \
     --reinit none --lr 2e-4 --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" \
     --posterior "${POSTERIOR:-mode}"
 fi

@@ -13,6 +13,11 @@
                                          caption and with the kind word changed, scored with `world score`; then the
                                          UNet's picture estimate from pure noise (t = 999) for five kinds at three
                                          cells, written to PNG if given
+  world_probes.py binding MODEL DATA     whether the condition of a two-shape caption says which shape has which
+                                         attribute: dream-query conditions of 3000 training two-shape captions ->
+                                         the colour, kind and size at each occupied cell (ridge probe), read on 300
+                                         held-out ones, against the same probe on a bag of the caption's attributes,
+                                         which knows every attribute but not which shape has it
 
 Runs `dreamllm run` (build/bin/dreamllm, or $DREAMLLM) on tensor files; needs numpy, PIL and sentencepiece
 (Debian's python3-numpy, python3-pil, python3-sentencepiece).
@@ -273,8 +278,56 @@ def kind(model, data, tmp, png=None, n=48, cfg_scale=3.0, steps=10):
         sheet.save(png)
 
 
+def binding(model, data, tmp):
+    def two_shape(split, n):
+        out = []
+        for line in open(os.path.join(data, split, "scenes.jsonl")):
+            s = json.loads(line)
+            if s["step"] == s["steps"] and len(s["shapes"]) == 2:
+                out.append(s)
+                if len(out) >= n:
+                    break
+        return out
+
+    def conditions(ss):
+        chunks = [dream_conditions(model, [s["caption"] for s in ss[i:i + 500]], tmp) for i in range(0, len(ss), 500)]
+        return np.concatenate(chunks).reshape(len(ss), -1)
+
+    def at_cells(ss, attribute, values):  # [N, 9]: 0 for an empty cell, 1 + the value's index otherwise
+        y = np.zeros((len(ss), 9), int)
+        for i, s in enumerate(ss):
+            for sh in s["shapes"]:
+                y[i, sh["row"] * 3 + sh["col"]] = 1 + values.index(sh[attribute])
+        return y
+
+    def bag(ss):  # counts of each colour, kind and size, and the occupied cells: no attribute tied to a shape
+        x = np.zeros((len(ss), 6 + 5 + 2 + 9))
+        for i, s in enumerate(ss):
+            for sh in s["shapes"]:
+                x[i, COLOURS.index(sh["colour"])] += 1
+                x[i, 6 + KINDS.index(sh["kind"])] += 1
+                x[i, 11 + int(sh["size"] == "large")] += 1
+                x[i, 13 + sh["row"] * 3 + sh["col"]] = 1
+        return x
+
+    tr, te = two_shape("train", 3000), two_shape("test", 300)
+    features = {"condition": (conditions(tr), conditions(te)), "bag of attributes": (bag(tr), bag(te))}
+    print(f"two-shape captions: {len(tr)} training, {len(te)} held out; accuracy at the occupied cells")
+    for attribute, values in [("colour", COLOURS), ("kind", KINDS), ("size", ["small", "large"])]:
+        ytr, yte = at_cells(tr, attribute, values), at_cells(te, attribute, values)
+        for name, (xtr, xte) in features.items():
+            right = total = 0
+            for cell in range(9):
+                occupied = yte[:, cell] > 0
+                if occupied.any():
+                    guess = ridge(xtr, ytr[:, cell], xte, len(values) + 1)
+                    right += (guess == yte[:, cell])[occupied].sum()
+                    total += occupied.sum()
+            print(f"  {attribute:6s} from the {name:17s}: {right / total:.3f}")
+
+
 def main():
-    probes = {"vision": vision, "condition": condition, "kind": kind}
+    probes = {"vision": vision, "condition": condition, "kind": kind, "binding": binding}
     if len(sys.argv) not in (4, 5) or sys.argv[1] not in probes or (len(sys.argv) == 5 and sys.argv[1] != "kind"):
         sys.exit(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
