@@ -38,7 +38,8 @@
 # gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
 # round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
 # III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources; II_STEPS=1500 III_DRAW_WEIGHT=5000
-# III_INSTRUCT_WEIGHT=20000 is the longer-II route of docs/shapes_world.md (more creation, about 4 minutes more).
+# III_INSTRUCT_WEIGHT=20000 JOINT_VM_WEIGHT=4 is the longer-II route of docs/shapes_world.md (one-shape creation
+# 86%, about 4 minutes more; not timed in one piece).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
