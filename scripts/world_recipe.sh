@@ -129,7 +129,7 @@ if run_stage III; then
   rm -rf "$OUT/sft"
   # III_DRAW_WEIGHT / III_INSTRUCT_WEIGHT weight the drawing conversations and the instructions in the mixture
   # (default: their record counts, 10000 each); with II_STEPS=1500, weights 5000 and 20000 keep the model placing
-  # pictures in what it writes (docs/shapes_world.md, "A longer stage II").
+  # pictures in what it writes (docs/shapes_world.md, "Two shapes miss by binding").
   draw_data="$W/train/draw.json"
   [ -n "${III_DRAW_WEIGHT:-}" ] && draw_data+=":conversation:$III_DRAW_WEIGHT"
   instruct_data="$W/train/instruct.jsonl"

@@ -15,8 +15,8 @@
                                          cells, written to PNG if given
   world_probes.py binding MODEL DATA     whether the condition of a two-shape caption says which shape has which
                                          attribute: dream-query conditions of 3000 training two-shape captions ->
-                                         the colour, kind and size at each occupied cell (ridge probe), read on 300
-                                         held-out ones, against the same probe on a bag of the caption's attributes,
+                                         the colour, kind and size at each occupied cell (ridge probe), read on up
+                                         to 300 held-out ones (149 in the recipe's split), against the same probe on a bag of the caption's attributes,
                                          which knows every attribute but not which shape has it
 
 Runs `dreamllm run` (build/bin/dreamllm, or $DREAMLLM) on tensor files; needs numpy, PIL and sentencepiece
@@ -77,11 +77,11 @@ def run(component, model, tensors, tmp):
     return load(dst)
 
 
-def scenes(data, split, n, one_shape=False):
+def scenes(data, split, n, shapes=None):
     out = []
     for line in open(os.path.join(data, split, "scenes.jsonl")):
         s = json.loads(line)
-        if s["step"] != s["steps"] or (one_shape and len(s["shapes"]) != 1):
+        if s["step"] != s["steps"] or (shapes is not None and len(s["shapes"]) != shapes):
             continue
         out.append(s)
         if len(out) >= n:
@@ -185,7 +185,7 @@ def condition(model, data, tmp):
         sh = s["shapes"][0]
         return [COLOURS.index(sh["colour"]), KINDS.index(sh["kind"]), sh["row"] * 3 + sh["col"], int(sh["size"] == "large")]
 
-    tr, te = scenes(data, "train", 1200, True), scenes(data, "test", 150, True)
+    tr, te = scenes(data, "train", 1200, shapes=1), scenes(data, "test", 150, shapes=1)
     ctr = dream_conditions(model, [s["caption"] for s in tr], tmp)
     cte = dream_conditions(model, [s["caption"] for s in te], tmp)
     ytr, yte = np.array([attributes(s) for s in tr]), np.array([attributes(s) for s in te])
@@ -232,7 +232,7 @@ def kinds_found(pictures, captions, tmp):
 def kind(model, data, tmp, png=None, n=48, cfg_scale=3.0, steps=10):
     alphas, prediction = schedule(model)
     assert prediction == "v_prediction", "the kind probe samples v_prediction models (the world's default)"
-    te = scenes(data, "test", n, one_shape=True)
+    te = scenes(data, "test", n, shapes=1)
     truth = [s["shapes"][0]["kind"] for s in te]
     other = [KINDS[(KINDS.index(k) + 1) % len(KINDS)] for k in truth]
     own = [s["caption"] for s in te]
@@ -279,16 +279,6 @@ def kind(model, data, tmp, png=None, n=48, cfg_scale=3.0, steps=10):
 
 
 def binding(model, data, tmp):
-    def two_shape(split, n):
-        out = []
-        for line in open(os.path.join(data, split, "scenes.jsonl")):
-            s = json.loads(line)
-            if s["step"] == s["steps"] and len(s["shapes"]) == 2:
-                out.append(s)
-                if len(out) >= n:
-                    break
-        return out
-
     def conditions(ss):
         chunks = [dream_conditions(model, [s["caption"] for s in ss[i:i + 500]], tmp) for i in range(0, len(ss), 500)]
         return np.concatenate(chunks).reshape(len(ss), -1)
@@ -301,16 +291,17 @@ def binding(model, data, tmp):
         return y
 
     def bag(ss):  # counts of each colour, kind and size, and the occupied cells: no attribute tied to a shape
-        x = np.zeros((len(ss), 6 + 5 + 2 + 9))
+        nc, nk = len(COLOURS), len(KINDS)
+        x = np.zeros((len(ss), nc + nk + 2 + 9))
         for i, s in enumerate(ss):
             for sh in s["shapes"]:
                 x[i, COLOURS.index(sh["colour"])] += 1
-                x[i, 6 + KINDS.index(sh["kind"])] += 1
-                x[i, 11 + int(sh["size"] == "large")] += 1
-                x[i, 13 + sh["row"] * 3 + sh["col"]] = 1
+                x[i, nc + KINDS.index(sh["kind"])] += 1
+                x[i, nc + nk + int(sh["size"] == "large")] += 1
+                x[i, nc + nk + 2 + sh["row"] * 3 + sh["col"]] = 1
         return x
 
-    tr, te = two_shape("train", 3000), two_shape("test", 300)
+    tr, te = scenes(data, "train", 3000, shapes=2), scenes(data, "test", 300, shapes=2)
     features = {"condition": (conditions(tr), conditions(te)), "bag of attributes": (bag(tr), bag(te))}
     print(f"two-shape captions: {len(tr)} training, {len(te)} held out; accuracy at the occupied cells")
     for attribute, values in [("colour", COLOURS), ("kind", KINDS), ("size", ["small", "large"])]:
