@@ -406,6 +406,34 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
                            (dir / "data/test/scenes.jsonl").string() + " -n 2 --steps 2");
   EXPECT_EQ(c.code, 0) << c.err;
   EXPECT_NE(c.out.find("all prompts: 2 scored"), std::string::npos) << c.out;
+  // --shapes keeps the full scenes of one shape count only, counted here from the file itself.
+  {
+    const std::vector<world::SceneRecord> records =
+        world::read_scene_records((dir / "data/test/scenes.jsonl").string());
+    size_t shapes = 0;
+    for (const world::SceneRecord& r : records)
+      if (r.step == r.steps) {
+        shapes = r.scene.shapes.size();
+        break;
+      }
+    ASSERT_GT(shapes, 0u);
+    int64_t expected = 0;
+    for (const world::SceneRecord& r : records) expected += r.step == r.steps && r.scene.shapes.size() == shapes;
+    const std::string n = std::to_string(shapes);
+    const auto only = test::cli("world eval-create -m " + (dir / "model").string() + " --scenes " +
+                                (dir / "data/test/scenes.jsonl").string() + " -n 0 --steps 1 --shapes " + n);
+    EXPECT_EQ(only.code, 0) << only.err;
+    EXPECT_NE(only.out.find("all prompts: " + std::to_string(expected) + " scored"), std::string::npos) << only.out;
+    EXPECT_NE(only.out.find(n + "-shape prompts: " + std::to_string(expected) + " scored"), std::string::npos)
+        << only.out;
+    for (int other = 1; other <= 3; ++other)
+      if (size_t(other) != shapes)
+        EXPECT_EQ(only.out.find(std::to_string(other) + "-shape prompts"), std::string::npos) << only.out;
+    const auto none = test::cli("world eval-create -m " + (dir / "model").string() + " --scenes " +
+                                (dir / "data/test/scenes.jsonl").string() + " --shapes 9");
+    EXPECT_EQ(none.code, 1);
+    EXPECT_NE(none.err.find("holds no full scenes of 9 shape(s)"), std::string::npos) << none.err;
+  }
   // Comprehension: VQA exact match by question type, and captions checked against their pictures.
   const auto q = test::cli("world eval-vqa -m " + (dir / "model").string() + " --vqa " +
                            (dir / "data/test/vqa.json").string() + " -n 2");

@@ -182,12 +182,15 @@ int score_command(const std::string& image, const std::string& text, const std::
 }
 
 // The first `limit` (0: all) records of a scenes.jsonl; with full_only, whole scenes only (not the step pictures
-// of documents and multi-turn drawing).
-std::vector<world::SceneRecord> scene_records(const std::string& scenes, int64_t limit, bool full_only) {
+// of documents and multi-turn drawing); with shapes > 0, only the scenes of that many shapes.
+std::vector<world::SceneRecord> scene_records(const std::string& scenes, int64_t limit, bool full_only,
+                                              int shapes = 0) {
   std::vector<world::SceneRecord> records;
   for (world::SceneRecord& r : world::read_scene_records(scenes))
-    if (!full_only || r.step == r.steps) records.push_back(std::move(r));
-  DL_CHECK(!records.empty(), "'", scenes, "' holds no ", full_only ? "full scenes" : "scenes");
+    if ((!full_only || r.step == r.steps) && (shapes == 0 || int64_t(r.scene.shapes.size()) == shapes))
+      records.push_back(std::move(r));
+  DL_CHECK(!records.empty(), "'", scenes, "' holds no ", full_only ? "full scenes" : "scenes",
+           shapes > 0 ? " of " + std::to_string(shapes) + " shape(s)" : std::string());
   if (limit > 0 && int64_t(records.size()) > limit) records.resize(size_t(limit));
   return records;
 }
@@ -260,10 +263,10 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
 // Creation faithfulness on held-out scenes: each full scene's caption is drawn from its prompt alone (the raw
 // prompt, as `dreamllm create` and the original pipeline), and the picture is scored against the caption;
 // results are split by the number of shapes, as the targets are.
-int eval_create_command(const std::string& model, const std::string& scenes, int64_t limit,
+int eval_create_command(const std::string& model, const std::string& scenes, int64_t limit, int shapes,
                         const DrawOptions& draw, const std::string& save_dir) {
   const Model m(model, true);
-  const std::vector<world::SceneRecord> records = scene_records(scenes, limit, true);
+  const std::vector<world::SceneRecord> records = scene_records(scenes, limit, true, shapes);
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   const auto latent = draw.latent_size(m);
   const int64_t lh = latent.first, lw = latent.second, C = m.head->unet.config().in_channels;
@@ -580,6 +583,7 @@ int world_main(int argc, char** argv) {
 
   std::string ec_model, ec_scenes, ec_save;
   int64_t ec_limit = 100;
+  int ec_shapes = 0;
   // The world's models sample at guidance 3: at 7.5 a zero-terminal-SNR model overshoots, with darker colours and
   // extra shapes (docs/shapes_world.md).
   constexpr float kWorldCfgScale = 3.f;
@@ -593,6 +597,8 @@ int world_main(int argc, char** argv) {
   ec->add_option("--scenes", ec_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
   ec->add_option("-n,--limit", ec_limit, "scenes to draw (0: all)")->capture_default_str();
+  ec->add_option("--shapes", ec_shapes, "only the scenes of this many shapes (0: any)")
+      ->check(CLI::Range(0, 9))->capture_default_str();
   ec->add_option("--save", ec_save, "directory to write the pictures to");
   ec_draw.add_to(*ec);
 
@@ -631,7 +637,7 @@ int world_main(int argc, char** argv) {
   if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit, eq_show);
   if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save, ev_write_scale);
-  if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_draw, ec_save);
+  if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_shapes, ec_draw, ec_save);
   if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
   if (in->parsed()) {
     world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_options);
