@@ -12,7 +12,8 @@
 #          addition embedding). The noise schedule is v_prediction at zero terminal SNR (SD_NOISE_SCHEDULE=1: SD
 #          2.1-base's epsilon schedule). The LLM's input embeddings are tied to its output rows (TIE_EMBEDDINGS=0:
 #          untied, as LLaMA): untied, it never learns to read "left" apart from "right", and the creation
-#          condition barely changes with them (docs/shapes_world.md, "Mirror words")
+#          condition barely changes with them (docs/shapes_world.md, "Mirror words"); DREAM_QUERIES dream queries
+#          (default 8; the original has 64)
 #   vae    the autoencoder (reconstruction + KL; each latent pixel decoded times a gain from U[0.7, 1.3], so that
 #          colour is coded by a latent's direction, not its length), then the latent scale set to 1/std as SD's
 #          was chosen
@@ -31,20 +32,25 @@
 #   draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
 #   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
-#   about 2.6 times the epsilon loss, and at 10 or 4 it takes the clipped gradient from the language; measured in
+#   about 2.6 times the epsilon loss, and at 10 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, ASK_STEPS,
 # DRAW_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
 # gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
 # round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
-# III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources; II_STEPS=1500 III_DRAW_WEIGHT=5000
-# III_INSTRUCT_WEIGHT=20000 JOINT_VM_WEIGHT=4 is the longer-II route of docs/shapes_world.md (one-shape creation
-# 86%, about 4 minutes more; not timed in one piece).
+# III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources (default: their record counts, 10000 each).
+# II_STEPS=1500 III_DRAW_WEIGHT=5000 III_INSTRUCT_WEIGHT=20000 JOINT_VM_WEIGHT=4 is the longer-II route of
+# docs/shapes_world.md: one-shape creation 86 of 100 in one run, 59 in another, so not the default.
+# OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-33% faster a step than
+# Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
+# family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
 D=${DREAMLLM:-build/bin/dreamllm}
 T=${THREADS:-0}
+unset OPENBLAS_CORETYPE
+[ -n "${BLAS_CORETYPE:-}" ] && export OPENBLAS_CORETYPE="$BLAS_CORETYPE"
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
 mkdir -p "$OUT"
 LOG="$OUT/recipe.log"
@@ -76,6 +82,7 @@ if run_stage init; then
   [ "${UNET_TEXT_EMBEDDING:-0}" = 1 ] && init_options+=(--unet-text-embedding)
   [ "${SD_NOISE_SCHEDULE:-0}" = 1 ] && init_options+=(--sd-noise-schedule)
   [ "${TIE_EMBEDDINGS:-1}" = 1 ] && init_options+=(--tie-embeddings)
+  init_options+=(--dream-queries "${DREAM_QUERIES:-8}")
   "$D" world init -d "$W" -o "$OUT/init" --size "${SIZE:-36}" --patch "${PATCH:-12}" \
     --vision-position-std "${VISION_POSITION_STD:-0.25}" "${init_options[@]}" | tee -a "$LOG"
 fi
@@ -155,5 +162,7 @@ say "trained: $OUT/model"
 "$D" world eval-vqa -m "$OUT/model" --vqa "$W/test/vqa.json" -n 200 | tee -a "$LOG"
 "$D" world eval-caption -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 200 | tee -a "$LOG"
 "$D" world eval-create -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 100 | tee -a "$LOG"
+"$D" world eval-create -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 100 --shapes 1 | tee -a "$LOG"
+"$D" world eval-create -m "$OUT/model" --scenes "$W/test/scenes.jsonl" -n 100 --shapes 2 | tee -a "$LOG"
 "$D" world eval-write -m "$OUT/model" --instruct "$W/test/instruct.jsonl" -n 30 | tee -a "$LOG"
 say "done"
