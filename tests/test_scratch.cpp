@@ -426,9 +426,11 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
     EXPECT_NE(only.out.find("all prompts: " + std::to_string(expected) + " scored"), std::string::npos) << only.out;
     EXPECT_NE(only.out.find(n + "-shape prompts: " + std::to_string(expected) + " scored"), std::string::npos)
         << only.out;
-    for (int other = 1; other <= 3; ++other)
-      if (size_t(other) != shapes)
+    for (int other = 1; other <= 3; ++other) {
+      if (size_t(other) != shapes) {
         EXPECT_EQ(only.out.find(std::to_string(other) + "-shape prompts"), std::string::npos) << only.out;
+      }
+    }
     const auto none = test::cli("world eval-create -m " + (dir / "model").string() + " --scenes " +
                                 (dir / "data/test/scenes.jsonl").string() + " --shapes 9");
     EXPECT_EQ(none.code, 1);
