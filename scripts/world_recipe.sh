@@ -41,7 +41,7 @@
 # III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources (default: their record counts, 10000 each).
 # II_STEPS=1500 III_DRAW_WEIGHT=5000 III_INSTRUCT_WEIGHT=20000 JOINT_VM_WEIGHT=4 is the longer-II route of
 # docs/shapes_world.md: one-shape creation 86 of 100 in one run, 59 in another, so not the default.
-# OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-33% faster a step than
+# OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-36% faster a step than
 # Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
 # family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
 set -euo pipefail
