@@ -2,8 +2,9 @@
 # The LLM end to end against llama.cpp: one random-weight LLaMA of Vicuna-7B's widths (bench/llm_peer/make_llama.py;
 # LAYERS of its 32 layers, default 8), run by dreamllm (bench/bench_llm.cpp, Google Benchmark) and by llama.cpp
 # through the node-llama-cpp npm package, pinned at 3.21.1, on the same weights and token ids, alternating ROUNDS
-# times (default 2), then a Markdown table of both and their ratio, and whether the two compute the same model.
-# Environment: BUILD_DIR (default build), OUT_DIR (default $BUILD_DIR/bench_llm: the model, about 2 GB per format at
+# times (default 2; each case the best of 3 repetitions in each), then a Markdown table of both and their ratio,
+# and whether the two compute the same model.
+# Environment: BUILD_DIR (default build), OUT_DIR (default $BUILD_DIR/bench_llm: the model, about 3.6 GB per format at
 # 8 layers, the raw results and table.md), LAYERS, ROUNDS, THREADS (default 1,2).
 # The first run installs node-llama-cpp into $BUILD_DIR/llm_peer from the npm registry (a benchmark-only peer; no
 # dreamllm program downloads anything).
@@ -49,7 +50,7 @@ filter="/t:($(echo "$THREADS" | sed 's/,/|/g'))/"
 ours=() peers=()
 for round in $(seq 1 "${ROUNDS:-2}"); do
   "$BUILD_DIR/bin/dl_bench_llm" --model="$MODEL/hf" --prompt="$MODEL/prompt.json" --check="$OUT_DIR/ours_check.json" \
-    --benchmark_filter="$filter" --benchmark_out="$OUT_DIR/ours.$round.json" --benchmark_out_format=json >&2
+    --benchmark_filter="$filter" --benchmark_repetitions=3 --benchmark_out="$OUT_DIR/ours.$round.json" --benchmark_out_format=json >&2
   ours+=("$OUT_DIR/ours.$round.json")
   NODE_LLAMA_CPP_DIR="$PWD/$PEER_DIR" node bench/llm_peer/llama_cpp_peer.mjs "$MODEL/model.gguf" "$MODEL/prompt.json" \
     --threads "$THREADS" > "$OUT_DIR/peer.$round.json"

@@ -5,6 +5,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -257,6 +259,30 @@ TEST(Storage, MappedFileIsZeroCopyAndReadOnly) {
   std::remove(path);
   EXPECT_THROW(Storage::map_file("/nonexistent/file.bin"), Error);
   EXPECT_THROW(Storage::map_file("/tmp"), Error);
+}
+
+TEST(Storage, LargeWeightFilesAreCopiedSmallOnesAndDreamllmMmapStayMapped) {
+  char path[] = "/tmp/dl_weights_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  // One byte past the threshold, with a pattern that catches a shifted or truncated copy.
+  std::vector<uint8_t> bytes(Storage::kCopyAtLeast + 1);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = uint8_t((i * 2654435761u) >> 13);
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()), ssize_t(bytes.size()));
+  close(fd);
+  unsetenv("DREAMLLM_MMAP");
+  auto copied = Storage::read_weights_file(path);
+  EXPECT_FALSE(copied->is_mapped());
+  EXPECT_TRUE(copied->is_writable());
+  ASSERT_EQ(copied->size(), bytes.size());
+  EXPECT_EQ(std::memcmp(copied->data(), bytes.data(), bytes.size()), 0);
+  setenv("DREAMLLM_MMAP", "1", 1);
+  EXPECT_TRUE(Storage::read_weights_file(path)->is_mapped());
+  unsetenv("DREAMLLM_MMAP");
+  ASSERT_EQ(truncate(path, 1000), 0);
+  EXPECT_TRUE(Storage::read_weights_file(path)->is_mapped());  // below the threshold
+  std::remove(path);
+  EXPECT_THROW(Storage::read_weights_file("/nonexistent/file.bin"), Error);
 }
 
 TEST(ThreadPool, CoversRangeOnceAndPropagatesErrors) {

@@ -4,7 +4,7 @@
 //   prefill   evaluate the first P prompt ids into an empty sequence (no token generated)
 //   decode    after a 64-id prompt, greedy next tokens one at a time; time per token from the first to the last
 //   check     the 8 most likely next tokens after the first 16 prompt ids, with probabilities, and 16 greedy tokens
-// Each timing is the median of REPS runs after one untimed warm-up. Prints one JSON object.
+// Each timing is the best of REPS runs after one untimed warm-up (dl_bench_llm's is the best of its repetitions). Prints one JSON object.
 //   node llama_cpp_peer.mjs MODEL.gguf PROMPT.json --threads 1,2 --prefill 64,512 --decode 32 --reps 3
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
@@ -38,7 +38,7 @@ const require = createRequire(`${installDir}/`);
 const { getLlama, LlamaLogLevel } = await import(require.resolve("node-llama-cpp"));
 const packageVersion = JSON.parse(readFileSync(`${installDir}/node_modules/node-llama-cpp/package.json`, "utf8")).version;
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const best = (xs) => Math.min(...xs);
 const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error, build: "never" });
 const model = await llama.loadModel({ modelPath, gpuLayers: 0, useMmap: true });
 const result = { peer: "node-llama-cpp", version: packageVersion, cpu: llama.cpuMathCores ?? null, cases: [] };
@@ -56,7 +56,7 @@ for (const threads of threadCounts) {
       await sequence.evaluateWithoutGeneratingNewTokens(prompt.slice(0, P));
       if (r > 0) times.push(performance.now() - t0);
     }
-    result.cases.push({ name: `llm_prefill/P${P}`, threads, ms: median(times), tokens: P });
+    result.cases.push({ name: `llm_prefill/P${P}`, threads, ms: best(times), tokens: P });
   }
 
   const times = [];
@@ -71,7 +71,7 @@ for (const threads of threadCounts) {
     }
     if (r > 0) times.push((performance.now() - t0) / decodeTokens);
   }
-  result.cases.push({ name: `llm_decode/N${decodeTokens}`, threads, ms: median(times), tokens: 1 });
+  result.cases.push({ name: `llm_decode/N${decodeTokens}`, threads, ms: best(times), tokens: 1 });
 
   if (threads === threadCounts[threadCounts.length - 1]) {
     await sequence.clearHistory();

@@ -12,7 +12,7 @@ OUT_DIR/model.gguf the same weights for llama.cpp: GGUF v3, llama.cpp's tensor n
 OUT_DIR/prompt.json 512 token ids both engines evaluate
 
 The default shape is Vicuna-7B's widths (DreamLLM's LLM) with 8 of its 32 layers: every matrix has the shape it has
-in the real model, so per-layer speed is the real model's, in a 2 GB file. --layers 32 writes the whole 7B shape.
+in the real model, so per-layer speed is the real model's, in a 3.6 GB file. --layers 32 writes the whole 7B shape.
 Weights are N(0, 0.02) as LLaMA initialises them, except lm_head, whose larger spread makes the next-token
 distribution peaked, so the two engines' top tokens can be compared (a flat distribution would tie everywhere).
 """

@@ -72,6 +72,20 @@ std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::shared_ptr<Storage>(new Storage(p, size, Kind::Mapped));
 }
 
+std::shared_ptr<Storage> Storage::read_weights_file(const std::string& path) {
+  std::shared_ptr<Storage> mapped = map_file(path);
+  const char* keep_mapped = std::getenv("DREAMLLM_MMAP");
+  if ((keep_mapped && std::strcmp(keep_mapped, "1") == 0) || mapped->size() < kCopyAtLeast) return mapped;
+  constexpr size_t kHugePage = size_t(2) << 20;
+  const size_t size = mapped->size(), rounded = (size + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = std::aligned_alloc(kHugePage, rounded);
+  if (p == nullptr) return mapped;  // no memory for a copy: the mapping still works, only slower
+  ::madvise(p, rounded, MADV_HUGEPAGE);  // where transparent huge pages are opt-in ("madvise" mode)
+  ::madvise(mapped->data(), size, MADV_SEQUENTIAL);
+  std::memcpy(p, mapped->data(), size);
+  return std::shared_ptr<Storage>(new Storage(p, size, Kind::Owned));
+}
+
 std::shared_ptr<Storage> Storage::view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes) {
   DL_CHECK(parent, "storage view of a null storage");
   DL_CHECK(offset <= parent->size() && bytes <= parent->size() - offset, "storage view [", offset, ", +", bytes,

@@ -14,6 +14,12 @@ class Storage {
   static std::shared_ptr<Storage> allocate_uninitialized(size_t bytes);
   // Maps a whole file read-only (copy-on-write private mapping). Throws naming the path on failure.
   static std::shared_ptr<Storage> map_file(const std::string& path);
+  // A weight file's bytes for the life of a model. Files of kCopyAtLeast bytes or more are copied out of the page
+  // cache into memory of 2 MiB pages: decoding streams every weight once per token, and through a mapping of
+  // 4 KiB page-cache pages it ran 1.5-1.9x slower than from such a copy (docs/benchmarks.md). DREAMLLM_MMAP=1
+  // keeps every file mapped instead (no copy: for machines without the memory for one), as do smaller files.
+  static std::shared_ptr<Storage> read_weights_file(const std::string& path);
+  static constexpr size_t kCopyAtLeast = size_t(64) << 20;
   // A byte range of another storage (kept alive by the view), e.g. one entry of a mapped archive. Inherits the
   // parent's mapped/read-only nature.
   static std::shared_ptr<Storage> view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes);

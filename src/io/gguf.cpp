@@ -534,7 +534,7 @@ GgufFile parse_gguf(std::shared_ptr<Storage> bytes, const std::string& what) {
   return out;
 }
 
-GgufFile read_gguf(const std::string& path) { return parse_gguf(Storage::map_file(path), "'" + path + "'"); }
+GgufFile read_gguf(const std::string& path) { return parse_gguf(Storage::read_weights_file(path), "'" + path + "'"); }
 
 // ---- writing ----
 

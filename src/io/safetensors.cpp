@@ -117,7 +117,7 @@ SafetensorsFile parse_safetensors(std::shared_ptr<Storage> bytes, const std::str
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
-  return parse_safetensors(Storage::map_file(path), "'" + path + "'");
+  return parse_safetensors(Storage::read_weights_file(path), "'" + path + "'");
 }
 
 void write_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,

@@ -461,7 +461,7 @@ StateDict read_torch_bin(const ZipArchive& archive) {
 }
 
 StateDict read_torch_bin(const std::string& path) {
-  auto file = Storage::map_file(path);
+  auto file = Storage::read_weights_file(path);
   const std::string what = "'" + path + "'";
   // The legacy (pre-1.6) format is a bare pickle stream starting with a magic number, not a zip.
   DL_CHECK(file->size() >= 4 && std::memcmp(file->data(), "PK\x03\x04", 4) == 0, what,
