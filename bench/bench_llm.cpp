@@ -57,10 +57,22 @@ std::vector<int64_t> parse_ids(const std::string& path) {
   return ids;
 }
 
-std::vector<int64_t> parse_counts(const std::string& s) {
+// Positive counts, comma-separated ("64,512").
+std::vector<int64_t> parse_counts(const std::string& flag, const std::string& s) {
   std::vector<int64_t> out;
   std::istringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoll(item));
+  for (std::string item; std::getline(in, item, ',');) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    DL_CHECK(used == item.size() && v > 0, flag, ": '", item, "' is not a positive count");
+    out.push_back(v);
+  }
+  DL_CHECK(!out.empty(), flag, ": no count given");
   return out;
 }
 
@@ -76,6 +88,13 @@ std::vector<float> last_logits(const dl::models::Llama& llm, const dl::nn::Var& 
 }
 
 int64_t argmax(const std::vector<float>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); }
+
+// One greedy decoding step: the most likely token of `logits` goes through the model; returns the next logits.
+std::vector<float> greedy_step(const dl::models::Llama& llm, const std::vector<float>& logits,
+                               dl::models::KVCache& cache) {
+  const dl::Tensor next = dl::Tensor::from_vector_i64({argmax(logits)}, {1, 1});
+  return last_logits(llm, llm.forward(llm.embed(next), dl::Tensor(), &cache));
+}
 
 struct Bench {
   LoadedLlama model;
@@ -105,10 +124,7 @@ void decode(benchmark::State& state, int64_t N) {
     dl::models::KVCache cache;
     std::vector<float> logits = last_logits(llm, llm.forward(llm.embed(start), dl::Tensor(), &cache));
     state.ResumeTiming();
-    for (int64_t i = 0; i < N; ++i) {
-      const dl::Tensor next = dl::Tensor::from_vector_i64({argmax(logits)}, {1, 1});
-      logits = last_logits(llm, llm.forward(llm.embed(next), dl::Tensor(), &cache));
-    }
+    for (int64_t i = 0; i < N; ++i) logits = greedy_step(llm, logits, cache);
     benchmark::DoNotOptimize(logits);
   }
   state.counters["tokens/s"] = benchmark::Counter(double(N), benchmark::Counter::kIsIterationInvariantRate);
@@ -134,10 +150,8 @@ void write_check(const std::string& path) {
     f << (i ? "," : "") << "[" << order[i] << "," << std::exp(double(logits[order[i]]) - top) / sum << "]";
   f << "],\"greedy\":[";
   for (int i = 0; i < 16; ++i) {
-    const int64_t token = argmax(logits);
-    f << (i ? "," : "") << token;
-    logits = last_logits(llm, llm.forward(llm.embed(dl::Tensor::from_vector_i64({token}, {1, 1})), dl::Tensor(),
-                                          &cache));
+    f << (i ? "," : "") << argmax(logits);
+    logits = greedy_step(llm, logits, cache);
   }
   f << "]}\n";
 }
@@ -145,8 +159,7 @@ void write_check(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, prompt, check, prefill_list = "64,512";
-  int64_t decode_tokens = 32;
+  std::string model, prompt, check, prefill_list = "64,512", decode_count = "32";
   std::vector<char*> rest{argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -155,7 +168,7 @@ int main(int argc, char** argv) {
     else if (auto v = value("--prompt="); !v.empty()) prompt = v;
     else if (auto v = value("--check="); !v.empty()) check = v;
     else if (auto v = value("--prefill="); !v.empty()) prefill_list = v;
-    else if (auto v = value("--decode="); !v.empty()) decode_tokens = std::stoll(v);
+    else if (auto v = value("--decode="); !v.empty()) decode_count = v;
     else rest.push_back(argv[i]);
   }
   if (model.empty() || prompt.empty()) {
@@ -166,7 +179,9 @@ int main(int argc, char** argv) {
   try {
     static Bench bench{load(model), parse_ids(prompt)};
     g_bench = &bench;
-    const std::vector<int64_t> lengths = parse_counts(prefill_list);
+    const std::vector<int64_t> lengths = parse_counts("--prefill", prefill_list);
+    const std::vector<int64_t> decode_tokens = parse_counts("--decode", decode_count);
+    DL_CHECK(decode_tokens.size() == 1, "--decode: one count, not ", decode_count);
     const int64_t needed = std::max<int64_t>(64, *std::max_element(lengths.begin(), lengths.end()));
     DL_CHECK(int64_t(bench.prompt.size()) >= needed, "prompt file '", prompt, "' holds ", bench.prompt.size(),
              " ids; the cases need ", needed);
@@ -174,8 +189,8 @@ int main(int argc, char** argv) {
     for (int64_t P : lengths)
       benchmark::RegisterBenchmark(("ours/llm_prefill/P" + std::to_string(P)).c_str(), prefill, P)
           ->ArgName("t")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
-    benchmark::RegisterBenchmark(("ours/llm_decode/N" + std::to_string(decode_tokens)).c_str(), decode,
-                                 decode_tokens)
+    benchmark::RegisterBenchmark(("ours/llm_decode/N" + std::to_string(decode_tokens[0])).c_str(), decode,
+                                 decode_tokens[0])
         ->ArgName("t")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dl_bench_llm: %s\n", e.what());

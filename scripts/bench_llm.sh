@@ -50,7 +50,8 @@ filter="/t:($(echo "$THREADS" | sed 's/,/|/g'))/"
 ours=() peers=()
 for round in $(seq 1 "${ROUNDS:-2}"); do
   "$BUILD_DIR/bin/dl_bench_llm" --model="$MODEL/hf" --prompt="$MODEL/prompt.json" --check="$OUT_DIR/ours_check.json" \
-    --benchmark_filter="$filter" --benchmark_repetitions=3 --benchmark_out="$OUT_DIR/ours.$round.json" --benchmark_out_format=json >&2
+    --benchmark_filter="$filter" --benchmark_repetitions=3 --benchmark_out="$OUT_DIR/ours.$round.json" \
+    --benchmark_out_format=json >&2
   ours+=("$OUT_DIR/ours.$round.json")
   NODE_LLAMA_CPP_DIR="$PWD/$PEER_DIR" node bench/llm_peer/llama_cpp_peer.mjs "$MODEL/model.gguf" "$MODEL/prompt.json" \
     --threads "$THREADS" > "$OUT_DIR/peer.$round.json"

@@ -4,7 +4,8 @@
 //   prefill   evaluate the first P prompt ids into an empty sequence (no token generated)
 //   decode    after a 64-id prompt, greedy next tokens one at a time; time per token from the first to the last
 //   check     the 8 most likely next tokens after the first 16 prompt ids, with probabilities, and 16 greedy tokens
-// Each timing is the best of REPS runs after one untimed warm-up (dl_bench_llm's is the best of its repetitions). Prints one JSON object.
+// Each timing is the best of REPS runs after one untimed warm-up (dl_bench_llm's is the best of its repetitions).
+// Prints one JSON object.
 //   node llama_cpp_peer.mjs MODEL.gguf PROMPT.json --threads 1,2 --prefill 64,512 --decode 32 --reps 3
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
@@ -36,7 +37,8 @@ if (!Array.isArray(prompt) || prompt.length < Math.max(64, ...prefillLengths)) {
 const installDir = process.env.NODE_LLAMA_CPP_DIR ?? process.cwd();
 const require = createRequire(`${installDir}/`);
 const { getLlama, LlamaLogLevel } = await import(require.resolve("node-llama-cpp"));
-const packageVersion = JSON.parse(readFileSync(`${installDir}/node_modules/node-llama-cpp/package.json`, "utf8")).version;
+const packagePath = `${installDir}/node_modules/node-llama-cpp/package.json`;
+const packageVersion = JSON.parse(readFileSync(packagePath, "utf8")).version;
 
 const best = (xs) => Math.min(...xs);
 const llama = await getLlama({ gpu: false, logLevel: LlamaLogLevel.error, build: "never" });
@@ -75,7 +77,9 @@ for (const threads of threadCounts) {
 
   if (threads === threadCounts[threadCounts.length - 1]) {
     await sequence.clearHistory();
-    const input = prompt.slice(0, 16).map((t, i) => (i === 15 ? [t, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] : t));
+    // Plain softmax probabilities: no temperature, top-k, top-p or min-p applied.
+    const raw = { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } };
+    const input = prompt.slice(0, 16).map((t, i) => (i === 15 ? [t, { generateNext: raw }] : t));
     const out = await sequence.controlledEvaluate(input);
     const probs = [...out[15].next.probabilities.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8);
     await sequence.clearHistory();

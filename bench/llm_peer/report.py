@@ -22,7 +22,7 @@ def main():
     ap.add_argument("--ours-check", required=True)
     a = ap.parse_args()
 
-    ours, order, decode_n = {}, [], {}
+    ours, order = {}, []
     for path in a.ours:
         for b in json.load(open(path)).get("benchmarks", []):
             if b.get("run_type", "iteration") != "iteration":

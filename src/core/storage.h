@@ -16,7 +16,7 @@ class Storage {
   static std::shared_ptr<Storage> map_file(const std::string& path);
   // A weight file's bytes for the life of a model. Files of kCopyAtLeast bytes or more are copied out of the page
   // cache into memory of 2 MiB pages: decoding streams every weight once per token, and through a mapping of
-  // 4 KiB page-cache pages it ran 1.5-1.9x slower than from such a copy (docs/benchmarks.md). DREAMLLM_MMAP=1
+  // 4 KiB page-cache pages it ran about 1.3x slower than from such a copy (docs/benchmarks.md). DREAMLLM_MMAP=1
   // keeps every file mapped instead (no copy: for machines without the memory for one), as do smaller files.
   static std::shared_ptr<Storage> read_weights_file(const std::string& path);
   static constexpr size_t kCopyAtLeast = size_t(64) << 20;
