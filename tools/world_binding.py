@@ -12,6 +12,12 @@ The conditions:
            through a learned linear projection, as in the recipe's `draw`
   tokens   the same LLM's states at every caption token and the dream queries (how SD conditions on CLIP's text
            states), through the same kind of projection
+  encoder  a causal transformer of the world LLM's size (4 layers, width 128, 4 heads) with 8 learned queries after
+           the caption, trained from scratch with the UNet under the diffusion loss alone: the DreamLLM condition
+           path, learned end to end without the LLM's comprehension training
+  llm      the model's own LLaMA (RMSNorm, rotary attention, SwiGLU) with 8 fresh dream queries after the caption,
+           trained with the UNet under the diffusion loss alone, from the model's weights (--llm-init committed)
+           or from a fresh N(0, 0.02) initialisation (--llm-init fresh), at --llm-lr-scale of the rate
 The VAE and the LLM are the model directory's, run by `dreamllm run` (vae_encode, vae_decode, llm).
 
   /usr/bin/python3 tools/world_binding.py --data DATA --model MODEL --out DIR --cond cell --steps 3000
@@ -205,6 +211,102 @@ class OracleCondition(nn.Module):
             self.size(codes[..., 3])
 
 
+class CausalEncoder(nn.Module):
+    """[BOS, caption, Q queries] through causal pre-norm transformer layers; the condition is the projected final
+    states at the queries, as DreamLLM takes its LLM's states at the dream queries."""
+
+    def __init__(self, vocab, queries, ctx, width=128, layers=4, heads=4, ff=344, max_len=96):
+        super().__init__()
+        self.queries = queries
+        self.embed, self.pos = nn.Embedding(vocab, width), nn.Embedding(max_len, width)
+        self.dream = nn.Parameter(torch.randn(queries, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, ff, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, layers)
+        self.norm, self.proj = nn.LayerNorm(width), nn.Linear(width, ctx, bias=False)
+
+    def forward(self, rows):
+        Q, B = self.queries, len(rows)
+        L = max(len(r) for r in rows) + Q
+        x = torch.zeros(B, L, self.embed.embedding_dim)
+        pad = torch.ones(B, L, dtype=torch.bool)
+        where = torch.zeros(B, Q, dtype=torch.long)
+        for b, r in enumerate(rows):
+            T = len(r)
+            x[b, :T] = self.embed(torch.tensor(r))
+            x[b, T:T + Q] = self.dream
+            pad[b, :T + Q] = False
+            where[b] = torch.arange(T, T + Q)
+        x = x + self.pos(torch.arange(L))[None]
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+        h = self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad))
+        return self.proj(h.gather(1, where[:, :, None].expand(-1, -1, h.shape[-1])))
+
+
+class Llama(nn.Module):
+    """HF LlamaModel semantics (RMSNorm, rotate-half rotary embeddings, SwiGLU), input embeddings tied to the
+    output rows as the world model's. It reads [BOS, caption, <dream_start>, Q dream queries]; the condition is
+    projected from the final-norm states at the queries (equal to `dreamllm run llm` to 2e-6)."""
+
+    def __init__(self, w, cfg, queries, ctx, fresh=False):
+        super().__init__()
+        self.heads, self.eps, self.theta = cfg["num_attention_heads"], cfg["rms_norm_eps"], cfg.get("rope_theta", 1e4)
+        self.layers = cfg["num_hidden_layers"]
+        self.w = nn.ParameterDict()
+        for k, v in w.items():
+            v = v.float()
+            if fresh:
+                v = torch.ones_like(v) if v.dim() == 1 else torch.randn_like(v) * 0.02
+            self.w[k.replace(".", "_")] = nn.Parameter(v)
+        width = w["model.embed_tokens.weight"].shape[1]
+        self.queries = queries
+        self.dream = nn.Parameter(torch.randn(queries, width) * 0.02)
+        self.proj = nn.Linear(width, ctx, bias=False)
+
+    def p(self, name):
+        return self.w[name.replace(".", "_")]
+
+    def rms(self, x, name):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.p(name)
+
+    def forward(self, rows):
+        Q, B = self.queries, len(rows)
+        L = max(len(r) for r in rows) + Q
+        E = self.p("model.embed_tokens.weight")
+        x = torch.zeros(B, L, E.shape[1])
+        where = torch.zeros(B, Q, dtype=torch.long)
+        for b, r in enumerate(rows):
+            T = len(r)
+            x[b, :T] = E[torch.tensor(r)]
+            x[b, T:T + Q] = self.dream
+            where[b] = torch.arange(T, T + Q)
+        D, H = x.shape[-1], self.heads
+        hd = D // H
+        inv = 1.0 / (self.theta ** (torch.arange(0, hd, 2).float() / hd))
+        ang = torch.arange(L).float()[:, None] * inv[None]
+        cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+
+        def rope(t):
+            t1, t2 = t[..., :hd // 2], t[..., hd // 2:]
+            return t * cos + torch.cat([-t2, t1], -1) * sin
+
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
+        for i in range(self.layers):
+            pre = f"model.layers.{i}."
+            h = self.rms(x, pre + "input_layernorm.weight")
+            q = rope((h @ self.p(pre + "self_attn.q_proj.weight").T).view(B, L, H, hd).transpose(1, 2))
+            k = rope((h @ self.p(pre + "self_attn.k_proj.weight").T).view(B, L, H, hd).transpose(1, 2))
+            v = (h @ self.p(pre + "self_attn.v_proj.weight").T).view(B, L, H, hd).transpose(1, 2)
+            s = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd)
+            o = torch.matmul(s.masked_fill(causal, float("-inf")).softmax(-1), v).transpose(1, 2).reshape(B, L, D)
+            x = x + o @ self.p(pre + "self_attn.o_proj.weight").T
+            h = self.rms(x, pre + "post_attention_layernorm.weight")
+            g = F.silu(h @ self.p(pre + "mlp.gate_proj.weight").T) * (h @ self.p(pre + "mlp.up_proj.weight").T)
+            x = x + g @ self.p(pre + "mlp.down_proj.weight").T
+        x = self.rms(x, "model.norm.weight")
+        return self.proj(x.gather(1, where[:, :, None].expand(-1, -1, D)))
+
+
 def llm_states(exe, model, captions, queries, work, threads, chunk=500):
     """The LLM's final-norm states for [BOS, caption, <dream_start>, Q x <im_patch>, <dream_end>]: per caption a
     [T + Q, D] tensor (caption tokens then the dream queries), as pipelines::prompt_conditions lays them out."""
@@ -250,7 +352,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cond", choices=["cell", "slot", "queries", "tokens"], required=True)
+    ap.add_argument("--cond", choices=["cell", "slot", "queries", "tokens", "encoder", "llm"], required=True)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -260,6 +362,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dreamllm", default="build/bin/dreamllm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--llm-init", choices=["committed", "fresh"], default="committed")
+    ap.add_argument("--llm-lr-scale", type=float, default=0.3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -301,6 +405,35 @@ def main():
             c = oracle((train_codes if split == "train" else test_codes)[idx])
             c = c * (~drop)[:, None, None]
             return c, None
+    elif a.cond == "llm":
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(a.model, "tokenizer.model"))
+        train_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in train]
+        test_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in test]
+        added = json.load(open(os.path.join(a.model, "added_tokens.json")))
+        train_ids = [r + [added["<dream_start>"]] for r in train_ids]
+        test_ids = [r + [added["<dream_start>"]] for r in test_ids]
+        llm = Llama(load_safetensors(os.path.join(a.model, "model.safetensors")), cfg, queries, ctx_dim,
+                    fresh=a.llm_init == "fresh")
+        params = list(llm.proj.parameters()) + [llm.dream]
+        llm_params = [p for n, p in llm.named_parameters() if not n.startswith("proj") and n != "dream"]
+
+        def condition(idx, drop, split="train"):
+            ids = train_ids if split == "train" else test_ids
+            empty = [sp.bos_id(), added["<dream_start>"]]
+            return llm([empty if d else ids[i] for i, d in zip(idx.tolist(), drop.tolist())]), None
+    elif a.cond == "encoder":
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(a.model, "tokenizer.model"))
+        train_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in train]
+        test_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in test]
+        encoder = CausalEncoder(sp.get_piece_size(), queries, ctx_dim)
+        params = list(encoder.parameters())
+
+        def condition(idx, drop, split="train"):
+            ids = train_ids if split == "train" else test_ids
+            rows = [[sp.bos_id()] if d else ids[i] for i, d in zip(idx.tolist(), drop.tolist())]
+            return encoder(rows), None
     else:
         st_path = os.path.join(cache, "states.pt")
         if not os.path.exists(st_path):
@@ -325,7 +458,11 @@ def main():
 
     unet = UNet(ctx_dim)
     params += list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    groups = [{"params": params}]
+    if a.cond == "llm":
+        groups.append({"params": llm_params, "lr": a.lr * a.llm_lr_scale})
+        params = params + llm_params
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0)
     warm = max(1, int(0.02 * a.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / (a.steps - warm))))))
