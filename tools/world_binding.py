@@ -23,6 +23,7 @@ The VAE and the LLM are the model directory's, run by `dreamllm run` (vae_encode
   /usr/bin/python3 tools/world_binding.py --data DATA --model MODEL --out DIR --cond cell --steps 3000
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -65,6 +66,18 @@ def run_component(exe, component, model, tensors, work, threads):
     subprocess.run([exe, "run", component, "--model", model, "--in", src, "--out", dst, "--threads", str(threads)],
                    check=True, stdout=subprocess.DEVNULL)
     return load_safetensors(dst)
+
+
+class CaptionIds:
+    """Captions as `dreamllm`'s tokenizer encodes them (BOS + SentencePiece pieces) and the added tokens' ids."""
+
+    def __init__(self, model):
+        import sentencepiece as spm
+        self.sp = spm.SentencePieceProcessor(model_file=os.path.join(model, "tokenizer.model"))
+        self.added = json.load(open(os.path.join(model, "added_tokens.json")))
+
+    def __call__(self, caption, suffix=()):
+        return [self.sp.bos_id()] + self.sp.encode(caption) + [self.added[t] for t in suffix]
 
 
 def read_scenes(path):
@@ -211,13 +224,33 @@ class OracleCondition(nn.Module):
             self.size(codes[..., 3])
 
 
+def with_queries(rows, embed, dream):
+    """Right-padded [B, L, D] inputs: each row's embedded ids followed by the Q queries; with the [B, Q] positions
+    of the queries and the [B, L] padding mask (True: padding)."""
+    Q, B = dream.shape[0], len(rows)
+    L = max(len(r) for r in rows) + Q
+    x = torch.zeros(B, L, dream.shape[1])
+    pad = torch.ones(B, L, dtype=torch.bool)
+    where = torch.zeros(B, Q, dtype=torch.long)
+    for b, r in enumerate(rows):
+        T = len(r)
+        x[b, :T] = embed(torch.tensor(r))
+        x[b, T:T + Q] = dream
+        pad[b, :T + Q] = False
+        where[b] = torch.arange(T, T + Q)
+    return x, where, pad
+
+
+def at_queries(h, where):
+    return h.gather(1, where[:, :, None].expand(-1, -1, h.shape[-1]))
+
+
 class CausalEncoder(nn.Module):
     """[BOS, caption, Q queries] through causal pre-norm transformer layers; the condition is the projected final
     states at the queries, as DreamLLM takes its LLM's states at the dream queries."""
 
     def __init__(self, vocab, queries, ctx, width=128, layers=4, heads=4, ff=344, max_len=96):
         super().__init__()
-        self.queries = queries
         self.embed, self.pos = nn.Embedding(vocab, width), nn.Embedding(max_len, width)
         self.dream = nn.Parameter(torch.randn(queries, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, ff, dropout=0.0, activation="gelu", batch_first=True,
@@ -226,21 +259,11 @@ class CausalEncoder(nn.Module):
         self.norm, self.proj = nn.LayerNorm(width), nn.Linear(width, ctx, bias=False)
 
     def forward(self, rows):
-        Q, B = self.queries, len(rows)
-        L = max(len(r) for r in rows) + Q
-        x = torch.zeros(B, L, self.embed.embedding_dim)
-        pad = torch.ones(B, L, dtype=torch.bool)
-        where = torch.zeros(B, Q, dtype=torch.long)
-        for b, r in enumerate(rows):
-            T = len(r)
-            x[b, :T] = self.embed(torch.tensor(r))
-            x[b, T:T + Q] = self.dream
-            pad[b, :T + Q] = False
-            where[b] = torch.arange(T, T + Q)
+        x, where, pad = with_queries(rows, self.embed, self.dream)
+        L = x.shape[1]
         x = x + self.pos(torch.arange(L))[None]
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
-        h = self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad))
-        return self.proj(h.gather(1, where[:, :, None].expand(-1, -1, h.shape[-1])))
+        return self.proj(at_queries(self.norm(self.layers(x, mask=causal, src_key_padding_mask=pad)), where))
 
 
 class Llama(nn.Module):
@@ -259,7 +282,6 @@ class Llama(nn.Module):
                 v = torch.ones_like(v) if v.dim() == 1 else torch.randn_like(v) * 0.02
             self.w[k.replace(".", "_")] = nn.Parameter(v)
         width = w["model.embed_tokens.weight"].shape[1]
-        self.queries = queries
         self.dream = nn.Parameter(torch.randn(queries, width) * 0.02)
         self.proj = nn.Linear(width, ctx, bias=False)
 
@@ -270,17 +292,9 @@ class Llama(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.p(name)
 
     def forward(self, rows):
-        Q, B = self.queries, len(rows)
-        L = max(len(r) for r in rows) + Q
-        E = self.p("model.embed_tokens.weight")
-        x = torch.zeros(B, L, E.shape[1])
-        where = torch.zeros(B, Q, dtype=torch.long)
-        for b, r in enumerate(rows):
-            T = len(r)
-            x[b, :T] = E[torch.tensor(r)]
-            x[b, T:T + Q] = self.dream
-            where[b] = torch.arange(T, T + Q)
-        D, H = x.shape[-1], self.heads
+        # Causal attention never reaches the right padding, so the mask is not needed here.
+        x, where, _ = with_queries(rows, self.p("model.embed_tokens.weight").__getitem__, self.dream)
+        (B, L, D), H = x.shape, self.heads
         hd = D // H
         inv = 1.0 / (self.theta ** (torch.arange(0, hd, 2).float() / hd))
         ang = torch.arange(L).float()[:, None] * inv[None]
@@ -303,17 +317,15 @@ class Llama(nn.Module):
             h = self.rms(x, pre + "post_attention_layernorm.weight")
             g = F.silu(h @ self.p(pre + "mlp.gate_proj.weight").T) * (h @ self.p(pre + "mlp.up_proj.weight").T)
             x = x + g @ self.p(pre + "mlp.down_proj.weight").T
-        x = self.rms(x, "model.norm.weight")
-        return self.proj(x.gather(1, where[:, :, None].expand(-1, -1, D)))
+        return self.proj(at_queries(self.rms(x, "model.norm.weight"), where))
 
 
 def llm_states(exe, model, captions, queries, work, threads, chunk=500):
     """The LLM's final-norm states for [BOS, caption, <dream_start>, Q x <im_patch>, <dream_end>]: per caption a
     [T + Q, D] tensor (caption tokens then the dream queries), as pipelines::prompt_conditions lays them out."""
-    import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(model, "tokenizer.model"))
-    added = json.load(open(os.path.join(model, "added_tokens.json")))
-    ids = [[sp.bos_id()] + sp.encode(c) for c in captions]
+    tok = CaptionIds(model)
+    added = tok.added
+    ids = [tok(c) for c in captions]
     out = []
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
@@ -368,7 +380,9 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
-    cache = os.path.join(a.out, "..", "binding_cache")
+    # Latents and LLM states depend on the data and the model: the cache is keyed by both paths.
+    key = hashlib.sha1(f"{os.path.abspath(a.data)}\n{os.path.abspath(a.model)}".encode()).hexdigest()[:12]
+    cache = os.path.join(a.out, "..", "binding_cache", key)
     os.makedirs(cache, exist_ok=True)
     vae_cfg = json.load(open(os.path.join(a.model, "vae", "config.json")))
     scale = vae_cfg["scaling_factor"]
@@ -405,35 +419,23 @@ def main():
             c = oracle((train_codes if split == "train" else test_codes)[idx])
             c = c * (~drop)[:, None, None]
             return c, None
-    elif a.cond == "llm":
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor(model_file=os.path.join(a.model, "tokenizer.model"))
-        train_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in train]
-        test_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in test]
-        added = json.load(open(os.path.join(a.model, "added_tokens.json")))
-        train_ids = [r + [added["<dream_start>"]] for r in train_ids]
-        test_ids = [r + [added["<dream_start>"]] for r in test_ids]
-        llm = Llama(load_safetensors(os.path.join(a.model, "model.safetensors")), cfg, queries, ctx_dim,
-                    fresh=a.llm_init == "fresh")
-        params = list(llm.proj.parameters()) + [llm.dream]
-        llm_params = [p for n, p in llm.named_parameters() if not n.startswith("proj") and n != "dream"]
+    elif a.cond in ("llm", "encoder"):
+        # The LLM reads <dream_start> before its queries, as the C++ pipelines lay them out; the encoder does not.
+        tok = CaptionIds(a.model)
+        suffix = ("<dream_start>",) if a.cond == "llm" else ()
+        ids = {"train": [tok(s["caption"], suffix) for s in train], "test": [tok(s["caption"], suffix) for s in test]}
+        empty = tok("", suffix)
+        if a.cond == "llm":
+            path = Llama(load_safetensors(os.path.join(a.model, "model.safetensors")), cfg, queries, ctx_dim,
+                         fresh=a.llm_init == "fresh")
+            params = list(path.proj.parameters()) + [path.dream]
+            llm_params = [p for n, p in path.named_parameters() if not n.startswith("proj") and n != "dream"]
+        else:
+            path = CausalEncoder(tok.sp.get_piece_size(), queries, ctx_dim)
+            params = list(path.parameters())
 
         def condition(idx, drop, split="train"):
-            ids = train_ids if split == "train" else test_ids
-            empty = [sp.bos_id(), added["<dream_start>"]]
-            return llm([empty if d else ids[i] for i, d in zip(idx.tolist(), drop.tolist())]), None
-    elif a.cond == "encoder":
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor(model_file=os.path.join(a.model, "tokenizer.model"))
-        train_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in train]
-        test_ids = [[sp.bos_id()] + sp.encode(s["caption"]) for s in test]
-        encoder = CausalEncoder(sp.get_piece_size(), queries, ctx_dim)
-        params = list(encoder.parameters())
-
-        def condition(idx, drop, split="train"):
-            ids = train_ids if split == "train" else test_ids
-            rows = [[sp.bos_id()] if d else ids[i] for i, d in zip(idx.tolist(), drop.tolist())]
-            return encoder(rows), None
+            return path([empty if d else ids[split][i] for i, d in zip(idx.tolist(), drop.tolist())]), None
     else:
         st_path = os.path.join(cache, "states.pt")
         if not os.path.exists(st_path):
@@ -514,22 +516,19 @@ def main():
     # vae_decode takes the latents as the sampler leaves them and divides by the scaling factor itself.
     img = run_component(a.dreamllm, "vae_decode", a.model, {"latents": torch.cat(pictures)}, cache, a.threads)["image"]
     from PIL import Image
-    pairs = os.path.join(a.out, "pairs.jsonl")
-    with open(pairs, "w") as f:
-        for i, s in enumerate(test):
-            rgb = ((img[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1) * 255
-            path = os.path.join(a.out, f"{i}.png")
-            Image.fromarray(np.rint(rgb).astype(np.uint8)).save(path)
-            f.write(json.dumps({"image": os.path.abspath(path), "caption": s["caption"]}) + "\n")
+    labels = {1: "one-shape", 2: "two-shape"}
+    files = {n: open(os.path.join(a.out, f"{label}.jsonl"), "w") for n, label in labels.items()}
+    for i, s in enumerate(test):
+        rgb = ((img[i].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1) * 255
+        path = os.path.join(a.out, f"{i}.png")
+        Image.fromarray(np.rint(rgb).astype(np.uint8)).save(path)
+        files[len(s["shapes"])].write(json.dumps({"image": os.path.abspath(path), "caption": s["caption"]}) + "\n")
+    for f in files.values():
+        f.close()
     print(f"trained {a.steps} steps in {time.time() - t0:.0f} s, final loss {run:.4f}", flush=True)
-    for label, part in [("one-shape", range(0, a.n)), ("two-shape", range(a.n, 2 * a.n))]:
-        sub = os.path.join(a.out, f"{label}.jsonl")
-        with open(pairs) as f:
-            lines = f.readlines()
-        with open(sub, "w") as f:
-            f.writelines(lines[i] for i in part if i < len(lines))
+    for n, label in labels.items():
         print(f"== {label}", flush=True)
-        subprocess.run([a.dreamllm, "world", "score", "--pairs", sub], check=False)
+        subprocess.run([a.dreamllm, "world", "score", "--pairs", files[n].name], check=False)
 
 
 if __name__ == "__main__":
