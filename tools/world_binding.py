@@ -199,9 +199,9 @@ def alphas_cumprod():
 
 # ---- conditions ----
 class OracleCondition(nn.Module):
-    def __init__(self, mode, dim=64):
+    def __init__(self, mode, dim=64, slots=3):
         super().__init__()
-        self.mode = mode
+        self.mode, self.slots = mode, slots
         self.cell, self.kind = nn.Embedding(9, dim), nn.Embedding(len(KINDS) + 1, dim)
         self.colour, self.size = nn.Embedding(len(COLOURS) + 1, dim), nn.Embedding(len(SIZES) + 1, dim)
         for e in [self.cell, self.kind, self.colour, self.size]:
@@ -216,7 +216,7 @@ class OracleCondition(nn.Module):
             for s in shapes:
                 out[s[0]] = s
             return out
-        out = list(shapes) + [(0, len(KINDS), len(COLOURS), len(SIZES))] * (3 - len(shapes))
+        out = list(shapes) + [(0, len(KINDS), len(COLOURS), len(SIZES))] * (self.slots - len(shapes))
         return out
 
     def forward(self, codes):
@@ -376,6 +376,11 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--llm-init", choices=["committed", "fresh"], default="committed")
     ap.add_argument("--llm-lr-scale", type=float, default=0.3)
+    ap.add_argument("--slots", type=int, default=3, help="tokens of the slot oracle (shapes, then padding)")
+    ap.add_argument("--save-unet", help="write the trained UNet's state here (torch.save)")
+    ap.add_argument("--load-unet", help="start from this UNet state instead of a fresh UNet")
+    ap.add_argument("--freeze-unet", action="store_true", help="train only the condition path, as stage I-a/II")
+    ap.add_argument("--freeze-llm", action="store_true", help="--cond llm: train only the queries and projection")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -410,7 +415,7 @@ def main():
 
     ctx_dim = 64
     if a.cond in ("cell", "slot"):
-        oracle = OracleCondition(a.cond, ctx_dim)
+        oracle = OracleCondition(a.cond, ctx_dim, a.slots)
         train_codes = torch.tensor([oracle.codes(s) for s in train])
         test_codes = torch.tensor([oracle.codes(s) for s in test])
         params = list(oracle.parameters())
@@ -459,9 +464,17 @@ def main():
             return proj(x), m
 
     unet = UNet(ctx_dim)
-    params += list(unet.parameters())
+    if a.load_unet:
+        unet.load_state_dict(torch.load(a.load_unet))
+    if a.freeze_unet:
+        unet.requires_grad_(False)
+    else:
+        params += list(unet.parameters())
     groups = [{"params": params}]
-    if a.cond == "llm":
+    if a.cond == "llm" and a.freeze_llm:
+        for p_ in llm_params:
+            p_.requires_grad_(False)
+    elif a.cond == "llm":
         groups.append({"params": llm_params, "lr": a.lr * a.llm_lr_scale})
         params = params + llm_params
     opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0)
@@ -491,6 +504,8 @@ def main():
         if (step + 1) % 250 == 0:
             print(f"step {step + 1} loss {run:.4f} ({(time.time() - t0) / (step + 1):.3f} s/step)", flush=True)
 
+    if a.save_unet:
+        torch.save(unet.state_dict(), a.save_unet)
     # DDIM, "trailing" spacing, classifier-free guidance against the dropped condition.
     unet.eval()
     pictures = []
