@@ -462,6 +462,23 @@ TEST(Jsonl, MissingFieldsAreClearErrors) {
   EXPECT_NE(pair(R"({"image": "", "caption": "c"})").find("empty path"), std::string::npos);
   EXPECT_NE(pair(R"({"image": "a.png", "caption": null})").find("\"caption\" must be a string, got null"),
             std::string::npos);
+  EXPECT_NE(pair(R"({"image": "a.png", "caption": "c", "condition_labels": 3})").find("must be an array"),
+            std::string::npos);
+  EXPECT_NE(pair(R"({"image": "a.png", "caption": "c", "condition_labels": [[]]})").find("has 0 labels"),
+            std::string::npos);
+  EXPECT_NE(pair(R"({"image": "a.png", "caption": "c", "condition_labels": [[1, -2]]})").find("label ids in [0, "),
+            std::string::npos);
+  EXPECT_NE(pair(R"({"image": "a.png", "caption": "c", "condition_labels": [[1.5]]})").find("label ids in [0, "),
+            std::string::npos);
+  {
+    std::string many = R"({"image": "a.png", "caption": "c", "condition_labels": [)";
+    for (int i = 0; i < 300; ++i) many += std::string(i ? "," : "") + "[1]";
+    EXPECT_NE(pair((many + "]}").c_str()).find("has 300 tokens (at most 256)"), std::string::npos);
+  }
+  const train::PairRecord labelled =
+      train::parse_pair_record(json::parse(R"({"image": "a.png", "caption": "c", "condition_labels": [[0, 3], [7]]})"),
+                               base);
+  EXPECT_EQ(labelled.condition_labels, (std::vector<std::vector<int32_t>>{{0, 3}, {7}}));
 
   const auto conv = [&](const char* text) {
     return error_of([&] { train::parse_conversation_record(json::parse(text), base); });

@@ -214,6 +214,54 @@ TEST(TrainLoss, AutoencoderObjectiveRefusesAMisshapenLatentGain) {
   EXPECT_NE(test::error_of([&] { objective(b, 0.f); }).find("one gain per latent pixel"), std::string::npos);
 }
 
+// The label-conditioned UNet objective (labelled.safetensors): conditions from summed label embeddings, zero
+// padding and zero dropped conditions, and the gradients into the label table and the UNet.
+void check_labelled(const std::string& name, bool v_prediction, bool drop_second) {
+  SCOPED_TRACE(name);
+  const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/labelled.safetensors");
+  Trainable t;
+  const std::string prefix = name + "/grad/";
+  for (const std::string n : {"stable_diffusion_head.unet.conv_in.weight",
+                              "stable_diffusion_head.unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"})
+    t.train(n);
+  nn::Var table(get(f, "table").to(DType::F32).clone(), true);
+  io::SchedulerConfig scheduler = t.dir.scheduler_config();
+  if (v_prediction) scheduler.prediction_type = "v_prediction";
+  const train::LabelConditionedObjective objective(t.head.unet, table, t.model.dream_queries(), scheduler);
+  train::Batch b = fixture_batch();
+  b.condition_labels = get(f, "labels");
+  if (drop_second) b.drop_condition = {false, true};
+  const train::LossTerms r = objective(b, {0.f, 1.f});
+  EXPECT_NEAR(r.vm_loss, scalar(get(f, name + "/vm_loss")), 1e-4 * scalar(get(f, name + "/vm_loss")));
+  EXPECT_NEAR(scalar(r.loss.value()), scalar(get(f, name + "/loss")), 1e-4 * scalar(get(f, name + "/loss")));
+  EXPECT_TRUE(std::isnan(r.lm_loss));
+  r.loss.backward();
+  EXPECT_TRUE(grad_close(table.grad(), get(f, prefix + "table")));
+  for (const auto& [n, v] : t.params) {
+    SCOPED_TRACE(n);
+    EXPECT_TRUE(grad_close(v.grad(), get(f, prefix + n)));
+  }
+}
+
+TEST(TrainLoss, LabelConditionedObjectiveMatchesTheReference) { check_labelled("eps", false, false); }
+TEST(TrainLoss, LabelConditionedObjectiveWithVTargetAndDropMatchesTheReference) {
+  check_labelled("vpred_drop", true, true);
+}
+
+TEST(TrainLoss, LabelConditionedObjectiveRefusesBadLabels) {
+  const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/labelled.safetensors");
+  Trainable t;
+  const nn::Var table(get(f, "table").to(DType::F32).clone(), false);
+  const train::LabelConditionedObjective objective(t.head.unet, table, t.model.dream_queries(), t.dir.scheduler_config());
+  train::Batch b = fixture_batch();
+  EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("needs condition labels"), std::string::npos);
+  b.condition_labels = Tensor::from_vector_i32({0, 7}, {2, 1, 1});
+  EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("label 7 is outside the label vocabulary of 7"),
+            std::string::npos);
+  b.condition_labels = Tensor::from_vector_i32(std::vector<int32_t>(8, 1), {2, 4, 1});
+  EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("more than the 3 the UNet reads"), std::string::npos);
+}
+
 TEST(TrainSchedule, CosineWithWarmupFollowsHuggingFace) {
   const Tensor lrs = get(adamw_fixture(), "lrs");
   const int64_t warm = train::warmup_steps(10, 0.15);

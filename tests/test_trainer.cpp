@@ -165,6 +165,69 @@ TEST(Trainer, EveryStageTrainsExactlyItsPreset) {
   EXPECT_EQ(test::slurp(d.path("out_I-a/pytorch_model.bin")), test::slurp(kModel + "/pytorch_model.bin"));
 }
 
+// Stage UNet: the UNet learns from the pairs' condition labels through a label table of its own; nothing else
+// moves, the table is saved beside the weights and a resumed run continues with it bit for bit.
+TEST(Trainer, TheUNetStageLearnsFromConditionLabels) {
+  Dataset d("unet");
+  {
+    std::ofstream f(d.path("labelled.jsonl"));
+    const char* labels[] = {"[[0, 3]]", "[[1, 4], [2]]", "[[0], [1], [2, 3, 4]]", "[[4]]"};
+    for (int i = 0; i < 4; ++i)
+      f << R"({"image": "img)" << i << R"(.png", "caption": "c", "condition_labels": )" << labels[i] << "}\n";
+  }
+  auto labelled = [&](const std::string& out) {
+    train::TrainOptions o = options(d, out, "UNet");
+    o.data = {train::parse_dataset_spec(d.path("labelled.jsonl"))};
+    o.condition_labels = 5;
+    o.max_steps = 4;
+    return o;
+  };
+  const auto before = all_weights(kModel);
+  std::vector<train::StepReport> straight, split;
+  train::Trainer(labelled("a"), collect(straight)).run();
+  train::Trainer(labelled("b"), collect(split)).run(2);
+  {
+    train::TrainOptions o = labelled("b");
+    o.resume = true;
+    train::Trainer(o, collect(split)).run();
+  }
+  ASSERT_EQ(straight.size(), 4u);
+  ASSERT_EQ(split.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(straight[i].loss, split[i].loss) << "step " << i + 1;
+    EXPECT_GT(straight[i].vm_loss, 0.f);
+    EXPECT_EQ(straight[i].dream_images, 4);  // every pair is a creation target
+  }
+  const auto after = all_weights(d.path("a"));
+  int64_t changed = 0;
+  for (const auto& [name, t] : before) {
+    const bool same = test::bit_equal(after.at(name), t);
+    if (train::group_of(name) != train::Group::kUNet) {
+      EXPECT_TRUE(same) << name << " moved in stage UNet";
+    }
+    changed += !same;
+  }
+  EXPECT_GT(changed, 0);
+  const auto table = [&](const std::string& dir) {
+    return io::read_safetensors(d.path(dir) + "/" + train::kLabelEncoderFile).tensors.at(train::kLabelEmbeddingName);
+  };
+  EXPECT_EQ(table("a").shape(), Shape({5, 12}));
+  EXPECT_TRUE(test::bit_equal(table("a"), table("b")));
+  EXPECT_TRUE(fs::exists(d.path("b/checkpoint-2/") + train::kLabelEncoderFile));
+
+  // Pairs without labels, labels outside the vocabulary and a missing vocabulary are refused with the reason.
+  train::TrainOptions o = labelled("c");
+  o.data = {train::parse_dataset_spec(d.path("pairs.jsonl"))};
+  EXPECT_NE(test::error_of([&] { train::Trainer(o).run(); }).find("has no condition_labels"), std::string::npos);
+  o = labelled("c");
+  o.condition_labels = 4;
+  EXPECT_NE(test::error_of([&] { train::Trainer(o).run(); }).find("label 4 is outside the label vocabulary of 4"),
+            std::string::npos);
+  o = labelled("c");
+  o.condition_labels = 0;
+  EXPECT_NE(test::error_of([&] { train::Trainer(o).run(); }).find("--condition-labels"), std::string::npos);
+}
+
 // The shapes-world recipe ends with a realignment (stage I-a, `--trainable condition_projector,unet --reinit none`):
 // the UNet learns the conditions of the LLM that II and III left. Nothing that reads or writes text may move: the
 // LLM, the dream queries and the vision side stay bit for bit the source's, and the queries are not drawn afresh.

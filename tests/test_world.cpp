@@ -430,6 +430,19 @@ TEST(WorldGenerator, FilesReadWithTheTrainingReaders) {
       check_image(p.image);
       EXPECT_TRUE(world::score(io::read_image(p.image), p.caption).pass) << p.caption;
       EXPECT_EQ(builder.image_to_text(p).images.size(), 1u);
+      // The condition labels spell the picture: {cell, 9 + kind, 14 + colour, 20 + size} per shape.
+      world::Scene labelled;
+      labelled.image_size = 64;
+      for (const auto& token : p.condition_labels) {
+        ASSERT_EQ(token.size(), 4u);
+        ASSERT_TRUE(token[0] >= 0 && token[0] < 9 && token[1] >= 9 && token[1] < 14 && token[2] >= 14 &&
+                    token[2] < 20 && token[3] >= 20 && token[3] < world::kConditionLabels);
+        labelled.shapes.push_back({world::Kind(token[1] - 9), world::Colour(token[2] - 14), world::Size(token[3] - 20),
+                                   {token[0] / 3, token[0] % 3}});
+      }
+      ASSERT_FALSE(labelled.shapes.empty());
+      EXPECT_TRUE(world::score(io::read_image(p.image), world::canonical_caption(labelled)).pass) << p.caption;
+      EXPECT_EQ(builder.text_to_image(p).dream_images.at(0).condition_labels, p.condition_labels);
     }
     for (const train::Record& r : read("vqa.json", train::RecordFormat::Conversation)) {
       const auto& c = std::get<train::ConversationRecord>(r);

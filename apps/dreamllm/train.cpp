@@ -37,7 +37,8 @@ int train_main(int argc, char** argv) {
   int threads = 0;
   bool quiet = false;
   app.add_option("--stage", stage, "I-a (creation alignment), I-b (comprehension alignment), II (interleaved "
-                                   "pretraining), III (SFT), VAE (the autoencoder, for models built from scratch)")
+                                   "pretraining), III (SFT), VAE (the autoencoder, for models built from scratch), UNet (the UNet from "
+                                   "scratch on pairs with condition_labels)")
       ->capture_default_str();
   app.add_option("-m,--model", model, "model directory to start from (official release layout)")->required();
   app.add_option("--data", data,
@@ -96,6 +97,10 @@ int train_main(int argc, char** argv) {
                  "stage VAE: decode each latent pixel times a gain from U[1-J, 1+J], so that colour is coded by a "
                  "latent's direction, not its length (default 0, as SD's autoencoder)")
       ->check(CLI::Range(0.0, 0.9));
+  app.add_option("--condition-labels", o.condition_labels,
+                 "stage UNet: size of the label vocabulary of the pairs' condition_labels (the world's: "
+                 "`dreamllm world gen` prints it)")
+      ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
   app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
   app.add_option("--snr-gamma", snr_gamma,
@@ -142,6 +147,10 @@ int train_main(int argc, char** argv) {
       return 2;
     }
     o.stage.latent_gain_jitter = *latent_gain_jitter;
+  }
+  if (o.condition_labels != 0 && o.stage.objective != train::Objective::kLabelConditioned) {
+    std::fprintf(stderr, "dreamllm train: --condition-labels applies to stage UNet only, not '%s'\n", stage.c_str());
+    return 2;
   }
   if (!trainable.empty()) {
     o.stage.trainable.clear();

@@ -115,6 +115,11 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
   };
   add(*weights.model, false);
   add(*weights.head, true);
+  if (weights.labels != nullptr) {
+    std::map<std::string, Tensor> labels;
+    for (const auto& [n, v] : weights.labels->all()) labels[n] = v.value();
+    io::write_safetensors(dir + "/" + kLabelEncoderFile, labels, {{"format", "pt"}});
+  }
   for (io::Component c : {io::kLLM, io::kClip, io::kDream, io::kDiffusion}) {
     const std::vector<std::string> sources = (rewrite & c) ? std::vector<std::string>{} : source.weight_files(c);
     std::error_code ec;

@@ -26,7 +26,11 @@ namespace dl::train {
 struct ModelWeights {
   const models::ParameterSet* model = nullptr;  // DreamLLM: model.*, lm_head.weight, projector
   const models::ParameterSet* head = nullptr;   // DiffusionHead: stable_diffusion_head.{unet,vae,projector}.*
+  // Optional: the label encoder of the label-conditioned UNet stage, written as kLabelEncoderFile.
+  const models::ParameterSet* labels = nullptr;
 };
+inline constexpr const char* kLabelEncoderFile = "label_encoder.safetensors";
+inline constexpr const char* kLabelEmbeddingName = "label_encoder.embedding";
 
 // The component (weight file) a full parameter name belongs to.
 io::Component component_of(const std::string& name);

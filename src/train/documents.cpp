@@ -140,7 +140,7 @@ Sample DocumentBuilder::text_to_image(const PairRecord& pair) const {
   append(s.input_ids, dream_span_);
   s.input_ids.push_back(eos_);
   s.labels.assign(s.input_ids.size(), kIgnoreIndex);  // creation pairs carry no LM loss at all
-  s.dream_images.push_back(ImageRef{0, pair.image});
+  s.dream_images.push_back(ImageRef{0, pair.image, pair.condition_labels});
   return s;
 }
 

@@ -32,6 +32,8 @@ inline constexpr int32_t kIgnoreIndex = -100;
 struct ImageRef {
   int32_t index = 0;
   std::string path;
+  // A diffusion target's condition labels (PairRecord::condition_labels), for the label-conditioned UNet stage.
+  std::vector<std::vector<int32_t>> condition_labels = {};
   bool operator==(const ImageRef&) const = default;
 };
 

@@ -207,6 +207,10 @@ const fs::path& JsonObjectReader::path() const { return impl_->path; }
 // ---------------------------------------------------------------------------------------------------------------
 namespace {
 
+// Bounds on a pair's condition labels, so a malformed record cannot ask for a huge condition tensor.
+constexpr size_t kMaxConditionTokens = 256, kMaxLabelsPerToken = 64;
+constexpr int64_t kMaxConditionLabel = int64_t(1) << 20;
+
 const json* find_field(const json& object, std::string_view name) {
   auto it = object.find(name);
   return it == object.end() ? nullptr : &*it;
@@ -304,6 +308,23 @@ PairRecord parse_pair_record(const json& object, const fs::path& base_dir) {
     const json* text = find_field(object, "text");
     DL_CHECK(text != nullptr, "missing field \"caption\" (or \"text\")");
     r.caption = as_string(*text, "text", "");
+  }
+  if (const json* labels = find_field(object, "condition_labels"); labels != nullptr) {
+    const json& tokens = as_array(*labels, "condition_labels", "");
+    DL_CHECK(tokens.size() <= kMaxConditionTokens, "field \"condition_labels\" has ", tokens.size(),
+             " tokens (at most ", kMaxConditionTokens, ")");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      const std::string name = "condition_labels[" + std::to_string(i) + "]";
+      const json& ids = as_array(tokens[i], name, "");
+      DL_CHECK(!ids.empty() && ids.size() <= kMaxLabelsPerToken, "field \"", name, "\" has ", ids.size(),
+               " labels (1 to ", kMaxLabelsPerToken, ")");
+      std::vector<int32_t>& token = r.condition_labels.emplace_back();
+      for (const json& id : ids) {
+        DL_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < kMaxConditionLabel,
+                 "field \"", name, "\" must hold label ids in [0, ", kMaxConditionLabel, "), got ", id.dump());
+        token.push_back(int32_t(id.get<int64_t>()));
+      }
+    }
   }
   return r;
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "core/error.h"
 #include "nn/functional.h"
@@ -35,12 +36,62 @@ Tensor shifted_targets(const Tensor& labels_in) {
   return Tensor::from_vector_i64(out, {int64_t(out.size())});
 }
 
+DiffusionTerm::DiffusionTerm(const io::SchedulerConfig& scheduler)
+    : noise_schedule_(diffusion::make_scheduler("ddpm", scheduler)),
+      v_prediction_(scheduler.prediction_type == "v_prediction") {}
+
+void DiffusionTerm::check_batch(const Batch& batch, int64_t M) {
+  DL_CHECK(batch.dm_latents.dim() == 4, "dm_latents must be [M, C, h, w], got ", batch.dm_latents.describe());
+  DL_CHECK(batch.noise.defined() && batch.noise.shape() == batch.dm_latents.shape(), "noise ",
+           batch.noise.defined() ? batch.noise.describe() : std::string("(missing)"), " does not match dm_latents ",
+           batch.dm_latents.describe());
+  DL_CHECK(int64_t(batch.timesteps.size()) == M, "timesteps has ", batch.timesteps.size(), " value(s) for ", M,
+           " diffusion target(s)");
+  DL_CHECK(batch.drop_condition.empty() || int64_t(batch.drop_condition.size()) == M, "drop_condition has ",
+           batch.drop_condition.size(), " flag(s) for ", M, " diffusion target(s)");
+}
+
+Var DiffusionTerm::operator()(const models::UNet& unet, const Batch& batch, const Var& cond, float snr_gamma) const {
+  const int64_t M = batch.dm_latents.size(0);
+  // The DDPM forward process at integer timesteps (diffusers' add_noise, which also checks the range).
+  const Tensor noisy = noise_schedule_->add_noise(batch.dm_latents, batch.noise, batch.timesteps);
+  Tensor target = batch.noise.to(DType::F32).contiguous();
+  const std::vector<float>& alphas = noise_schedule_->alphas_cumprod();
+  if (v_prediction_) {  // diffusers' get_velocity: v = sqrt(a_t) eps - sqrt(1 - a_t) x0
+    const Tensor x0 = batch.dm_latents.to(DType::F32).contiguous();
+    std::vector<float> v(size_t(target.numel()));
+    const int64_t n = target.numel() / M;
+    for (int64_t m = 0; m < M; ++m) {
+      const float a = alphas[size_t(batch.timesteps[size_t(m)])];
+      const float sa = std::sqrt(a), s1a = std::sqrt(1.f - a);
+      for (int64_t i = m * n; i < (m + 1) * n; ++i) v[size_t(i)] = sa * target.f32()[i] - s1a * x0.f32()[i];
+    }
+    target = Tensor::from_vector(v, target.shape());
+  }
+  std::vector<float> tf(batch.timesteps.begin(), batch.timesteps.end());
+  Var pred = unet.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
+  Var goal(target);
+  if (snr_gamma > 0.f) {
+    // mean(w_m (pred - target)^2) as mse(sqrt(w_m) pred, sqrt(w_m) target): every target has the same size, so
+    // this is the batch mean of each target's weighted mean, as diffusers computes it.
+    std::vector<float> root(static_cast<size_t>(M));
+    for (int64_t m = 0; m < M; ++m) {
+      const double a = alphas[size_t(batch.timesteps[size_t(m)])], snr = a / (1.0 - a);
+      const double weight = std::min(snr, double(snr_gamma)) / (v_prediction_ ? snr + 1.0 : snr);
+      root[size_t(m)] = float(std::sqrt(weight));
+    }
+    const Var r(Tensor::from_vector(root, {M, 1, 1, 1}));
+    pred = nn::mul(pred, r);
+    goal = nn::mul(goal, r);
+  }
+  return nn::mse(pred, goal);
+}
+
 DreamLLMObjective::DreamLLMObjective(const models::DreamLLM& model, const models::UNet& unet,
                                      const io::SchedulerConfig& scheduler)
     : model_(model),
       unet_(unet),
-      noise_schedule_(diffusion::make_scheduler("ddpm", scheduler)),
-      v_prediction_(scheduler.prediction_type == "v_prediction") {}
+      diffusion_(scheduler) {}
 
 Var DreamLLMObjective::unconditional_conditions() const {
   const auto& cfg = model_.config();
@@ -65,16 +116,9 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
   const int64_t M = batch.dm_latents.defined() ? batch.dm_latents.size(0) : 0;
   const auto dream_spans = models::DreamLLM::spans(ids, model_.dream_start_id());
   if (M > 0) {
-    DL_CHECK(batch.dm_latents.dim() == 4, "dm_latents must be [M, C, h, w], got ", batch.dm_latents.describe());
-    DL_CHECK(batch.noise.defined() && batch.noise.shape() == batch.dm_latents.shape(), "noise ",
-             batch.noise.defined() ? batch.noise.describe() : std::string("(missing)"), " does not match dm_latents ",
-             batch.dm_latents.describe());
-    DL_CHECK(int64_t(batch.timesteps.size()) == M, "timesteps has ", batch.timesteps.size(), " value(s) for ", M,
-             " diffusion target(s)");
+    DiffusionTerm::check_batch(batch, M);
     DL_CHECK(int64_t(dream_spans.size()) >= M, "the batch has ", dream_spans.size(), " <dream_start> span(s) but ", M,
              " diffusion target(s)");
-    DL_CHECK(batch.drop_condition.empty() || int64_t(batch.drop_condition.size()) == M, "drop_condition has ",
-             batch.drop_condition.size(), " flag(s) for ", M, " diffusion target(s)");
   }
 
   const Var images = batch.pixel_values.defined() ? model_.image_embeds(Var(batch.pixel_values.to(DType::F32)))
@@ -136,38 +180,7 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
       for (int64_t m = 0; m < M; ++m) rows.push_back(batch.drop_condition[size_t(m)] ? uncond : nn::slice(cond, 0, m, m + 1));
       cond = nn::concat(rows, 0);
     }
-    // The DDPM forward process at integer timesteps (diffusers' add_noise, which also checks the range).
-    const Tensor noisy = noise_schedule_->add_noise(batch.dm_latents, batch.noise, batch.timesteps);
-    Tensor target = batch.noise.to(DType::F32).contiguous();
-    const std::vector<float>& alphas = noise_schedule_->alphas_cumprod();
-    if (v_prediction_) {  // diffusers' get_velocity: v = sqrt(a_t) eps - sqrt(1 - a_t) x0
-      const Tensor x0 = batch.dm_latents.to(DType::F32).contiguous();
-      std::vector<float> v(size_t(target.numel()));
-      const int64_t n = target.numel() / M;
-      for (int64_t m = 0; m < M; ++m) {
-        const float a = alphas[size_t(batch.timesteps[size_t(m)])];
-        const float sa = std::sqrt(a), s1a = std::sqrt(1.f - a);
-        for (int64_t i = m * n; i < (m + 1) * n; ++i) v[size_t(i)] = sa * target.f32()[i] - s1a * x0.f32()[i];
-      }
-      target = Tensor::from_vector(v, target.shape());
-    }
-    std::vector<float> tf(batch.timesteps.begin(), batch.timesteps.end());
-    Var pred = unet_.forward(Var(noisy), Tensor::from_vector(tf, {M}), cond);
-    Var goal(target);
-    if (w.snr_gamma > 0.f) {
-      // mean(w_m (pred - target)^2) as mse(sqrt(w_m) pred, sqrt(w_m) target): every target has the same size, so
-      // this is the batch mean of each target's weighted mean, as diffusers computes it.
-      std::vector<float> root(static_cast<size_t>(M));
-      for (int64_t m = 0; m < M; ++m) {
-        const double a = alphas[size_t(batch.timesteps[size_t(m)])], snr = a / (1.0 - a);
-        const double weight = std::min(snr, double(w.snr_gamma)) / (v_prediction_ ? snr + 1.0 : snr);
-        root[size_t(m)] = float(std::sqrt(weight));
-      }
-      const Var r(Tensor::from_vector(root, {M, 1, 1, 1}));
-      pred = nn::mul(pred, r);
-      goal = nn::mul(goal, r);
-    }
-    vm = nn::mse(pred, goal);
+    vm = diffusion_(unet_, batch, cond, w.snr_gamma);
     out.vm_loss = vm.value().f32()[0];
   }
 
@@ -180,6 +193,59 @@ LossTerms DreamLLMObjective::operator()(const Batch& batch, const LossWeights& w
     total = total.defined() ? nn::add(total, term) : term;
   }
   out.loss = total.defined() ? total : Var(Tensor::zeros({1}));
+  return out;
+}
+
+LabelConditionedObjective::LabelConditionedObjective(const models::UNet& unet, nn::Var label_embedding,
+                                                     int64_t tokens, const io::SchedulerConfig& scheduler)
+    : unet_(unet), embedding_(std::move(label_embedding)), tokens_(tokens), diffusion_(scheduler) {
+  DL_CHECK(embedding_.defined() && embedding_.shape().size() == 2, "the label embedding must be a [labels, C] table");
+  DL_CHECK(tokens_ >= 1, "the label condition needs at least one token, got ", tokens_);
+}
+
+Var LabelConditionedObjective::conditions(const Tensor& labels_in, const std::vector<bool>& drop) const {
+  DL_CHECK(labels_in.defined() && labels_in.dim() == 3 && (labels_in.dtype() == DType::I32 || labels_in.dtype() == DType::I64),
+           "condition labels must be an integer [M, S, K] tensor, got ",
+           labels_in.defined() ? labels_in.describe() : std::string("nothing"));
+  const Tensor labels = labels_in.contiguous();
+  const int64_t M = labels.size(0), S = labels.size(1), K = labels.size(2);
+  const int64_t V = embedding_.shape()[0], C = embedding_.shape()[1];
+  DL_CHECK(S <= tokens_, "a condition has ", S, " label tokens, more than the ", tokens_, " the UNet reads");
+  DL_CHECK(drop.empty() || int64_t(drop.size()) == M, "drop has ", drop.size(), " flag(s) for ", M, " condition(s)");
+  // Each token is a row of label counts times the table: the sum of its labels' embeddings, and of none (a zero
+  // token) for padding and dropped conditions.
+  std::vector<float> counts(size_t(M * tokens_ * V), 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    if (!drop.empty() && drop[size_t(m)]) continue;
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t id = int_at(labels, (m * S + s) * K + k);
+        if (id < 0) continue;
+        DL_CHECK(id < V, "condition label ", id, " is outside the label vocabulary of ", V);
+        counts[size_t((m * tokens_ + s) * V + id)] += 1.f;
+      }
+  }
+  const Var rows = nn::matmul(Var(Tensor::from_vector(counts, {M * tokens_, V})), embedding_);
+  return nn::reshape(rows, {M, tokens_, C});
+}
+
+LossTerms LabelConditionedObjective::operator()(const Batch& batch, const LossWeights& w) const {
+  LossTerms out;
+  out.lm_loss = std::numeric_limits<float>::quiet_NaN();
+  const int64_t M = batch.dm_latents.defined() ? batch.dm_latents.size(0) : 0;
+  out.dream_images = M;
+  if (M == 0) {
+    out.loss = Var(Tensor::zeros({1}));
+    return out;
+  }
+  DiffusionTerm::check_batch(batch, M);
+  DL_CHECK(batch.condition_labels.defined() && batch.condition_labels.dim() == 3 &&
+               batch.condition_labels.size(0) == M,
+           "the label-conditioned objective needs condition labels [", M, ", S, K] for its ", M,
+           " target(s), got ", batch.condition_labels.defined() ? batch.condition_labels.describe() : "none");
+  const Var vm = diffusion_(unet_, batch, conditions(batch.condition_labels, batch.drop_condition), w.snr_gamma);
+  out.vm_loss = vm.value().f32()[0];
+  out.loss = w.vm != 1.f ? nn::scale(vm, w.vm) : vm;
   return out;
 }
 

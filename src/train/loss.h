@@ -33,6 +33,9 @@ struct Batch {
   // Optional classifier-free-guidance dropout: span m's condition is replaced by the unconditional one, computed
   // as inference computes the negative branch (the LLM on [<s>, <dream_start>, queries, <dream_end>]). Empty: none.
   std::vector<bool> drop_condition;
+  // The label-conditioned objective's conditions: [M, S, K] I32 label ids of each target's S tokens, -1 where a
+  // token has fewer than K labels or a target fewer than S tokens. Undefined for DreamLLM's objective.
+  Tensor condition_labels;
   // The autoencoder objective's inputs: pictures [M, 3, R, R] in [-1, 1], the posterior draw [M, C, r, r] and
   // optionally a gain per latent pixel [M, 1, r, r] applied to the draw before decoding (undefined: none).
   Tensor dm_images, posterior_noise, latent_gain;
@@ -55,6 +58,20 @@ struct LossTerms {
   float rec_loss = 0.f, kl_loss = 0.f;  // the autoencoder objective's terms
 };
 
+// The diffusion term shared by the objectives: mean((UNet(x_t, t, cond) - target)^2) over the batch's M targets,
+// x_t the DDPM forward process of batch.dm_latents at batch.timesteps, the target the noise (epsilon) or v.
+class DiffusionTerm {
+ public:
+  explicit DiffusionTerm(const io::SchedulerConfig& scheduler);
+  // Checks the batch's diffusion fields against M targets (throws naming the mismatch).
+  static void check_batch(const Batch& batch, int64_t M);
+  nn::Var operator()(const models::UNet& unet, const Batch& batch, const nn::Var& cond, float snr_gamma) const;
+
+ private:
+  std::unique_ptr<diffusion::Scheduler> noise_schedule_;  // DDPM, as the original trains
+  bool v_prediction_ = false;  // the UNet predicts v = sqrt(a) eps - sqrt(1 - a) x0 instead of eps
+};
+
 class DreamLLMObjective {
  public:
   // Keeps references: the model, UNet and scheduler config must outlive the objective.
@@ -70,8 +87,28 @@ class DreamLLMObjective {
  private:
   const models::DreamLLM& model_;
   const models::UNet& unet_;
-  std::unique_ptr<diffusion::Scheduler> noise_schedule_;  // DDPM, as the original trains
-  bool v_prediction_ = false;  // the UNet predicts v = sqrt(a) eps - sqrt(1 - a) x0 instead of eps
+  DiffusionTerm diffusion_;
+};
+
+// The UNet pretrained as Stable Diffusion's was, on the states of a frozen text encoder, for data that has no such
+// encoder (the shapes world): a picture's condition is its labelled content (Batch::condition_labels), each token
+// the sum of the learned embeddings of its labels, padded with zero tokens to `tokens` (the dream query count, so
+// the UNet reads as many tokens as DreamLLM will give it). A dropped condition is all zeros. The loss is the
+// diffusion term alone; the label embeddings and the UNet both learn from it.
+class LabelConditionedObjective {
+ public:
+  // Keeps a reference to the UNet; `label_embedding` [labels, C] is a shared handle (it may train).
+  LabelConditionedObjective(const models::UNet& unet, nn::Var label_embedding, int64_t tokens,
+                            const io::SchedulerConfig& scheduler);
+  // The conditions [M, tokens, C] of labels [M, S, K] (S <= tokens; -1: none), zero rows where `drop` says.
+  nn::Var conditions(const Tensor& labels, const std::vector<bool>& drop = {}) const;
+  LossTerms operator()(const Batch& batch, const LossWeights& weights) const;
+
+ private:
+  const models::UNet& unet_;
+  nn::Var embedding_;
+  int64_t tokens_;
+  DiffusionTerm diffusion_;
 };
 
 // The VAE trained as Stable Diffusion's autoencoder was, less its perceptual and adversarial terms:

@@ -16,6 +16,10 @@ namespace dl::train {
 struct PairRecord {
   std::string image;
   std::string caption;
+  // Optional ("condition_labels"): the picture's content as label tokens, each a list of ids into a label
+  // vocabulary. Only the label-conditioned UNet stage reads them (a world with no pretrained text encoder);
+  // DreamLLM's stages ignore them.
+  std::vector<std::vector<int32_t>> condition_labels = {};
 };
 
 // An interleaved document (MMC4), optionally with an instruction (InstructMMC4, "mmc4_instruct_filtered224").

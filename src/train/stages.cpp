@@ -77,13 +77,17 @@ StagePreset stage_preset(const std::string& name) {
     p = {"VAE", "the image autoencoder from scratch: reconstruction + KL on the data's pictures",
          {Group::kVAE}, {0.f, 0.f}, 1e-3f, false, true, {}};
     p.objective = Objective::kAutoencoder;
+  } else if (name == "UNet" || name == "unet") {
+    p = {"UNet", "the UNet from scratch: the diffusion loss conditioned on the pictures' labelled content",
+         {Group::kUNet}, {0.f, 1.f}, 1e-3f, false, true, {}};
+    p.objective = Objective::kLabelConditioned;
   } else {
-    fail("unknown stage '", name, "' (expected I-a, I-b, II, III or VAE)");
+    fail("unknown stage '", name, "' (expected I-a, I-b, II, III, VAE or UNet)");
   }
   return p;
 }
 
-std::vector<std::string> stage_names() { return {"I-a", "I-b", "II", "III", "VAE"}; }
+std::vector<std::string> stage_names() { return {"I-a", "I-b", "II", "III", "VAE", "UNet"}; }
 
 int64_t warmup_steps(int64_t total, double ratio) {
   DL_CHECK(ratio >= 0 && ratio <= 1, "warm-up ratio ", ratio, " is outside [0, 1]");

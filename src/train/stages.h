@@ -36,8 +36,9 @@ Reinit parse_reinit(const std::string& name);
 
 // What a stage optimises: DreamLLM's joint LM + diffusion objective, or (building a model from scratch, where no
 // pretrained Stable Diffusion exists) the VAE's own: reconstruction MSE + kl_weight x KL, as SD's autoencoder
-// was trained without its perceptual and adversarial terms.
-enum class Objective { kDreamLLM, kAutoencoder };
+// was trained without its perceptual and adversarial terms; or the UNet's own: the diffusion loss conditioned on
+// the pictures' labels (LabelConditionedObjective), as SD's UNet was trained on a frozen text encoder's states.
+enum class Objective { kDreamLLM, kAutoencoder, kLabelConditioned };
 
 struct StagePreset {
   std::string name;  // "I-a", "I-b", "II", "III", "VAE"
@@ -57,7 +58,8 @@ struct StagePreset {
 };
 
 // "I-a" (alias "1a", "creation"), "I-b" ("1b", "comprehension"), "II" ("2", "pretrain"), "III" ("3", "sft"),
-// and "VAE" ("vae"): the autoencoder on the data's pictures.
+// "VAE" ("vae"): the autoencoder on the data's pictures, and "UNet" ("unet"): the UNet from scratch on pairs whose
+// records carry condition labels.
 StagePreset stage_preset(const std::string& name);
 std::vector<std::string> stage_names();
 

@@ -16,6 +16,7 @@
 #include "models/vae.h"
 #include "nn/functional.h"
 #include "text/tokenizer.h"
+#include "io/safetensors.h"
 #include "train/checkpoint.h"
 
 namespace dl::train {
@@ -190,6 +191,8 @@ struct Trainer::Impl {
   MixedStream stream;
   DreamLLMObjective objective;
   AutoencoderObjective autoencoder;
+  models::ParameterSet label_params;  // the label encoder (kLabelConditioned only)
+  std::unique_ptr<LabelConditionedObjective> labelled;
   std::unique_ptr<nn::AdamW> optimizer;
   // The frozen VAE's posterior of each dream picture, encoded once per run: the encoder is deterministic and the
   // DreamLLM objective never trains it, so a picture's moments do not change. The encoder's arithmetic is per
@@ -263,9 +266,15 @@ struct Trainer::Impl {
     DL_CHECK(opt.whiten_condition >= 0, "--whiten-condition must be >= 0, not ", opt.whiten_condition);
     if (!resumed && opt.whiten_condition > 0) whiten_condition_projector();
 
-    // The trainable set, in state-dict order.
+    // The trainable set, in state-dict order (the label encoder first).
     std::set<Group> groups(opt.stage.trainable.begin(), opt.stage.trainable.end());
     std::vector<nn::Var> params;
+    if (opt.stage.objective == Objective::kLabelConditioned) {
+      const nn::Var table = label_encoder();
+      params.push_back(table);
+      trainable_names.push_back(kLabelEmbeddingName);
+      labelled = std::make_unique<LabelConditionedObjective>(unet, table, model.dream_queries(), dir.scheduler_config());
+    }
     std::vector<std::pair<std::string, nn::Var>> candidates(model.parameters().all().begin(),
                                                             model.parameters().all().end());
     for (const auto& [name, v] : head_params.all())
@@ -290,7 +299,8 @@ struct Trainer::Impl {
     optimizer = make_optimizer(params, trainable_names, opt.learning_rate, opt.weight_decay);
     for (size_t i = 0; i < trainable_names.size(); ++i)
       for (const auto& [group, factor] : opt.lr_scale)
-        if (group_of(trainable_names[i]) == group) optimizer->set_lr_scale(i, factor);
+        if (trainable_names[i] != kLabelEmbeddingName && group_of(trainable_names[i]) == group)
+          optimizer->set_lr_scale(i, factor);
 
     fs::create_directories(opt.out);
     if (resumed) {
@@ -342,6 +352,34 @@ struct Trainer::Impl {
     make_writable_f32(p);
     const Tensor whitened = ops::matmul(S, p.value());  // p is F32 and contiguous now
     std::copy(whitened.f32(), whitened.f32() + whitened.numel(), p.value().f32());
+  }
+
+  // The label embedding table [condition_labels, C]: the starting directory's (a checkpoint, or a model that went
+  // through this stage before), else fresh at N(0, 0.5^2), so that a token of four labels has unit variance per
+  // channel, as the states of a layer-normed text encoder have.
+  nn::Var label_encoder() {
+    DL_CHECK(opt.condition_labels >= 1, "stage ", opt.stage.name,
+             " needs the size of the label vocabulary (--condition-labels N, the records' condition_labels ids)");
+    const int64_t V = opt.condition_labels, C = dir.unet_config().cross_attention_dim;
+    Tensor table;
+    if (const std::string path = start_dir + "/" + kLabelEncoderFile; fs::exists(path)) {
+      const io::SafetensorsFile f = io::read_safetensors(path);
+      const auto it = f.tensors.find(kLabelEmbeddingName);
+      DL_CHECK(it != f.tensors.end(), "'", path, "' has no '", kLabelEmbeddingName, "'");
+      DL_CHECK(it->second.shape() == Shape({V, C}), "'", path, "': ", kLabelEmbeddingName, " is ",
+               it->second.describe(), ", not [", V, ", ", C, "] (--condition-labels ", V, ")");
+      table = it->second.to(DType::F32).clone();
+    } else {
+      Rng rng(derive_seed(opt.seed, 0x6c61626c));
+      std::vector<float> w(size_t(V * C));
+      for (float& x : w) x = 0.5f * rng.normal();
+      table = Tensor::from_vector(w, {V, C});
+    }
+    io::StateDict d{{kLabelEmbeddingName, table}};
+    label_params.adopt(d, "");
+    nn::Var v = label_params.at(kLabelEmbeddingName);
+    v.set_requires_grad(true);
+    return v;
   }
 
   void warn(const std::string& message) {
@@ -475,9 +513,32 @@ struct Trainer::Impl {
       for (int64_t m = 0; m < M; ++m) b.timesteps.push_back(int64_t(rng.below(uint64_t(T))));
       if (opt.condition_dropout > 0.f)
         for (int64_t m = 0; m < M; ++m) b.drop_condition.push_back(rng.uniform() < opt.condition_dropout);
+      if (opt.stage.objective == Objective::kLabelConditioned) b.condition_labels = condition_labels(samples);
       r.dream_images += M;
     }
     return b;
+  }
+
+  // The batch's condition labels [M, S, K] (-1 padded), from each dream picture's record.
+  static Tensor condition_labels(const std::vector<PreparedSample>& samples) {
+    std::vector<const ImageRef*> refs;
+    int64_t S = 1, K = 1;
+    for (const PreparedSample& p : samples)
+      for (const ImageRef& ref : p.sample.dream_images) {
+        DL_CHECK(!ref.condition_labels.empty(), "the picture '", ref.path,
+                 "' has no condition_labels: the label-conditioned stage trains on pair records that carry them");
+        refs.push_back(&ref);
+        S = std::max<int64_t>(S, int64_t(ref.condition_labels.size()));
+        for (const auto& token : ref.condition_labels) K = std::max<int64_t>(K, int64_t(token.size()));
+      }
+    const int64_t M = int64_t(refs.size());
+    std::vector<int32_t> ids(size_t(M * S * K), -1);
+    for (int64_t m = 0; m < M; ++m)
+      for (size_t s = 0; s < refs[size_t(m)]->condition_labels.size(); ++s) {
+        const auto& token = refs[size_t(m)]->condition_labels[s];
+        std::copy(token.begin(), token.end(), ids.begin() + (m * S + int64_t(s)) * K);
+      }
+    return Tensor::from_vector_i32(ids, {M, S, K});
   }
 
   StepReport step(int64_t s) {
@@ -488,11 +549,20 @@ struct Trainer::Impl {
     r.lr = float(double(opt.learning_rate) * cosine_with_warmup(s, total, warmup_steps(total, opt.warmup_ratio)));
     std::vector<Batch> batches;
     for (int64_t a = 0; a < opt.grad_accum; ++a) batches.push_back(next_batch(s * opt.grad_accum + a, r));
-    const StepLosses l =
-        opt.stage.objective == Objective::kAutoencoder
-            ? optimizer_step([&](const Batch& b) { return autoencoder(b, opt.stage.kl_weight); }, batches, *optimizer,
-                             r.lr, opt.max_grad_norm)
-            : optimizer_step(objective, batches, opt.stage.weights, *optimizer, r.lr, opt.max_grad_norm);
+    StepLosses l;
+    switch (opt.stage.objective) {
+      case Objective::kAutoencoder:
+        l = optimizer_step([&](const Batch& b) { return autoencoder(b, opt.stage.kl_weight); }, batches, *optimizer,
+                           r.lr, opt.max_grad_norm);
+        break;
+      case Objective::kLabelConditioned:
+        l = optimizer_step([&](const Batch& b) { return (*labelled)(b, opt.stage.weights); }, batches, *optimizer,
+                           r.lr, opt.max_grad_norm);
+        break;
+      case Objective::kDreamLLM:
+        l = optimizer_step(objective, batches, opt.stage.weights, *optimizer, r.lr, opt.max_grad_norm);
+        break;
+    }
     r.loss = l.loss;
     r.rec_loss = l.rec_loss;
     r.kl_loss = l.kl_loss;
@@ -516,7 +586,9 @@ struct Trainer::Impl {
             {"seconds", r.seconds}};
   }
 
-  ModelWeights weights() const { return {&model.parameters(), &head_params}; }
+  ModelWeights weights() const {
+    return {&model.parameters(), &head_params, labelled ? &label_params : nullptr};
+  }
 
   void checkpoint(const StepReport& r) {
     CheckpointState st{r.step, stream.drawn(), fixed_options(opt), metrics_json(r)};

@@ -50,6 +50,9 @@ struct TrainOptions {
   // P <- S P. A fresh UNet learns first what the condition separates most strongly; whitening gives every
   // direction the LLM's query states vary in the same strength from the start. 0: off, the original.
   int64_t whiten_condition = 0;
+  // The label-conditioned UNet stage (Objective::kLabelConditioned): the label vocabulary's size (ids 0..N-1 in the
+  // records' condition_labels). Its embedding table is written beside the weights as label_encoder.safetensors.
+  int64_t condition_labels = 0;
   bool resume = false;            // continue from the newest checkpoint under `out`
   bool write_final = true;        // write the final model into `out` itself
 };

@@ -226,6 +226,11 @@ std::vector<SceneRecord> read_scene_records(const std::string& path) {
   return out;
 }
 
+std::vector<int32_t> condition_labels(const Shape& shape) {
+  return {int32_t(shape.cell.index()), int32_t(9 + int(shape.kind)), int32_t(9 + kNumKinds + int(shape.colour)),
+          int32_t(9 + kNumKinds + kNumColours + int(shape.size))};
+}
+
 GenerateSummary generate(const GenerateOptions& options, const std::string& out_dir) {
   options.validate();
   DL_CHECK(!out_dir.empty(), "world: no output directory");
@@ -271,6 +276,9 @@ GenerateSummary generate(const GenerateOptions& options, const std::string& out_
         ojson j;
         j["image"] = main_image;
         j["caption"] = caption(scene, rng);
+        ojson labels = ojson::array();
+        for (const Shape& shape : scene.shapes) labels.push_back(condition_labels(shape));
+        j["condition_labels"] = std::move(labels);
         pairs.line(j.dump());
       }
       {  // VQA

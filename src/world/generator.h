@@ -9,7 +9,7 @@
 //     scenes.jsonl             ground truth, one line per image: {"id", "image", "step" (shapes shown),
 //                              "steps" (shapes in the scene), "image_size", "background", "caption" (canonical),
 //                              "shapes": [{"kind", "colour", "size", "cell", "row", "col", "bbox": [x0, y0, x1, y1)}]}
-//     pairs.jsonl              {"image", "caption"}                                  (pairs: I-a, I-b)
+//     pairs.jsonl              {"image", "caption", "condition_labels"}               (pairs: I-a, I-b, UNet)
 //     vqa.json                 [{"id", "image", "conversations", "types"}] LLaVA JSON, "<image>\n" opens the
 //                              first question; answers are canonical words
 //     interleaved.jsonl        MMC4 {"text_list", "images": [{"path", "matched_text_index"}]}: image k follows
@@ -31,6 +31,12 @@
 #include "world/scene.h"
 
 namespace dl::world {
+
+// A pair's "condition_labels": one token per shape, its labels {cell (0-8), 9 + kind, 14 + colour, 20 + size}.
+// The label-conditioned UNet stage (`dreamllm train --stage UNet --condition-labels 22`) reads them, as SD's UNet
+// read a text encoder's states: the world has no pretrained text encoder.
+inline constexpr int kConditionLabels = 9 + kNumKinds + kNumColours + 2;
+std::vector<int32_t> condition_labels(const Shape& shape);
 
 struct GenerateOptions {
   WorldOptions world;
