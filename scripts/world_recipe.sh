@@ -20,27 +20,29 @@
 #   see    comprehension alignment (stage I-b) with the LLM learning language and reading a random ViT,
 #          then the vision tower joins at a fifth of the rate, then the LLM reads on with the tower frozen, then
 #          it answers questions four to one against captions (ASK_STEPS, default 4000; 0: skipped)
-#   draw   creation alignment (stage I-a, DRAW_STEPS, default 6000) with the UNet trained from scratch on the
-#          dream-query conditions; the condition projector is whitened first on the conditions of WHITEN_CONDITION
-#          captions (default 2000; 0: off), so that the cell, which the LLM's query states carry weakly, starts as
-#          strong as the kind
-#   II     interleaved generative pretraining (documents and pairs), the UNet still learning with the LLM
-#   III    supervised fine-tuning (VQA, drawing conversations, instructions, pairs)
-#   align  creation alignment again (stage I-a, ALIGN_STEPS, default 700): the condition projector and the UNet
-#          follow the conditions of the LLM that II and III left, on the pairs, with the LLM and the
-#          dream queries frozen, so that comprehension and the text are unchanged (ALIGN_STEPS=0: skipped)
-#   draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
+#   unet   the UNet from scratch (stage UNet, UNET_STEPS, default 3000) on the pairs' condition labels: one token per
+#          shape holding its cell, kind, colour and size, as SD's UNet learned on a frozen text encoder's states (the
+#          world has no pretrained text encoder; a UNet learned on the LLM's own query states mixes two shapes'
+#          attributes, docs/shapes_world.md "A UNet pretrained on labels")
+#   draw   creation alignment (stage I-a, DRAW_STEPS, default 1000): fresh dream queries and condition projector learn
+#          to drive the frozen UNet, the LLM frozen, as the original's stage I-a
+#   II     interleaved generative pretraining, the LLM learning under the frozen UNet's diffusion loss as the
+#          original's stage II: first on the pairs alone (II_PAIR_STEPS, default 5000), where it learns to say which
+#          shape has which attribute, then on documents and pairs weighted 1 to 2 (II_STEPS, default 1000)
+#   III    supervised fine-tuning (VQA weighted twice, drawing conversations, instructions, pairs; III_STEPS, default
+#          1500), the UNet frozen as the original
+#   align  optional (ALIGN_STEPS, default 0: skipped): creation alignment again with the condition projector and
+#          the UNet trainable, on the pairs, the LLM and the dream queries frozen (the previous route's last stage)
+#   unet, draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
 #   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
 #   about 2.6 times the epsilon loss, and at 10 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, ASK_STEPS,
-# DRAW_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), DRAW_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
+# UNET_STEPS, DRAW_STEPS, II_PAIR_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), UNET_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
 # gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
 # round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
-# III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight two of III's sources (default: their record counts, 10000 each).
-# II_STEPS=1500 III_DRAW_WEIGHT=5000 III_INSTRUCT_WEIGHT=20000 JOINT_VM_WEIGHT=4 is the longer-II route of
-# docs/shapes_world.md: one-shape creation 86 of 100 in one run, 59 in another, so not the default.
+# III_VQA_WEIGHT, III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight three of III's sources (default 20000, 10000, 10000).
 # OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-36% faster a step than
 # Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
 # family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
@@ -54,7 +56,7 @@ unset OPENBLAS_CORETYPE
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
 mkdir -p "$OUT"
 LOG="$OUT/recipe.log"
-stages=(data init vae see draw II III align)
+stages=(data init vae see unet draw II III align)
 from=${FROM:-data}
 started=0
 run_stage() {  # run_stage NAME: true when NAME is at or after FROM
@@ -116,40 +118,52 @@ if run_stage see; then
       --trainable llm,vision_projector --reinit none --lr 1e-3 --warmup-ratio 0.03 --seed 13
   fi
 fi
+if run_stage unet; then
+  say "unet: the UNet on the pictures' labels"
+  rm -rf "$OUT/unet"
+  train --stage UNet -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" --condition-labels 22 -o "$OUT/unet" \
+    -b "${UNET_BATCH:-16}" --max-steps "${UNET_STEPS:-3000}" --lr 1e-3 --warmup-ratio 0.02 --cond-dropout 0.1 \
+    --posterior "${POSTERIOR:-mode}"
+fi
 if run_stage draw; then
-  say "draw: UNet and creation alignment"
+  say "draw: creation alignment"
   rm -rf "$OUT/draw"
-  train --stage I-a -m "$OUT/see" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b "${DRAW_BATCH:-16}" \
-    --max-steps "${DRAW_STEPS:-6000}" --trainable dream_queries,condition_projector,unet --lr 1e-3 \
-    --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}" --whiten-condition "${WHITEN_CONDITION:-2000}"
+  train --stage I-a -m "$OUT/unet" --data "$W/train/pairs.jsonl:pair" -o "$OUT/draw" -b 16 \
+    --max-steps "${DRAW_STEPS:-1000}" --lr 1e-3 --warmup-ratio 0.02 --cond-dropout 0.1 --posterior "${POSTERIOR:-mode}"
 fi
 if run_stage II; then
   say "stage II"
-  rm -rf "$OUT/II"
-  train --stage II -m "$OUT/draw" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl" -o "$OUT/II" \
-    -b 8 --max-steps "${II_STEPS:-500}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
+  rm -rf "$OUT/II-pairs" "$OUT/II"
+  # First on pairs alone (II_PAIR_STEPS, default 5000): the LLM learns under the frozen UNet to say which shape has
+  # which attribute, which needs many text-to-image pictures (docs/shapes_world.md, "A UNet pretrained on labels").
+  train --stage II -m "$OUT/draw" --data "$W/train/pairs.jsonl:pair" -o "$OUT/II-pairs" -b 16 \
+    --max-steps "${II_PAIR_STEPS:-5000}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
     --vm-weight "${JOINT_VM_WEIGHT:-2}" --posterior "${POSTERIOR:-mode}" \
-    --trainable llm,vision_projector,dream_queries,condition_projector,unet
+    --trainable llm,dream_queries,condition_projector
+  train --stage II -m "$OUT/II-pairs" --data "$W/train/interleaved.jsonl" --data "$W/train/pairs.jsonl:pair:20000" \
+    -o "$OUT/II" -b 16 --max-steps "${II_STEPS:-1000}" --reinit none --lr 3e-4 --warmup-ratio 0.03 --cond-dropout 0.1 \
+    --vm-weight "${JOINT_VM_WEIGHT:-2}" --posterior "${POSTERIOR:-mode}" \
+    --trainable llm,vision_projector,dream_queries,condition_projector
 fi
 if run_stage III; then
   say "stage III"
   rm -rf "$OUT/sft"
-  # III_DRAW_WEIGHT / III_INSTRUCT_WEIGHT weight the drawing conversations and the instructions in the mixture
-  # (default: their record counts, 10000 each); with II_STEPS=1500, weights 5000 and 20000 keep the model placing
-  # pictures in what it writes (docs/shapes_world.md, "Two shapes miss by binding").
+  # III_VQA_WEIGHT (default 20000, twice its record count), III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT (default: their
+  # record counts, 10000 each) weight the questions, the drawing conversations and the instructions in the mixture.
+  vqa_data="$W/train/vqa.json:conversation:${III_VQA_WEIGHT:-20000}"
   draw_data="$W/train/draw.json"
   [ -n "${III_DRAW_WEIGHT:-}" ] && draw_data+=":conversation:$III_DRAW_WEIGHT"
   instruct_data="$W/train/instruct.jsonl"
   [ -n "${III_INSTRUCT_WEIGHT:-}" ] && instruct_data+=":interleaved:$III_INSTRUCT_WEIGHT"
-  train --stage III -m "$OUT/II" --data "$W/train/vqa.json" --data "$draw_data" \
-    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-500}" \
+  train --stage III -m "$OUT/II" --data "$vqa_data" --data "$draw_data" \
+    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-1500}" \
     --reinit none --lr 2e-4 --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" \
     --posterior "${POSTERIOR:-mode}"
 fi
 if run_stage align; then
   say "align: the UNet to the final LLM's conditions"
   rm -rf "$OUT/model"
-  align_steps=${ALIGN_STEPS:-700}
+  align_steps=${ALIGN_STEPS:-0}
   if [ "$align_steps" = 0 ]; then
     cp -r "$OUT/sft" "$OUT/model"
   else
