@@ -30,7 +30,7 @@
 #          original's stage II: first on the pairs alone (II_PAIR_STEPS, default 5000), where it learns to say which
 #          shape has which attribute, then on documents and pairs weighted 1 to 2 (II_STEPS, default 1000)
 #   III    supervised fine-tuning (VQA weighted twice, drawing conversations, instructions, pairs; III_STEPS, default
-#          1500), the UNet frozen as the original
+#          3000), the UNet frozen as the original
 #   align  optional (ALIGN_STEPS, default 0: skipped): creation alignment again with the condition projector and
 #          the UNet trainable, on the pairs, the LLM and the dream queries frozen (the previous route's last stage)
 #   unet, draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
@@ -156,7 +156,7 @@ if run_stage III; then
   instruct_data="$W/train/instruct.jsonl"
   [ -n "${III_INSTRUCT_WEIGHT:-}" ] && instruct_data+=":interleaved:$III_INSTRUCT_WEIGHT"
   train --stage III -m "$OUT/II" --data "$vqa_data" --data "$draw_data" \
-    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-1500}" \
+    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-3000}" \
     --reinit none --lr 2e-4 --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" \
     --posterior "${POSTERIOR:-mode}"
 fi
