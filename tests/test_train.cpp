@@ -221,9 +221,9 @@ void check_labelled(const std::string& name, bool v_prediction, bool drop_second
   const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/labelled.safetensors");
   Trainable t;
   const std::string prefix = name + "/grad/";
-  for (const std::string n : {"stable_diffusion_head.unet.conv_in.weight",
-                              "stable_diffusion_head.unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"})
-    t.train(n);
+  const std::string unet = "stable_diffusion_head.unet.";
+  for (const std::string n : {"conv_in.weight", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"})
+    t.train(unet + n);
   nn::Var table(get(f, "table").to(DType::F32).clone(), true);
   io::SchedulerConfig scheduler = t.dir.scheduler_config();
   if (v_prediction) scheduler.prediction_type = "v_prediction";
@@ -252,14 +252,16 @@ TEST(TrainLoss, LabelConditionedObjectiveRefusesBadLabels) {
   const io::SafetensorsFile f = io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/train/labelled.safetensors");
   Trainable t;
   const nn::Var table(get(f, "table").to(DType::F32).clone(), false);
-  const train::LabelConditionedObjective objective(t.head.unet, table, t.model.dream_queries(), t.dir.scheduler_config());
+  const train::LabelConditionedObjective objective(t.head.unet, table, t.model.dream_queries(),
+                                                   t.dir.scheduler_config());
   train::Batch b = fixture_batch();
   EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("needs condition labels"), std::string::npos);
   b.condition_labels = Tensor::from_vector_i32({0, 7}, {2, 1, 1});
   EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("label 7 is outside the label vocabulary of 7"),
             std::string::npos);
   b.condition_labels = Tensor::from_vector_i32(std::vector<int32_t>(8, 1), {2, 4, 1});
-  EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("more than the 3 the UNet reads"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { objective(b, {0.f, 1.f}); }).find("more than the 3 the UNet reads"),
+            std::string::npos);
 }
 
 TEST(TrainSchedule, CosineWithWarmupFollowsHuggingFace) {

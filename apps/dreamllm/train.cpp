@@ -37,8 +37,8 @@ int train_main(int argc, char** argv) {
   int threads = 0;
   bool quiet = false;
   app.add_option("--stage", stage, "I-a (creation alignment), I-b (comprehension alignment), II (interleaved "
-                                   "pretraining), III (SFT), VAE (the autoencoder, for models built from scratch), UNet (the UNet from "
-                                   "scratch on pairs with condition_labels)")
+                                   "pretraining), III (SFT), VAE (the autoencoder, for models built from scratch), "
+                                   "UNet (the UNet from scratch on pairs with condition_labels)")
       ->capture_default_str();
   app.add_option("-m,--model", model, "model directory to start from (official release layout)")->required();
   app.add_option("--data", data,

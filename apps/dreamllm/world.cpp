@@ -122,7 +122,8 @@ int gen_command(const world::GenerateOptions& base, const std::string& out, cons
   const world::GenerateSummary s = world::generate(opt, out);
   std::printf("wrote %lld scenes (%lld images, %lld questions) to %s\n", static_cast<long long>(s.scenes),
               static_cast<long long>(s.images), static_cast<long long>(s.questions), out.c_str());
-  std::printf("pairs carry condition labels of a vocabulary of %d (dreamllm train --stage UNet --condition-labels %d)\n",
+  std::printf("pairs carry condition labels of a vocabulary of %d "
+              "(dreamllm train --stage UNet --condition-labels %d)\n",
               world::kConditionLabels, world::kConditionLabels);
   return 0;
 }

@@ -204,7 +204,8 @@ LabelConditionedObjective::LabelConditionedObjective(const models::UNet& unet, n
 }
 
 Var LabelConditionedObjective::conditions(const Tensor& labels_in, const std::vector<bool>& drop) const {
-  DL_CHECK(labels_in.defined() && labels_in.dim() == 3 && (labels_in.dtype() == DType::I32 || labels_in.dtype() == DType::I64),
+  DL_CHECK(labels_in.defined() && labels_in.dim() == 3 &&
+               (labels_in.dtype() == DType::I32 || labels_in.dtype() == DType::I64),
            "condition labels must be an integer [M, S, K] tensor, got ",
            labels_in.defined() ? labels_in.describe() : std::string("nothing"));
   const Tensor labels = labels_in.contiguous();

@@ -41,7 +41,7 @@ Reinit parse_reinit(const std::string& name);
 enum class Objective { kDreamLLM, kAutoencoder, kLabelConditioned };
 
 struct StagePreset {
-  std::string name;  // "I-a", "I-b", "II", "III", "VAE"
+  std::string name;  // "I-a", "I-b", "II", "III", "VAE", "UNet"
   std::string description;
   std::vector<Group> trainable;
   LossWeights weights;

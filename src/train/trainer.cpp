@@ -11,12 +11,12 @@
 #include "core/error.h"
 #include "core/ops.h"
 #include "io/model_dir.h"
+#include "io/safetensors.h"
 #include "models/dreamllm.h"
 #include "models/unet.h"
 #include "models/vae.h"
 #include "nn/functional.h"
 #include "text/tokenizer.h"
-#include "io/safetensors.h"
 #include "train/checkpoint.h"
 
 namespace dl::train {
@@ -273,7 +273,8 @@ struct Trainer::Impl {
       const nn::Var table = label_encoder();
       params.push_back(table);
       trainable_names.push_back(kLabelEmbeddingName);
-      labelled = std::make_unique<LabelConditionedObjective>(unet, table, model.dream_queries(), dir.scheduler_config());
+      labelled =
+          std::make_unique<LabelConditionedObjective>(unet, table, model.dream_queries(), dir.scheduler_config());
     }
     std::vector<std::pair<std::string, nn::Var>> candidates(model.parameters().all().begin(),
                                                             model.parameters().all().end());

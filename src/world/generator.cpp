@@ -227,8 +227,11 @@ std::vector<SceneRecord> read_scene_records(const std::string& path) {
 }
 
 std::vector<int32_t> condition_labels(const Shape& shape) {
-  return {int32_t(shape.cell.index()), int32_t(9 + int(shape.kind)), int32_t(9 + kNumKinds + int(shape.colour)),
-          int32_t(9 + kNumKinds + kNumColours + int(shape.size))};
+  constexpr int kFirstKind = kGrid * kGrid;
+  constexpr int kFirstColour = kFirstKind + kNumKinds;
+  constexpr int kFirstSize = kFirstColour + kNumColours;
+  return {int32_t(shape.cell.index()), int32_t(kFirstKind + int(shape.kind)),
+          int32_t(kFirstColour + int(shape.colour)), int32_t(kFirstSize + int(shape.size))};
 }
 
 GenerateSummary generate(const GenerateOptions& options, const std::string& out_dir) {

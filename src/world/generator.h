@@ -35,7 +35,7 @@ namespace dl::world {
 // A pair's "condition_labels": one token per shape, its labels {cell (0-8), 9 + kind, 14 + colour, 20 + size}.
 // The label-conditioned UNet stage (`dreamllm train --stage UNet --condition-labels 22`) reads them, as SD's UNet
 // read a text encoder's states: the world has no pretrained text encoder.
-inline constexpr int kConditionLabels = 9 + kNumKinds + kNumColours + 2;
+inline constexpr int kConditionLabels = kGrid * kGrid + kNumKinds + kNumColours + 2;  // cells, kinds, colours, sizes
 std::vector<int32_t> condition_labels(const Shape& shape);
 
 struct GenerateOptions {
