@@ -653,6 +653,11 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   const auto posterior = test::cli("train --posterior mean -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(posterior.code, 2);
   EXPECT_NE(posterior.err.find("--posterior"), std::string::npos);
+  const auto labels = test::cli("train --stage II --condition-labels 22 -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(labels.code, 2);
+  EXPECT_NE(labels.err.find("--condition-labels applies to stage UNet only"), std::string::npos);
+  const auto vocabulary = test::cli("train --stage UNet --condition-labels 0 -m " + kModel + " --data a.jsonl -o /tmp/x");
+  EXPECT_EQ(vocabulary.code, 2);
 }
 
 TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {
