@@ -3,6 +3,7 @@
 // library's initialisation statistics.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -447,9 +448,22 @@ TEST(Scratch, TheWorldModelStartsFromItsOwnData) {
   EXPECT_NE(cap.out.find("captions: 2 scored"), std::string::npos) << cap.out;
   // Free-form writing on held-out instructions, every image checked against the text before it.
   const auto w = test::cli("world eval-write -m " + (dir / "model").string() + " --instruct " +
-                           (dir / "data/test/instruct.jsonl").string() + " -n 2 --steps 2");
+                           (dir / "data/test/instruct.jsonl").string() + " -n 2 --steps 2 --show-errors 1");
   EXPECT_EQ(w.code, 0) << w.err;
-  EXPECT_NE(w.out.find("documents: 2 written"), std::string::npos) << w.out;
+  const size_t written_at = w.out.find("documents: 2 written, ");
+  ASSERT_NE(written_at, std::string::npos) << w.out;
+  {
+    // --show-errors prints each disagreeing document (up to its count) with the checks that failed.
+    const int agree = std::stoi(w.out.substr(written_at + 22));
+    int shown = 0;
+    for (size_t at = w.out.find("document "); at < written_at; at = w.out.find("document ", at + 1)) ++shown;
+    EXPECT_EQ(shown, std::min(1, 2 - agree)) << w.out;
+    if (shown > 0) {
+      EXPECT_TRUE(w.out.find("FAIL") != std::string::npos || w.out.find("no image") != std::string::npos ||
+                  w.out.find("image 1: ") != std::string::npos)
+          << w.out;
+    }
+  }
   {
     std::ofstream(dir / "broken.jsonl") << "{\"instruction\": \"Draw\", \"text_list\": [\n";
   }

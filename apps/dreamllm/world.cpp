@@ -308,7 +308,7 @@ int eval_create_command(const std::string& model, const std::string& scenes, int
 // and every image is scored against the text before it, parsed in the world's grammar: a document agrees with its
 // text when it drew at least one image and every image shows exactly what its text has described so far.
 int eval_write_command(const std::string& model, const std::string& file, int64_t limit, const DrawOptions& draw,
-                       const std::string& save_dir) {
+                       const std::string& save_dir, int64_t show) {
   const Model m(model, true);
   if (!save_dir.empty()) std::filesystem::create_directories(save_dir);
   const auto latent = draw.latent_size(m);
@@ -337,6 +337,7 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
     std::string text_so_far;
     bool all_ok = true;
     int64_t drawn = 0;
+    std::string failures;  // what --show-errors prints of this document
     for (const auto& block : written.blocks) {
       if (!block.is_image) {
         text_so_far += block.text;
@@ -352,14 +353,22 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
         const world::ScoreResult r = world::score(block.image, text_so_far);
         tally.add(r);
         ok = r.pass;
-      } catch (const Error&) {
+        if (!ok) failures += "  image " + std::to_string(drawn) + " after \"" + text_so_far + "\":\n" + r.report();
+      } catch (const Error& e) {
         ++unparsable;  // text outside the world's grammar (or describing no shape) cannot be checked
+        failures += "  image " + std::to_string(drawn) + ": " + e.what() + "\n";
       }
       images_ok += ok;
       all_ok = all_ok && ok;
     }
     without_image += drawn == 0;
     agreeing += drawn > 0 && all_ok;
+    if (!(drawn > 0 && all_ok) && show > 0) {
+      --show;
+      std::printf("document %lld: %s\n", static_cast<long long>(documents - 1), doc->instruction->c_str());
+      for (const auto& block : written.blocks) std::printf("%s", block.is_image ? " [image]" : block.text.c_str());
+      std::printf("\n%s", drawn == 0 ? "  no image\n" : failures.c_str());
+    }
   }
   DL_CHECK(documents > 0, "'", file, "' holds no instruction documents");
   std::printf("documents: %lld written, %lld agree with their text (%.2f%%), %lld without an image\n",
@@ -626,6 +635,9 @@ int world_main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   ew->add_option("-n,--limit", ew_limit, "documents (0: all)")->capture_default_str();
   ew->add_option("--save", ew_save, "directory to write the drawn pictures to");
+  int64_t ew_show = 0;
+  ew->add_option("--show-errors", ew_show, "print the first N documents that disagree, with the failed checks")
+      ->capture_default_str();
   ew_draw.add_to(*ew);
   std::string ecap_model, ecap_scenes;
   int64_t ecap_limit = 100;
@@ -641,7 +653,7 @@ int world_main(int argc, char** argv) {
   if (ecap->parsed()) return eval_caption_command(ecap_model, ecap_scenes, ecap_limit);
   if (ev->parsed()) return eval_vae_command(ev_model, ev_scenes, ev_limit, ev_save, ev_write_scale);
   if (ec->parsed()) return eval_create_command(ec_model, ec_scenes, ec_limit, ec_shapes, ec_draw, ec_save);
-  if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save);
+  if (ew->parsed()) return eval_write_command(ew_model, ew_file, ew_limit, ew_draw, ew_save, ew_show);
   if (in->parsed()) {
     world::init_model(init_data, init_out, init_size, vocab, uint64_t(init_seed), init_options);
     std::printf("%s\n", init_out.c_str());
