@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -212,6 +213,40 @@ TEST(DType, F16RoundTripAllFiniteValues) {
     float f = f16_to_f32(uint16_t(h));
     if (std::isnan(f)) continue;
     ASSERT_EQ(f32_to_f16(f), h) << "half bits " << h;
+  }
+}
+
+// The vector widening (F16C) that weights of half-precision models go through on every call, the scalar
+// reference, and the tensor conversions built on it agree on every half (NaN stays NaN).
+TEST(DType, F16WideningAgreesWithTheScalarConversionOnEveryHalf) {
+  std::vector<uint16_t> halves(0x10000 + 5);  // a tail after the last full vector of eight
+  for (size_t i = 0; i < halves.size(); ++i) halves[i] = uint16_t(i * 40503u);  // odd multiplier: every value
+  std::vector<float> wide(halves.size());
+  f16_row_to_f32(halves.data(), wide.data(), int64_t(halves.size()));
+  Tensor t = Tensor::empty({int64_t(halves.size())}, DType::F16);
+  std::memcpy(t.raw(), halves.data(), halves.size() * 2);
+  const Tensor through_tensor = t.to(DType::F32);
+  // A strided view goes through the general gather path.
+  const Tensor pairs = t.slice(0, 0, 0x10000).reshape({0x8000, 2}).transpose(0, 1).to(DType::F32);
+  for (size_t i = 0; i < halves.size(); ++i) {
+    const float expected = f16_to_f32(halves[i]);
+    const float via_tensor = through_tensor.f32()[i];
+    if (std::isnan(expected)) {
+      ASSERT_TRUE(std::isnan(wide[i]) && std::isnan(via_tensor)) << "half bits " << halves[i];
+      continue;
+    }
+    ASSERT_EQ(std::bit_cast<uint32_t>(wide[i]), std::bit_cast<uint32_t>(expected)) << "half bits " << halves[i];
+    ASSERT_EQ(std::bit_cast<uint32_t>(via_tensor), std::bit_cast<uint32_t>(expected)) << "half bits " << halves[i];
+    if (i < 0x10000) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(pairs.at({int64_t(i % 2), int64_t(i / 2)})), std::bit_cast<uint32_t>(expected));
+    }
+  }
+  // Narrowing a contiguous F32 tensor is the scalar rounding too.
+  const Tensor back = through_tensor.to(DType::F16);
+  for (size_t i = 0; i < halves.size(); ++i) {
+    if (!std::isnan(through_tensor.f32()[i])) {
+      ASSERT_EQ(static_cast<const uint16_t*>(back.raw())[i], halves[i]) << "half bits " << halves[i];
+    }
   }
 }
 

@@ -49,6 +49,8 @@ inline uint16_t f32_to_bf16(float f) {
 }
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
+// n halves to floats, eight at a time with F16C where the CPU has it (the same values as f16_to_f32).
+void f16_row_to_f32(const uint16_t* src, float* dst, int64_t n);
 
 // Block formats (the GGML layouts, so converted files interoperate).
 constexpr int kQK8_0 = 32;

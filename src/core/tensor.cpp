@@ -373,6 +373,11 @@ void Tensor::copy_from(const Tensor& src) {
     std::memmove(raw(), src.raw(), nbytes());
     return;
   }
+  if (is_contiguous() && src.is_contiguous() && storage_ != src.storage_) {
+    // Widening a half-precision weight for a kernel that computes in F32 happens on every call: one pass.
+    if (dtype_ == DType::F32) return convert_to_f32(src.dtype_, src.raw(), static_cast<float*>(raw()), numel());
+    if (src.dtype_ == DType::F32) return convert_from_f32(dtype_, static_cast<const float*>(src.raw()), raw(), numel());
+  }
   const char* s = static_cast<const char*>(src.raw());
   char* d = static_cast<char*>(raw());
   size_t sb = si.block_bytes, db = di.block_bytes;

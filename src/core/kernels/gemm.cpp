@@ -90,24 +90,6 @@ DL_SIMD_CLONES void bf16_row_to_f32(const uint16_t* src, float* dst, int64_t n) 
   }
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,f16c"))) void f16_row_to_f32_f16c(const uint16_t* src, float* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
-}
-#endif
-
-void f16_row_to_f32(const uint16_t* src, float* dst, int64_t n) {
-#if defined(__x86_64__)
-  // Every AVX2 processor also has F16C (and clang's builtin cannot test for F16C directly).
-  static const bool has_f16c = __builtin_cpu_supports("avx2");
-  if (has_f16c) return f16_row_to_f32_f16c(src, dst, n);
-#endif
-  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
-}
-
 // Converts `rows` rows of `k` elements of a weight matrix of dtype dt, starting at row r0, into dst (F32).
 void weight_rows_to_f32(DType dt, const void* w, int64_t r0, int64_t rows, int64_t k, float* dst) {
   size_t row_bytes = dtype_bytes(dt, k);
@@ -117,7 +99,6 @@ void weight_rows_to_f32(DType dt, const void* w, int64_t r0, int64_t rows, int64
     float* d = dst + r * k;
     switch (dt) {
       case DType::BF16: bf16_row_to_f32(static_cast<const uint16_t*>(src), d, k); break;
-      case DType::F16: f16_row_to_f32(static_cast<const uint16_t*>(src), d, k); break;
       default: convert_to_f32(dt, src, d, k); break;
     }
   }
