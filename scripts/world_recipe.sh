@@ -29,8 +29,8 @@
 #   II     interleaved generative pretraining, the LLM learning under the frozen UNet's diffusion loss as the
 #          original's stage II: first on the pairs alone (II_PAIR_STEPS, default 5000), where it learns to say which
 #          shape has which attribute, then on documents and pairs weighted 1 to 2 (II_STEPS, default 1000)
-#   III    supervised fine-tuning (VQA weighted twice, drawing conversations, instructions, pairs; III_STEPS, default
-#          3000), the UNet frozen as the original
+#   III    supervised fine-tuning (VQA and instructions weighted twice, drawing conversations, pairs; III_STEPS,
+#          default 4000), the UNet frozen as the original
 #   align  optional (ALIGN_STEPS, default 0: skipped): creation alignment again with the condition projector and
 #          the UNet trainable, on the pairs, the LLM and the dream queries frozen (the previous route's last stage)
 #   unet, draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
@@ -41,8 +41,9 @@
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, ASK_STEPS,
 # UNET_STEPS, DRAW_STEPS, II_PAIR_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), UNET_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
 # gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
-# round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept).
-# III_VQA_WEIGHT, III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight three of III's sources (default 20000, 10000, 10000).
+# round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept);
+# SEED=n (default 0) repeats the recipe with other initial weights, data orders and noise (the same data).
+# III_VQA_WEIGHT, III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight three of III's sources (default 20000, 10000, 20000).
 # OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-36% faster a step than
 # Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
 # family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
@@ -69,7 +70,23 @@ run_stage() {  # run_stage NAME: true when NAME is at or after FROM
 }
 t0=$SECONDS
 say() { echo "== $* ($(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s)" | tee -a "$LOG"; }
-train() { "$D" train -t "$T" -q "$@" 2>&1 | tee -a "$LOG"; }  # a failing stage stops the chain (pipefail)
+SEED=${SEED:-0}
+# A failing stage stops the chain (pipefail). SEED shifts every stage's seed (its --seed, else the trainer's 42)
+# and the initial weights', for repeats of the recipe; SEED=0 is the recipe's run.
+train() {
+  local args=() a shift_next=0 seeded=0
+  for a in "$@"; do
+    if [ "$shift_next" = 1 ]; then
+      args+=("$((a + SEED))")
+      shift_next=0
+      continue
+    fi
+    [ "$a" = --seed ] && shift_next=1 && seeded=1
+    args+=("$a")
+  done
+  [ "$seeded" = 1 ] || args+=(--seed "$((42 + SEED))")
+  "$D" train -t "$T" -q "${args[@]}" 2>&1 | tee -a "$LOG"
+}
 
 W="$OUT/data"
 if run_stage data; then
@@ -85,7 +102,7 @@ if run_stage init; then
   [ "${SD_NOISE_SCHEDULE:-0}" = 1 ] && init_options+=(--sd-noise-schedule)
   [ "${TIE_EMBEDDINGS:-1}" = 1 ] && init_options+=(--tie-embeddings)
   init_options+=(--dream-queries "${DREAM_QUERIES:-8}")
-  "$D" world init -d "$W" -o "$OUT/init" --size "${SIZE:-36}" --patch "${PATCH:-12}" \
+  "$D" world init -d "$W" -o "$OUT/init" --size "${SIZE:-36}" --patch "${PATCH:-12}" --seed "$SEED" \
     --vision-position-std "${VISION_POSITION_STD:-0.25}" "${init_options[@]}" | tee -a "$LOG"
 fi
 if run_stage vae; then
@@ -148,15 +165,16 @@ fi
 if run_stage III; then
   say "stage III"
   rm -rf "$OUT/sft"
-  # III_VQA_WEIGHT (default 20000, twice its record count), III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT (default: their
-  # record counts, 10000 each) weight the questions, the drawing conversations and the instructions in the mixture.
+  # III_VQA_WEIGHT and III_INSTRUCT_WEIGHT (default 20000 each, twice their record counts) and III_DRAW_WEIGHT (default:
+  # its record count, 10000) weight the questions, the instructions and the drawing conversations in the mixture.
+  # Instructions weighted once wrote two shapes into one cell and ignored "two shapes" (write 17 of 30 documents);
+  # twice, 24 of 30 (docs/shapes_world.md, "Instructions weighted twice").
   vqa_data="$W/train/vqa.json:conversation:${III_VQA_WEIGHT:-20000}"
   draw_data="$W/train/draw.json"
   [ -n "${III_DRAW_WEIGHT:-}" ] && draw_data+=":conversation:$III_DRAW_WEIGHT"
-  instruct_data="$W/train/instruct.jsonl"
-  [ -n "${III_INSTRUCT_WEIGHT:-}" ] && instruct_data+=":interleaved:$III_INSTRUCT_WEIGHT"
+  instruct_data="$W/train/instruct.jsonl:interleaved:${III_INSTRUCT_WEIGHT:-20000}"
   train --stage III -m "$OUT/II" --data "$vqa_data" --data "$draw_data" \
-    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-3000}" \
+    --data "$instruct_data" --data "$W/train/pairs.jsonl" -o "$OUT/sft" -b 8 --max-steps "${III_STEPS:-4000}" \
     --reinit none --lr 2e-4 --warmup-ratio 0.03 --cond-dropout 0.1 --vm-weight "${JOINT_VM_WEIGHT:-2}" \
     --posterior "${POSTERIOR:-mode}"
 fi
