@@ -33,17 +33,18 @@
 #          default 4000), the UNet frozen as the original
 #   align  optional (ALIGN_STEPS, default 0: skipped): creation alignment again with the condition projector and
 #          the UNet trainable, on the pairs, the LLM and the dream queries frozen (the previous route's last stage)
-#   unet, draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's sampling; at
-#   36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
+#   unet, draw, II, III and align take the VAE posterior's mean as the diffusion target (POSTERIOR=sample: SD's
+#   sampling; at 36 px the posterior's spread is 0.45 of the latents' and sampled targets double the UNet's loss)
 #   II and III weight the diffusion loss JOINT_VM_WEIGHT (default 2, not the paper's 10: the v_prediction loss is
 #   about 2.6 times the epsilon loss, and at 10 it takes the clipped gradient from the language; measured in
 #   docs/shapes_world.md)
 # Every stage's step count is an environment variable (VAE_STEPS, SEE_STEPS, VIT_STEPS, READ_STEPS, ASK_STEPS,
-# UNET_STEPS, DRAW_STEPS, II_PAIR_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), UNET_BATCH the UNet stage's batch, VAE_GAIN_JITTER the VAE's
-# gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02 POSTERIOR=sample the previous
-# round's world; THREADS (default: all cores); FROM=stage resumes the chain at that stage (earlier outputs kept);
-# SEED=n (default 0) repeats the recipe with other initial weights, data orders and noise (the same data).
-# III_VQA_WEIGHT, III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight three of III's sources (default 20000, 10000, 20000).
+# UNET_STEPS, DRAW_STEPS, II_PAIR_STEPS, II_STEPS, III_STEPS, ALIGN_STEPS), UNET_BATCH the UNet stage's batch,
+# VAE_GAIN_JITTER the VAE's gain range (0: SD's plain autoencoder), SIZE=32 PATCH=8 VISION_POSITION_STD=0.02
+# POSTERIOR=sample the previous round's world; THREADS (default: all cores); FROM=stage resumes the chain at that
+# stage (earlier outputs kept); SEED=n (default 0) repeats the recipe with other initial weights, data orders and
+# noise (the same data). III_VQA_WEIGHT, III_DRAW_WEIGHT and III_INSTRUCT_WEIGHT weight three of III's sources
+# (default 20000, 10000, 20000).
 # OpenBLAS runs the kernels dreamllm names from this CPU's features (AVX-512: SkylakeX, 15-36% faster a step than
 # Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
 # family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
@@ -165,8 +166,9 @@ fi
 if run_stage III; then
   say "stage III"
   rm -rf "$OUT/sft"
-  # III_VQA_WEIGHT and III_INSTRUCT_WEIGHT (default 20000 each, twice their record counts) and III_DRAW_WEIGHT (default:
-  # its record count, 10000) weight the questions, the instructions and the drawing conversations in the mixture.
+  # III_VQA_WEIGHT and III_INSTRUCT_WEIGHT (default 20000 each, twice their record counts) and III_DRAW_WEIGHT
+  # (default: its record count, 10000) weight the questions, the instructions and the drawing conversations in the
+  # mixture.
   # Instructions weighted once wrote two shapes into one cell and ignored "two shapes" (write 17 of 30 documents);
   # twice, 24 of 30 (docs/shapes_world.md, "Instructions weighted twice").
   vqa_data="$W/train/vqa.json:conversation:${III_VQA_WEIGHT:-20000}"

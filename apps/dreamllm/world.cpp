@@ -353,17 +353,19 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
         const world::ScoreResult r = world::score(block.image, text_so_far);
         tally.add(r);
         ok = r.pass;
-        if (!ok) failures += "  image " + std::to_string(drawn) + " after \"" + text_so_far + "\":\n" + r.report();
+        if (!ok && show > 0)
+          failures += "  image " + std::to_string(drawn) + " after \"" + text_so_far + "\":\n" + r.report();
       } catch (const Error& e) {
         ++unparsable;  // text outside the world's grammar (or describing no shape) cannot be checked
-        failures += "  image " + std::to_string(drawn) + ": " + e.what() + "\n";
+        if (show > 0) failures += "  image " + std::to_string(drawn) + ": " + e.what() + "\n";
       }
       images_ok += ok;
       all_ok = all_ok && ok;
     }
+    const bool agrees = drawn > 0 && all_ok;
     without_image += drawn == 0;
-    agreeing += drawn > 0 && all_ok;
-    if (!(drawn > 0 && all_ok) && show > 0) {
+    agreeing += agrees;
+    if (!agrees && show > 0) {
       --show;
       std::printf("document %lld: %s\n", static_cast<long long>(documents - 1), doc->instruction->c_str());
       for (const auto& block : written.blocks) std::printf("%s", block.is_image ? " [image]" : block.text.c_str());

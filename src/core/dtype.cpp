@@ -147,12 +147,14 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
 }
 
 #if defined(__x86_64__)
+namespace {
 __attribute__((target("avx2,f16c"))) void f16_row_to_f32_f16c(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
   for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
 }
+}  // namespace
 #endif
 
 void f16_row_to_f32(const uint16_t* src, float* dst, int64_t n) {
