@@ -208,15 +208,21 @@ class Trie {
   std::vector<Node> nodes_{Node{}};
 };
 
-std::optional<json> read_json(const fs::path& path) {
+// The contents of a tokenizer file; std::nullopt when it does not exist.
+std::optional<std::string> read_optional(const fs::path& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return std::nullopt;
   std::ifstream f(path, std::ios::binary);
   DL_CHECK(f, "tokenizer: cannot open ", path.string());
   std::stringstream ss;
   ss << f.rdbuf();
+  return ss.str();
+}
+
+std::optional<json> parse_json(const std::optional<std::string>& text, const fs::path& path) {
+  if (!text) return std::nullopt;
   try {
-    return json::parse(ss.str());
+    return json::parse(*text);
   } catch (const json::exception& e) {
     fail("tokenizer: ", path.string(), " is not valid JSON (", e.what(), ")");
   }
@@ -400,11 +406,24 @@ Tokenizer Tokenizer::load(const std::string& model_dir) {
   const fs::path config_path = dir / "tokenizer_config.json";
   const fs::path map_path = dir / "special_tokens_map.json";
   DL_CHECK(fs::is_regular_file(model_path, ec), "tokenizer: missing ", model_path.string());
+  Files files;
+  files.model = read_optional(model_path).value_or("");
+  files.added_tokens = read_optional(added_path);
+  files.tokenizer_config = read_optional(config_path);
+  files.special_tokens_map = read_optional(map_path);
+  return from_files(files, model_dir);
+}
 
+Tokenizer Tokenizer::from_files(const Files& files, const std::string& model_dir) {
+  const fs::path dir(model_dir);
+  const fs::path model_path = dir / "tokenizer.model";
+  const fs::path added_path = dir / "added_tokens.json";
+  const fs::path config_path = dir / "tokenizer_config.json";
+  const fs::path map_path = dir / "special_tokens_map.json";
   auto impl = std::make_unique<Impl>();
-  const std::optional<json> config_file = read_json(config_path);
-  const std::optional<json> map_file = read_json(map_path);
-  const std::optional<json> added_file = read_json(added_path);
+  const std::optional<json> config_file = parse_json(files.tokenizer_config, config_path);
+  const std::optional<json> map_file = parse_json(files.special_tokens_map, map_path);
+  const std::optional<json> added_file = parse_json(files.added_tokens, added_path);
   const json config = config_file ? *config_file : json::object();
   DL_CHECK(config.is_object(), "tokenizer: ", config_path.string(), " is not a JSON object");
   DL_CHECK(!map_file || map_file->is_object(), "tokenizer: ", map_path.string(), " is not a JSON object");
@@ -417,14 +436,7 @@ Tokenizer Tokenizer::load(const std::string& model_dir) {
   impl->add_eos = bool_field(config, "add_eos_token", false, config_path);
   impl->clean_up_spaces = bool_field(config, "clean_up_tokenization_spaces", false, config_path);
 
-  std::string model_bytes;
-  {
-    std::ifstream f(model_path, std::ios::binary);
-    DL_CHECK(f, "tokenizer: cannot open ", model_path.string());
-    std::stringstream ss;
-    ss << f.rdbuf();
-    model_bytes = ss.str();
-  }
+  std::string model_bytes = files.model;
   DL_CHECK(!model_bytes.empty(), "tokenizer: ", model_path.string(), " is empty");
   if (!impl->legacy) {
     // get_spm_processor(): non-legacy loads the model with normalizer_spec.add_dummy_prefix=False, done there by

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,6 +41,13 @@ class Tokenizer {
   // special_tokens_map.json, resolved the way transformers 4.35 from_pretrained does. Throws dl::Error naming the
   // file and the problem.
   static Tokenizer load(const std::string& model_dir);
+  // The same from file contents already in memory (the fuzzer's entry point): the tokenizer.model bytes and each
+  // side file's text, std::nullopt for an absent one. `model_dir` only names the files in errors.
+  struct Files {
+    std::string model;
+    std::optional<std::string> added_tokens, tokenizer_config, special_tokens_map;
+  };
+  static Tokenizer from_files(const Files& files, const std::string& model_dir);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
