@@ -186,19 +186,23 @@ std::string latest_checkpoint(const std::string& out) {
 
 CheckpointState read_checkpoint_state(const std::string& dir) {
   const std::string p = dir + "/trainer_state.json";
+  return parse_checkpoint_state(io::read_text_file(p), "'" + p + "'");
+}
+
+CheckpointState parse_checkpoint_state(const std::string& text, const std::string& what) {
   nlohmann::json js;
   try {
-    js = nlohmann::json::parse(io::read_text_file(p));
+    js = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail("'", p, "': invalid JSON (", e.what(), ")");
+    fail(what, ": invalid JSON (", e.what(), ")");
   }
   DL_CHECK(js.is_object() && js.contains("step") && js["step"].is_number_integer() && js.contains("samples_drawn") &&
                js["samples_drawn"].is_number_integer(),
-           "'", p, "' lacks step / samples_drawn");
+           what, " lacks step / samples_drawn");
   CheckpointState s;
   s.step = js["step"].get<int64_t>();
   s.samples_drawn = js["samples_drawn"].get<int64_t>();
-  DL_CHECK(s.step >= 0 && s.samples_drawn >= 0, "'", p, "': negative step or position");
+  DL_CHECK(s.step >= 0 && s.samples_drawn >= 0, what, ": negative step or position");
   if (js.contains("options")) s.options = js["options"];
   if (js.contains("metrics")) s.metrics = js["metrics"];
   return s;

@@ -53,6 +53,8 @@ std::string save_checkpoint(const std::string& out, const io::ModelDir& source, 
 // The checkpoint directory with the highest step under `out` (complete ones only); empty when there is none.
 std::string latest_checkpoint(const std::string& out);
 CheckpointState read_checkpoint_state(const std::string& checkpoint_dir);
+// The same from trainer_state.json's text; `what` names it in errors.
+CheckpointState parse_checkpoint_state(const std::string& text, const std::string& what);
 // Restores the optimizer's moments and step counts by parameter name; throws naming missing or mismatched ones.
 void load_optimizer_state(const std::string& checkpoint_dir, nn::AdamW& optimizer, int64_t step);
 // Removes all but the newest `keep` checkpoints under `out` (keep <= 0: keep all).
