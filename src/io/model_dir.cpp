@@ -37,22 +37,7 @@ std::string find_first(const std::string& dir, std::initializer_list<const char*
 }
 
 StateDict read_sharded(const std::string& index_path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text_file(index_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail("'", index_path, "': invalid JSON (", e.what(), ")");
-  }
-  DL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), "'", index_path,
-           "': no weight_map object");
-  std::map<std::string, std::vector<std::string>> by_shard;
-  for (const auto& [name, shard] : j["weight_map"].items()) {
-    DL_CHECK(shard.is_string(), "'", index_path, "': shard of '", name, "' is not a file name");
-    const std::string s = shard.get<std::string>();
-    DL_CHECK(s.find('/') == std::string::npos && (ends_with(s, ".safetensors") || ends_with(s, ".bin")), "'",
-             index_path, "': shard name '", s, "' must be a .safetensors or .bin file in the same directory");
-    by_shard[s].push_back(name);
-  }
+  const auto by_shard = parse_weight_index(read_text_file(index_path), "'" + index_path + "'");
   const std::string dir = dirname_of(index_path);
   StateDict out;
   for (const auto& [shard, names] : by_shard) {
@@ -71,6 +56,25 @@ void add_prefixed(StateDict& dst, const StateDict& src, const std::string& prefi
 }
 
 }  // namespace
+
+std::map<std::string, std::vector<std::string>> parse_weight_index(const std::string& text, const std::string& what) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, ": invalid JSON (", e.what(), ")");
+  }
+  DL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), what, ": no weight_map object");
+  std::map<std::string, std::vector<std::string>> by_shard;
+  for (const auto& [name, shard] : j["weight_map"].items()) {
+    DL_CHECK(shard.is_string(), what, ": shard of '", name, "' is not a file name");
+    const std::string s = shard.get<std::string>();
+    DL_CHECK(s.find('/') == std::string::npos && (ends_with(s, ".safetensors") || ends_with(s, ".bin")), what,
+             ": shard name '", s, "' must be a .safetensors or .bin file in the same directory");
+    by_shard[s].push_back(name);
+  }
+  return by_shard;
+}
 
 StateDict read_weights(const std::string& path) {
   if (ends_with(path, ".index.json")) return read_sharded(path);
@@ -135,19 +139,33 @@ ModelDir ModelDir::open(const std::string& dir) {
   struct stat st {};
   DL_CHECK(::stat(dir.c_str(), &st) == 0, "model path '", dir, "' does not exist");
   DL_CHECK(S_ISDIR(st.st_mode), "model path '", dir, "' is not a directory");
-  ModelDir m;
-  m.dir_ = dir;
   const std::string cfg = dir + "/config.json";
   DL_CHECK(file_exists(cfg), "model directory '", dir, "' has no config.json");
-  m.config_ = read_dreamllm_config(cfg);
-  auto optional_config = [&](const char* rel, auto parse, auto& dst) {
+  ConfigTexts texts;
+  texts.config = read_text_file(cfg);
+  auto optional_text = [&](const char* rel) -> std::optional<std::string> {
     const std::string p = dir + "/" + rel;
-    if (file_exists(p)) dst = parse(read_text_file(p), "'" + p + "'");
+    if (!file_exists(p)) return std::nullopt;
+    return read_text_file(p);
   };
-  optional_config("clip_vision/config.json", parse_clip_vision_config, m.clip_);
-  optional_config("unet/config.json", parse_unet_config, m.unet_);
-  optional_config("vae/config.json", parse_vae_config, m.vae_);
-  optional_config("scheduler/scheduler_config.json", parse_scheduler_config, m.scheduler_);
+  texts.clip_vision = optional_text("clip_vision/config.json");
+  texts.unet = optional_text("unet/config.json");
+  texts.vae = optional_text("vae/config.json");
+  texts.scheduler = optional_text("scheduler/scheduler_config.json");
+  return from_configs(dir, texts);
+}
+
+ModelDir ModelDir::from_configs(const std::string& dir, const ConfigTexts& texts) {
+  ModelDir m;
+  m.dir_ = dir;
+  m.config_ = parse_dreamllm_config(texts.config, "'" + dir + "/config.json'");
+  auto optional_config = [&](const char* rel, const std::optional<std::string>& text, auto parse, auto& dst) {
+    if (text) dst = parse(*text, "'" + dir + "/" + rel + "'");
+  };
+  optional_config("clip_vision/config.json", texts.clip_vision, parse_clip_vision_config, m.clip_);
+  optional_config("unet/config.json", texts.unet, parse_unet_config, m.unet_);
+  optional_config("vae/config.json", texts.vae, parse_vae_config, m.vae_);
+  optional_config("scheduler/scheduler_config.json", texts.scheduler, parse_scheduler_config, m.scheduler_);
   DL_CHECK(size_t(m.unet_.in_channels) == size_t(m.vae_.latent_channels), "model directory '", dir, "': the UNet takes ",
            m.unet_.in_channels, " channels but the VAE makes ", m.vae_.latent_channels, "-channel latents");
   return m;
@@ -198,17 +216,9 @@ std::vector<std::string> ModelDir::weight_files(Component c) const {
   DL_CHECK(!f.empty(), "model directory '", dir_, "' has no weight file for component ", unsigned(c));
   std::vector<std::string> files{f};
   if (ends_with(f, ".index.json")) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text_file(f));
-    } catch (const nlohmann::json::exception& e) {
-      fail("'", f, "': invalid JSON (", e.what(), ")");
-    }
-    DL_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), "'", f, "': no weight_map object");
-    std::set<std::string> shards;
-    for (const auto& [name, shard] : j["weight_map"].items())
-      if (shard.is_string()) shards.insert(shard.get<std::string>());
-    for (const auto& s : shards) files.push_back(dir_ + "/" + s);
+    // The same checks as loading, so a shard named outside the directory is never linked or copied from.
+    for (const auto& [shard, names] : parse_weight_index(read_text_file(f), "'" + f + "'"))
+      files.push_back(dir_ + "/" + shard);
   }
   return files;
 }

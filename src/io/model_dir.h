@@ -4,7 +4,10 @@
 // components, checks every expected tensor is present with the expected shape (one error listing every missing,
 // unexpected and mis-shaped name), and returns them under the full state-dict names of design.md section 3.
 #pragma once
+#include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "io/checkpoint_layout.h"
 #include "io/config.h"
@@ -27,6 +30,13 @@ enum Component : unsigned {
 class ModelDir {
  public:
   static ModelDir open(const std::string& dir);
+  // The texts of the directory's configs (std::nullopt: absent, defaults apply), as open() reads them.
+  struct ConfigTexts {
+    std::string config;
+    std::optional<std::string> clip_vision, unet, vae, scheduler;
+  };
+  // open() from texts already in memory (the fuzzer's entry point); `dir` names the files in errors.
+  static ModelDir from_configs(const std::string& dir, const ConfigTexts& texts);
 
   const std::string& path() const { return dir_; }
   const DreamLLMConfig& config() const { return config_; }
@@ -58,6 +68,9 @@ ClipPreprocessConfig clip_preprocess_config(const ModelDir& dir);
 
 // Reads one weight file: .bin (torch.save zip), .safetensors, or a sharded checkpoint's *.index.json.
 StateDict read_weights(const std::string& path);
+// A sharded checkpoint's *.index.json text: shard file -> the tensor names it holds. Every shard must be a
+// .safetensors or .bin file name without a directory part; `what` names the index in errors.
+std::map<std::string, std::vector<std::string>> parse_weight_index(const std::string& text, const std::string& what);
 
 // Checks `tensors` against `expected`; names listed in `ignored_suffixes` are dropped silently. Weights stored
 // as 1x1 convolutions where a linear weight is expected are reshaped. Throws one error listing every problem.
