@@ -1,6 +1,7 @@
 // The user-facing commands end to end on the complete tiny model (official layout): outputs exist and are
 // reproducible, `ask` answers what the library answers for the evaluation template, bad usage and bad inputs exit
 // non-zero with a message.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -178,6 +179,62 @@ TEST(Cli, BadUsageAndBadInputsExitNonZeroWithAMessage) {
   }
   // --help succeeds everywhere.
   for (const char* cmd : {"ask", "chat", "create", "write"}) EXPECT_EQ(cli(std::string(cmd) + " --help").code, 0);
+}
+
+// What an input that is a FIFO is refused with.
+std::string fifo_refused(const std::string& path) {
+  std::string m = "'";  // appended, not "'" + path: GCC 12 at -O3 warns falsely (-Wrestrict) on that
+  return m.append(path).append("' is a FIFO, not a regular file");
+}
+
+// Inputs are opened without blocking: a FIFO given as a picture, as training data, or in place of any file of a
+// model directory is refused at once by name (a plain open() waited for a writer forever). `timeout` turns a
+// regression into a failure (exit 124) instead of a hung suite.
+TEST(CliInputs, FifosAreRefusedByNameNotWaitedOn) {
+  Scratch s;
+  const std::string kTimeout = "timeout 60 ";
+  const std::string pipe = s / "pipe.png";
+  ASSERT_EQ(mkfifo(pipe.c_str(), 0644), 0);
+  const std::string refused = fifo_refused(pipe);
+  CliResult r = cli("ask -m " + kModel + " -p hi -n 1 -t 1 -i " + pipe, "", kTimeout);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(refused), std::string::npos) << r.err;
+  r = cli("chat -m " + kModel + " -q -n 1 -t 1", "/image " + pipe + "\n", kTimeout);
+  EXPECT_EQ(r.code, 0) << r.err;  // a bad message, not the end of the session
+  EXPECT_NE(r.err.find(refused), std::string::npos) << r.err;
+
+  const std::string data = s / "data.jsonl";
+  ASSERT_EQ(mkfifo(data.c_str(), 0644), 0);
+  for (const std::string& spec : {data, data + ":pair"}) {  // format detection reads the file too
+    r = cli("train --stage II -m " + kModel + " --data " + spec + " -o " + (s / "run") + " --max-steps 1 -t 1", "",
+            kTimeout);
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find(fifo_refused(data)), std::string::npos) << r.err;
+  }
+
+  for (const char* file : {"config.json", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
+                           "tokenizer_config.json", "pytorch_model.bin", "clip_vision_embedding.bin"}) {
+    SCOPED_TRACE(file);
+    const fs::path model = s.dir / "model";
+    fs::remove_all(model);
+    fs::copy(kModel, model, fs::copy_options::recursive);
+    fs::remove(model / file);
+    ASSERT_EQ(mkfifo((model / file).c_str(), 0644), 0);
+    r = cli("ask -m " + model.string() + " -p hi -n 1 -t 1", "", kTimeout);
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find(fifo_refused((model / file).string())), std::string::npos) << r.err;
+  }
+}
+
+// A model path that is a symbolic-link loop is an input error (exit 1) with the system's words, not an escaped
+// std::filesystem exception (exit 3).
+TEST(CliInputs, ASymbolicLinkLoopModelIsAnInputError) {
+  Scratch s;
+  ASSERT_EQ(symlink("loop", (s / "loop").c_str()), 0);
+  const CliResult r = cli("ask -m " + (s / "loop") + " -p hi");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("model '" + (s / "loop") + "': Too many levels of symbolic links"), std::string::npos)
+      << r.err;
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // format against the reference of tools/fixtures/make_document_fixtures.py (a transcription of DreamLLM's
 // builder_dreamllm.py), truncation at small max_length, malformed and empty data files, missing fields.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -549,6 +551,21 @@ TEST(Jsonl, StreamsManyLines) {
   ASSERT_EQ(issues.size(), 4u);
   EXPECT_EQ(issues[0].line, 5001);
   EXPECT_EQ(issues[3].line, 20004);
+}
+
+// Data files are opened without blocking: a FIFO (or a directory) is refused by name at once.
+TEST(Jsonl, FifosAndDirectoriesAreRefusedNotWaitedOn) {
+  TempDir dir("fifo");
+  const fs::path fifo = dir.path / "data.jsonl";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);
+  // Held open for writing here, so that a regression (a blocking open) fails this test instead of hanging it.
+  const int writer = open(fifo.c_str(), O_RDWR | O_NONBLOCK);
+  ASSERT_GE(writer, 0);
+  EXPECT_EQ(error_of([&] { RecordReader(fifo, RecordFormat::Pair); }),
+            "data file: '" + fifo.string() + "' is a FIFO, not a regular file");
+  close(writer);
+  EXPECT_EQ(error_of([&] { RecordReader(dir.path, RecordFormat::Pair); }),
+            "data file: '" + dir.path.string() + "' is a directory, not a regular file");
 }
 
 }  // namespace

@@ -1,4 +1,8 @@
 // Image files decode to what PIL's Image.open(...).convert("RGB") gives (tools/fixtures/make_image_file_fixtures.py).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <filesystem>
 
 #include "core/error.h"
@@ -41,6 +45,19 @@ TEST(ImageFile, UnreadableFilesAreNamedErrors) {
     EXPECT_NE(m.find(bad), std::string::npos) << m;
   }
   EXPECT_NE(test::error_of([] { io::read_image("/nonexistent.png"); }).find("cannot open"), std::string::npos);
+}
+
+// A picture path that is a FIFO is refused at once instead of waiting for a writer.
+TEST(ImageFile, AFifoIsRefusedNotWaitedOn) {
+  const std::string fifo = (std::filesystem::temp_directory_path() / ("dl_fifo_" + std::to_string(getpid()))).string();
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0644), 0);
+  // Held open for writing here, so that a regression (a blocking open) fails this test instead of hanging it.
+  const int writer = open(fifo.c_str(), O_RDWR | O_NONBLOCK);
+  ASSERT_GE(writer, 0);
+  EXPECT_EQ(test::error_of([&] { io::read_image(fifo); }), "'" + fifo + "' is a FIFO, not a regular file");
+  close(writer);
+  std::filesystem::remove(fifo);
+  EXPECT_EQ(test::error_of([] { io::read_image(kDir); }), "'" + kDir + "' is a directory, not a regular file");
 }
 
 }  // namespace

@@ -31,8 +31,12 @@ std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
 namespace {
 io::ModelDir open_model(const std::string& path) {
   namespace fs = std::filesystem;
-  DL_CHECK(fs::exists(path), "model '", path, "' does not exist");
-  DL_CHECK(fs::is_directory(path), "model '", path,
+  // The error_code overload: a symbolic-link loop or an unreadable parent is a message, not a filesystem_error.
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);
+  DL_CHECK(st.type() != fs::file_type::not_found, "model '", path, "' does not exist");
+  DL_CHECK(!ec, "model '", path, "': ", ec.message());
+  DL_CHECK(fs::is_directory(st), "model '", path,
            "' is a file; this build reads model directories in the official DreamLLM release layout");
   return io::ModelDir::open(path);
 }

@@ -12,6 +12,7 @@
 #include <new>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl {
 
@@ -46,29 +47,13 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
 }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("cannot open '", path, "': ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    fail("cannot stat '", path, "': ", std::strerror(e));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail("'", path, "' is not a regular file");
-  }
-  size_t size = size_t(st.st_size);
+  const InputFile file(path);  // refuses FIFOs, devices and directories without blocking on them
+  const size_t size = size_t(file.size());
   void* p = nullptr;
   if (size > 0) {
-    p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      fail("cannot map '", path, "': ", std::strerror(e));
-    }
+    p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, file.fd(), 0);
+    if (p == MAP_FAILED) fail("cannot map '", path, "': ", std::strerror(errno));
   }
-  ::close(fd);
   return std::shared_ptr<Storage>(new Storage(p, size, Kind::Mapped));
 }
 

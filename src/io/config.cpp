@@ -1,11 +1,11 @@
 #include "io/config.h"
 
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl::io {
 
@@ -141,18 +141,7 @@ void flatten_special_tokens(const json& j, const std::string& what, std::map<std
 
 }  // namespace
 
-std::string read_text_file(const std::string& path, size_t max_bytes) {
-  std::ifstream f(path, std::ios::binary);
-  DL_CHECK(f.good(), "cannot open '", path, "'");
-  f.seekg(0, std::ios::end);
-  const auto size = f.tellg();
-  DL_CHECK(size >= 0 && size_t(size) <= max_bytes, "'", path, "' is larger than ", max_bytes, " bytes");
-  f.seekg(0);
-  std::string s(size_t(size), '\0');
-  f.read(s.data(), size);
-  DL_CHECK(f.good() || f.eof(), "cannot read '", path, "'");
-  return s;
-}
+std::string read_text_file(const std::string& path, size_t max_bytes) { return read_file(path, max_bytes); }
 
 int64_t DreamLLMConfig::token_id(const std::string& token) const {
   auto it = special_tokens.find(token);

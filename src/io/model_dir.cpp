@@ -2,6 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
+#include <cstring>
+
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -13,9 +16,11 @@ namespace dl::io {
 
 namespace {
 
+// Whether anything is at p. Not only regular files: a FIFO, a directory or a symbolic-link loop in a file's place
+// is then read and refused by name ("'x' is a FIFO, not a regular file") instead of being taken for absent.
 bool file_exists(const std::string& p) {
   struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  return ::stat(p.c_str(), &st) == 0 || (errno != ENOENT && errno != ENOTDIR);
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -137,7 +142,10 @@ void check_against_layout(StateDict& tensors, const Layout& expected, const std:
 
 ModelDir ModelDir::open(const std::string& dir) {
   struct stat st {};
-  DL_CHECK(::stat(dir.c_str(), &st) == 0, "model path '", dir, "' does not exist");
+  if (::stat(dir.c_str(), &st) != 0) {
+    DL_CHECK(errno != ENOENT, "model path '", dir, "' does not exist");
+    fail("model path '", dir, "': ", std::strerror(errno));  // e.g. a symbolic-link loop, no permission
+  }
   DL_CHECK(S_ISDIR(st.st_mode), "model path '", dir, "' is not a directory");
   const std::string cfg = dir + "/config.json";
   DL_CHECK(file_exists(cfg), "model directory '", dir, "' has no config.json");

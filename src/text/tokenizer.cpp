@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -14,6 +13,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl::text {
 
@@ -208,15 +208,15 @@ class Trie {
   std::vector<Node> nodes_{Node{}};
 };
 
-// The contents of a tokenizer file; std::nullopt when it does not exist.
+// The contents of a tokenizer file; std::nullopt when it does not exist. A FIFO or a device in its place is an
+// error, not a wait (dl::read_file_if_exists). The bound is far above real files: side files are a few kB and
+// tokenizer.model a few hundred kB.
 std::optional<std::string> read_optional(const fs::path& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return std::nullopt;
-  std::ifstream f(path, std::ios::binary);
-  DL_CHECK(f, "tokenizer: cannot open ", path.string());
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  try {
+    return read_file_if_exists(path.string(), size_t(1) << 30);
+  } catch (const Error& e) {
+    fail("tokenizer: ", e.what());
+  }
 }
 
 std::optional<json> parse_json(const std::optional<std::string>& text, const fs::path& path) {
@@ -405,9 +405,10 @@ Tokenizer Tokenizer::load(const std::string& model_dir) {
   const fs::path added_path = dir / "added_tokens.json";
   const fs::path config_path = dir / "tokenizer_config.json";
   const fs::path map_path = dir / "special_tokens_map.json";
-  DL_CHECK(fs::is_regular_file(model_path, ec), "tokenizer: missing ", model_path.string());
   Files files;
-  files.model = read_optional(model_path).value_or("");
+  std::optional<std::string> model = read_optional(model_path);
+  DL_CHECK(model, "tokenizer: missing ", model_path.string());
+  files.model = std::move(*model);
   files.added_tokens = read_optional(added_path);
   files.tokenizer_config = read_optional(config_path);
   files.special_tokens_map = read_optional(map_path);

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl::train {
 
@@ -18,7 +19,7 @@ struct JsonObjectReader::Impl {
   fs::path path;
   std::string file;  // path as text, for messages
   IssueCallback on_issue;
-  std::ifstream in;
+  std::optional<InputFile> in;
   // Our own read buffer: the array mode looks at every character, and istream::get per character is slow.
   std::array<char, 1 << 16> buffer{};
   size_t pos = 0, end = 0;
@@ -28,8 +29,7 @@ struct JsonObjectReader::Impl {
 
   int get() {
     if (pos == end) {
-      in.read(buffer.data(), std::streamsize(buffer.size()));
-      end = size_t(in.gcount());
+      end = in->read(buffer.data(), buffer.size());
       pos = 0;
       if (end == 0) return EOF;
     }
@@ -39,8 +39,7 @@ struct JsonObjectReader::Impl {
   }
   int peek() {
     if (pos == end) {
-      in.read(buffer.data(), std::streamsize(buffer.size()));
-      end = size_t(in.gcount());
+      end = in->read(buffer.data(), buffer.size());
       pos = 0;
       if (end == 0) return EOF;
     }
@@ -177,9 +176,11 @@ JsonObjectReader::JsonObjectReader(fs::path path, IssueCallback on_issue) : impl
   impl_->path = std::move(path);
   impl_->file = impl_->path.string();
   impl_->on_issue = std::move(on_issue);
-  DL_CHECK(!fs::is_directory(impl_->path), "data file ", impl_->file, " is a directory");
-  impl_->in.open(impl_->path, std::ios::binary);
-  DL_CHECK(impl_->in.is_open(), "cannot open data file ", impl_->file);
+  try {
+    impl_->in.emplace(impl_->file);  // a FIFO, a directory or a device is refused without blocking on it
+  } catch (const Error& e) {
+    fail("data file: ", e.what());
+  }
 }
 
 JsonObjectReader::JsonObjectReader(JsonObjectReader&&) noexcept = default;

@@ -363,7 +363,8 @@ struct Trainer::Impl {
              " needs the size of the label vocabulary (--condition-labels N, the records' condition_labels ids)");
     const int64_t V = opt.condition_labels, C = dir.unet_config().cross_attention_dim;
     Tensor table;
-    if (const std::string path = start_dir + "/" + kLabelEncoderFile; fs::exists(path)) {
+    std::error_code ec;  // not the throwing fs::exists: a symbolic-link loop there is read and reported by name
+    if (const std::string path = start_dir + "/" + kLabelEncoderFile; fs::exists(fs::symlink_status(path, ec))) {
       const io::SafetensorsFile f = io::read_safetensors(path);
       const auto it = f.tensors.find(kLabelEmbeddingName);
       DL_CHECK(it != f.tensors.end(), "'", path, "' has no '", kLabelEmbeddingName, "'");

@@ -4,7 +4,6 @@
 #include <array>
 #include <charconv>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string_view>
@@ -12,6 +11,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl::train {
 
@@ -52,33 +52,22 @@ class Source {
 class FileSource final : public Source {
  public:
   // `what` names the kind of file in messages ("tar file", "image file").
-  FileSource(const fs::path& path, const std::string& what) : name_(path.string()) {
-    std::error_code ec;
-    const fs::file_status status = fs::status(path, ec);
-    DL_CHECK(status.type() != fs::file_type::not_found, "cannot open ", what, " ", name_, ": no such file");
-    DL_CHECK(!ec, "cannot open ", what, " ", name_, ": ", ec.message());
-    DL_CHECK(fs::is_regular_file(status), "cannot open ", what, " ", name_, ": not a regular file");
-    in_.open(path, std::ios::binary);
-    DL_CHECK(in_.is_open(), "cannot open ", what, " ", name_);
-    in_.seekg(0, std::ios::end);
-    const std::streamoff end = in_.tellg();
-    DL_CHECK(in_ && end >= 0, "cannot determine the size of ", what, " ", name_);
-    size_ = uint64_t(end);
-  }
-  uint64_t size() const override { return size_; }
-  void read_at(uint64_t offset, void* out, size_t n) override {
-    if (n == 0) return;
-    in_.clear();
-    in_.seekg(std::streamoff(offset));
-    in_.read(static_cast<char*>(out), std::streamsize(n));
-    DL_CHECK(in_ && size_t(in_.gcount()) == n, name_, ": byte ", offset, ": read error (", n,
-             " bytes wanted; was the file changed while being read?)");
-  }
+  FileSource(const fs::path& path, const std::string& what) : file_(open(path, what)) {}
+  uint64_t size() const override { return file_.size(); }
+  void read_at(uint64_t offset, void* out, size_t n) override { file_.read_at(offset, out, n); }
 
  private:
-  std::string name_;
-  std::ifstream in_;
-  uint64_t size_ = 0;
+  static InputFile open(const fs::path& path, const std::string& what) {
+    std::error_code ec;
+    const fs::file_status status = fs::status(path, ec);
+    DL_CHECK(status.type() != fs::file_type::not_found, "cannot open ", what, " ", path.string(), ": no such file");
+    try {
+      return InputFile(path.string());  // a FIFO or a device is refused here, without blocking on it
+    } catch (const Error& e) {
+      fail(what, ": ", e.what());
+    }
+  }
+  InputFile file_;
 };
 
 class MemorySource final : public Source {

@@ -5,8 +5,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "io/image_file.h"
 #include "world/text.h"
 
@@ -206,8 +208,8 @@ SceneRecord parse_scene_record(const std::string& json_line) {
 }
 
 std::vector<SceneRecord> read_scene_records(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  DL_CHECK(in.is_open(), "cannot open '", path, "'");
+  // Read whole (the records are all kept anyway) through dl::read_file, which refuses a FIFO instead of waiting on it.
+  std::istringstream in(read_file(path, size_t(1) << 30));
   const fs::path dir = fs::path(path).parent_path();
   std::vector<SceneRecord> out;
   std::string line;
