@@ -237,5 +237,31 @@ TEST(CliInputs, ASymbolicLinkLoopModelIsAnInputError) {
       << r.err;
 }
 
+// A data record over --max-record-bytes is skipped with a warning naming the limit and counted; training goes on
+// with the others.
+TEST(CliInputs, AnOversizedJsonlRecordIsSkippedAndCounted) {
+  Scratch s;
+  const std::string img = test_image(s);
+  {
+    std::ofstream f(s / "pairs.jsonl");
+    f << "{\"image\": \"" << img << "\", \"caption\": \"a picture\"}\n";
+    f << "{\"image\": \"" << img << "\", \"caption\": \"" << std::string(5000, 'x') << "\"}\n";
+    f << "{\"image\": \"" << img << "\", \"caption\": \"another picture\"}\n";
+  }
+  const CliResult r = cli("train --stage II -m " + kModel + " --data " + (s / "pairs.jsonl") + " -o " + (s / "run") +
+                          " --max-steps 4 -t 1 --max-record-bytes 4096");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find((s / "pairs.jsonl") + ":2: record is longer than the limit of 4096 bytes (--max-record-bytes)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("step 4/4"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("skipped 1"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(s / "run/config.json"));
+  // The option is usage-checked like the others.
+  EXPECT_EQ(cli("train --stage II -m " + kModel + " --data " + (s / "pairs.jsonl") + " -o " + (s / "run2") +
+                " --max-record-bytes 0").code,
+            2);
+}
+
 }  // namespace
 }  // namespace dl

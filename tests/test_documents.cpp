@@ -553,6 +553,45 @@ TEST(Jsonl, StreamsManyLines) {
   EXPECT_EQ(issues[3].line, 20004);
 }
 
+// A record longer than the limit is reported naming the limit, counted and skipped, in both file forms; one of
+// exactly the limit is read. The records around it come through.
+TEST(Jsonl, RecordsOverTheByteLimitAreSkippedAndCounted) {
+  TempDir dir("limit");
+  // {"image": "a.png", "caption": "<n x's>"} is 33 bytes plus n.
+  auto record = [](const std::string& image, size_t bytes) {
+    std::string r = "{\"image\": \"";
+    r.append(image).append("\", \"caption\": \"").append(bytes - 33, 'x').append("\"}");
+    return r;
+  };
+  ASSERT_EQ(record("a.png", 100).size(), 100u);
+  std::string jsonl, json_array = "[";
+  jsonl.append(record("a.png", 100)).append("\n").append(record("b.png", 101)).append("\r\n");
+  jsonl.append(record("c.png", 5000)).append("\n").append(record("d.png", 60)).append("\n");
+  json_array.append(record("a.png", 100)).append(",\n").append(record("b.png", 101)).append(",\n");
+  json_array.append(record("c.png", 5000)).append(",\n").append(record("d.png", 60)).append("]\n");
+  const fs::path lines = dir.write("limit.jsonl", jsonl), array = dir.write("limit.json", json_array);
+  for (const fs::path& p : {lines, array}) {
+    SCOPED_TRACE(p.string());
+    std::vector<DataIssue> issues;
+    train::RecordReaderOptions opt;
+    opt.on_issue = [&](const DataIssue& i) { issues.push_back(i); };
+    opt.max_record_bytes = 100;
+    RecordReader reader(p, RecordFormat::Pair, opt);
+    std::vector<std::string> images;
+    while (auto r = reader.next()) images.push_back(fs::path(std::get<train::PairRecord>(*r).image).filename());
+    EXPECT_EQ(images, (std::vector<std::string>{"a.png", "d.png"}));
+    EXPECT_EQ(reader.records(), 2);
+    EXPECT_EQ(reader.skipped(), 2);
+    ASSERT_EQ(issues.size(), 2u);
+    EXPECT_EQ(issues[0].line, 2);
+    EXPECT_EQ(issues[1].line, 3);
+    for (const DataIssue& i : issues)
+      EXPECT_EQ(i.message, "record is longer than the limit of 100 bytes (--max-record-bytes)") << i.message;
+  }
+  // The default is 16 MiB.
+  EXPECT_EQ(train::RecordReaderOptions{}.max_record_bytes, int64_t(16) << 20);
+}
+
 // Data files are opened without blocking: a FIFO (or a directory) is refused by name at once.
 TEST(Jsonl, FifosAndDirectoriesAreRefusedNotWaitedOn) {
   TempDir dir("fifo");

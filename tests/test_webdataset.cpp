@@ -523,6 +523,25 @@ TEST(WebDataset, InvalidSamplesAreReportedAndSkipped) {
   }
 }
 
+// A caption or JSON member over the record limit makes its sample skipped (the member is never read), reported
+// naming the limit, and counted; the next sample is read as usual.
+TEST(WebDataset, TextMembersOverTheRecordLimitAreSkipped) {
+  TarBuilder t;
+  t.file("a.png", "P").file("a.txt", std::string(101, 'x'));
+  t.file("b.png", "P").file("b.json", "{\"caption\": \"" + std::string(200, 'y') + "\"}");
+  t.file("c.png", "P").file("c.txt", std::string(100, 'z')).zeros(2);
+  std::vector<DataIssue> issues;
+  WebDatasetReader reader(TarReader("mem.tar", t.bytes), [&](const DataIssue& i) { issues.push_back(i); }, 100);
+  const ReadResult got = read_all(std::move(reader));
+  ASSERT_EQ(got.records.size(), 1u);
+  EXPECT_EQ(std::get<PairRecord>(got.records[0]).caption, std::string(100, 'z'));
+  EXPECT_EQ(got.skipped, 2);
+  ASSERT_EQ(issues.size(), 2u);
+  EXPECT_EQ(issues[0].message, "a: member a.txt is 101 bytes, longer than the limit of 100 bytes (--max-record-bytes)");
+  EXPECT_EQ(issues[1].message, "b: member b.json is 215 bytes, longer than the limit of 100 bytes (--max-record-bytes)");
+  EXPECT_EQ(issues[1].line, 2);
+}
+
 TEST(WebDataset, KeysAndRuns) {
   std::string key, ext;
   EXPECT_TRUE(train::split_webdataset_key("dir.v2/abc.0.JPG", key, ext));

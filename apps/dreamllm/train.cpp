@@ -47,6 +47,11 @@ int train_main(int argc, char** argv) {
                  "(default: the record count)")
       ->required();
   app.add_option("-o,--out", o.out, "output directory: checkpoint-N/, the final model, metrics.jsonl")->required();
+  int64_t max_record_bytes = train::kDefaultMaxRecordBytes;
+  app.add_option("--max-record-bytes", max_record_bytes,
+                 "longest data record (a JSON line or array element, a webdataset text member) read; longer ones are "
+                 "skipped with a warning and counted")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--lr", lr, "peak learning rate (default: the stage's: I 2e-3, II 2e-5, III 4e-5)");
   app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (biases and norms are exempt)")
       ->capture_default_str();
@@ -179,7 +184,10 @@ int train_main(int argc, char** argv) {
     }
     o.lr_scale.emplace_back(train::parse_group(item.substr(0, eq)), factor);
   }
-  for (const std::string& d : data) o.data.push_back(train::parse_dataset_spec(d));
+  for (const std::string& d : data) {
+    o.data.push_back(train::parse_dataset_spec(d));
+    o.data.back().max_record_bytes = max_record_bytes;
+  }
 
   const bool tty = isatty(2);
   int64_t warnings = 0;

@@ -37,7 +37,8 @@ RecordFormat record_format(DataFormat f) {
 
 class TarSource final : public RecordSource {
  public:
-  TarSource(const std::string& path, const IssueCallback& on_issue) : reader_(path, on_issue) {}
+  TarSource(const std::string& path, const IssueCallback& on_issue, int64_t max_record_bytes)
+      : reader_(path, on_issue, max_record_bytes) {}
   std::optional<Record> next() override { return reader_.next(); }
   int64_t skipped() const override { return reader_.skipped(); }
 
@@ -47,8 +48,8 @@ class TarSource final : public RecordSource {
 
 class JsonSource final : public RecordSource {
  public:
-  JsonSource(const std::string& path, RecordFormat format, const IssueCallback& on_issue)
-      : reader_(path, format, RecordReaderOptions{on_issue, true}) {}
+  JsonSource(const std::string& path, RecordFormat format, const IssueCallback& on_issue, int64_t max_record_bytes)
+      : reader_(path, format, RecordReaderOptions{on_issue, true, max_record_bytes}) {}
   std::optional<Record> next() override { return reader_.next(); }
   int64_t skipped() const override { return reader_.skipped(); }
 
@@ -108,8 +109,8 @@ DataFormat detect_format(const std::string& path) {
 
 std::unique_ptr<RecordSource> open_source(const DatasetSpec& spec, const IssueCallback& on_issue) {
   const DataFormat f = spec.format == DataFormat::kAuto ? detect_format(spec.path) : spec.format;
-  if (f == DataFormat::kWebDataset) return std::make_unique<TarSource>(spec.path, on_issue);
-  return std::make_unique<JsonSource>(spec.path, record_format(f), on_issue);
+  if (f == DataFormat::kWebDataset) return std::make_unique<TarSource>(spec.path, on_issue, spec.max_record_bytes);
+  return std::make_unique<JsonSource>(spec.path, record_format(f), on_issue, spec.max_record_bytes);
 }
 
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b) {

@@ -33,6 +33,7 @@ struct DatasetSpec {
   std::string path;
   DataFormat format = DataFormat::kAuto;
   int64_t size = 0;  // declared size for mixing and the epoch length; 0: count the records
+  int64_t max_record_bytes = kDefaultMaxRecordBytes;  // longer records are skipped and counted
 };
 // "PATH[:FORMAT][:SIZE]" with FORMAT one of auto, interleaved (mmc4), pair, conversation (llava), wds.
 DatasetSpec parse_dataset_spec(const std::string& text);

@@ -19,6 +19,7 @@ struct JsonObjectReader::Impl {
   fs::path path;
   std::string file;  // path as text, for messages
   IssueCallback on_issue;
+  size_t max_record_bytes = size_t(kDefaultMaxRecordBytes);
   std::optional<InputFile> in;
   // Our own read buffer: the array mode looks at every character, and istream::get per character is slow.
   std::array<char, 1 << 16> buffer{};
@@ -91,6 +92,11 @@ struct JsonObjectReader::Impl {
     }
   }
 
+  void report_too_long(int64_t at_line) {
+    report(at_line, "record is longer than the limit of " + std::to_string(max_record_bytes) +
+                        " bytes (--max-record-bytes)", true);
+  }
+
   bool next_line(json& object, int64_t& at_line) {
     std::string text;
     while (true) {
@@ -101,8 +107,18 @@ struct JsonObjectReader::Impl {
       }
       at_line = line;
       text.clear();
-      while ((c = get()) != EOF && c != '\n') text.push_back(char(c));
+      bool too_long = false;
+      while ((c = get()) != EOF && c != '\n') {
+        // Past the limit the rest of the line is read through and dropped, never held.
+        if (text.size() <= max_record_bytes) text.push_back(char(c));
+        else too_long = true;
+      }
       if (!text.empty() && text.back() == '\r') text.pop_back();  // CRLF files
+      too_long = too_long || text.size() > max_record_bytes;
+      if (too_long) {
+        report_too_long(at_line);
+        continue;
+      }
       if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
       if (parse_object(text, at_line, object)) return true;
     }
@@ -123,6 +139,7 @@ struct JsonObjectReader::Impl {
       bool in_string = false, escaped = false;
       int c;
       int terminator = EOF;
+      bool too_long = false;
       while ((c = get()) != EOF) {
         if (in_string) {
           if (escaped) {
@@ -146,9 +163,11 @@ struct JsonObjectReader::Impl {
           terminator = c;
           break;
         }
-        text.push_back(char(c));
+        // Past the limit the element is scanned to its end and dropped, never held.
+        if (text.size() < max_record_bytes) text.push_back(char(c));
+        else too_long = true;
       }
-      const bool empty = text.find_first_not_of(" \t\r\n") == std::string::npos;
+      const bool empty = !too_long && text.find_first_not_of(" \t\r\n") == std::string::npos;
       if (terminator == EOF) {
         mode = Mode::Done;
         if (!empty) report(at_line, "file ends inside a JSON array element (missing ']')", true);
@@ -156,7 +175,9 @@ struct JsonObjectReader::Impl {
         return false;
       }
       if (terminator == ']') finish_array();
-      if (empty) {
+      if (too_long) {
+        report_too_long(at_line);
+      } else if (empty) {
         report(at_line, "empty JSON array element (stray ',')", true);
       } else if (parse_object(text, at_line, object)) {
         return true;
@@ -172,10 +193,13 @@ struct JsonObjectReader::Impl {
   }
 };
 
-JsonObjectReader::JsonObjectReader(fs::path path, IssueCallback on_issue) : impl_(std::make_unique<Impl>()) {
+JsonObjectReader::JsonObjectReader(fs::path path, IssueCallback on_issue, int64_t max_record_bytes)
+    : impl_(std::make_unique<Impl>()) {
   impl_->path = std::move(path);
   impl_->file = impl_->path.string();
   impl_->on_issue = std::move(on_issue);
+  DL_CHECK(max_record_bytes > 0, "the record limit must be positive, not ", max_record_bytes);
+  impl_->max_record_bytes = size_t(max_record_bytes);
   try {
     impl_->in.emplace(impl_->file);  // a FIFO, a directory or a device is refused without blocking on it
   } catch (const Error& e) {
@@ -378,7 +402,10 @@ Record parse_record(RecordFormat format, const json& object, const fs::path& bas
 // RecordReader
 // ---------------------------------------------------------------------------------------------------------------
 RecordReader::RecordReader(fs::path path, RecordFormat format, RecordReaderOptions options)
-    : objects_(path, options.on_issue), format_(format), options_(std::move(options)), base_dir_(path.parent_path()) {}
+    : objects_(path, options.on_issue, options.max_record_bytes),
+      format_(format),
+      options_(std::move(options)),
+      base_dir_(path.parent_path()) {}
 
 std::optional<Record> RecordReader::next() {
   json object;

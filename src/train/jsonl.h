@@ -36,12 +36,18 @@ struct DataIssue {
 };
 using IssueCallback = std::function<void(const DataIssue&)>;
 
+// The most bytes one record (a JSON line, a JSON array element, a webdataset text member) may have by default.
+// Real records are a few kB; without a bound, one damaged or hostile 50 MB line costs gigabytes of parsed JSON each
+// time it is drawn. A longer record is skipped (its bytes are never held) with a warning naming the limit.
+constexpr int64_t kDefaultMaxRecordBytes = int64_t(16) << 20;
+
 // Streams the JSON objects of a JSON Lines file or of a top-level JSON array (detected from the first non-blank
-// character, '[' meaning array). Blank lines are ignored silently; invalid JSON and values that are not objects are
-// reported and skipped. Without a callback, issues are only counted.
+// character, '[' meaning array). Blank lines are ignored silently; invalid JSON, values that are not objects and
+// records over max_record_bytes are reported and skipped. Without a callback, issues are only counted.
 class JsonObjectReader {
  public:
-  explicit JsonObjectReader(std::filesystem::path path, IssueCallback on_issue = {});
+  explicit JsonObjectReader(std::filesystem::path path, IssueCallback on_issue = {},
+                            int64_t max_record_bytes = kDefaultMaxRecordBytes);
   JsonObjectReader(JsonObjectReader&&) noexcept;
   JsonObjectReader& operator=(JsonObjectReader&&) noexcept;
   ~JsonObjectReader();
@@ -71,6 +77,7 @@ struct RecordReaderOptions {
   // A record whose JSON is valid but whose fields are not (missing "text_list", a number for a caption, ...):
   // false throws dl::Error "<file>:<line>: <problem>"; true reports it like a malformed line and skips it.
   bool skip_invalid_records = false;
+  int64_t max_record_bytes = kDefaultMaxRecordBytes;  // see kDefaultMaxRecordBytes
 };
 
 // Streams parsed records of one data file.

@@ -23,8 +23,6 @@ namespace {
 constexpr uint64_t kBlock = 512;
 // Data of a pax extended header or a GNU long name is read into memory; real ones are a few hundred bytes.
 constexpr uint64_t kMaxExtensionData = uint64_t(1) << 20;
-// Captions (txt) and per-sample JSON are read into memory; MMC4 documents are a few kB.
-constexpr uint64_t kMaxTextMember = uint64_t(64) << 20;
 constexpr uint64_t kMaxImageBytes = uint64_t(1) << 30;
 
 // Header layout (POSIX.1-1988 ustar, with the GNU fields this reader uses).
@@ -444,11 +442,13 @@ bool split_webdataset_key(const std::string& member_name, std::string& key, std:
   return true;
 }
 
-WebDatasetReader::WebDatasetReader(const fs::path& path, IssueCallback on_issue)
-    : WebDatasetReader(TarReader(path), std::move(on_issue)) {}
+WebDatasetReader::WebDatasetReader(const fs::path& path, IssueCallback on_issue, int64_t max_record_bytes)
+    : WebDatasetReader(TarReader(path), std::move(on_issue), max_record_bytes) {}
 
-WebDatasetReader::WebDatasetReader(TarReader tar, IssueCallback on_issue)
-    : tar_(std::move(tar)), on_issue_(std::move(on_issue)) {}
+WebDatasetReader::WebDatasetReader(TarReader tar, IssueCallback on_issue, int64_t max_record_bytes)
+    : tar_(std::move(tar)), on_issue_(std::move(on_issue)), max_record_bytes_(uint64_t(max_record_bytes)) {
+  DL_CHECK(max_record_bytes > 0, "the record limit must be positive, not ", max_record_bytes);
+}
 
 void WebDatasetReader::report(int64_t position, std::string message) {
   if (on_issue_) on_issue_(DataIssue{tar_.name(), position, std::move(message)});
@@ -491,9 +491,11 @@ const WebDatasetReader::Part* WebDatasetReader::find(const std::string& extensio
 }
 
 std::optional<std::string> WebDatasetReader::read_text(const Part& part, std::string& problem) {
-  if (part.member.size > kMaxTextMember) {
-    problem = "member " + part.member.name + " is " + std::to_string(part.member.size) + " bytes, more than the " +
-              std::to_string(kMaxTextMember) + " allowed for text";
+  // Captions (txt) and per-sample JSON are read into memory (MMC4 documents are a few kB); a longer member is
+  // never read.
+  if (part.member.size > max_record_bytes_) {
+    problem = "member " + part.member.name + " is " + std::to_string(part.member.size) +
+              " bytes, longer than the limit of " + std::to_string(max_record_bytes_) + " bytes (--max-record-bytes)";
     return std::nullopt;
   }
   return tar_.read(part.member);

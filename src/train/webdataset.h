@@ -17,8 +17,8 @@
 //    is an image-text pair. The caption is the whole "txt" member with trailing whitespace removed, or when there is
 //    no "txt", the "caption" (else "text") string field of the "json" member.
 //  - Any other sample (no image, no caption, invalid JSON, an interleaved image that is not in the sample, two
-//    members with the same extension, a caption member over 64 MiB, ...) is reported through the issue callback,
-//    counted in skipped(), and skipped; reading goes on. For these issues DataIssue::file is the shard, `line` is
+//    members with the same extension, a text member over the record limit, ...) is reported through the issue
+//    callback, counted in skipped(), and skipped; reading goes on. For these issues DataIssue::file is the shard, `line` is
 //    the 1-based position of the sample in the shard (for an ignored member, of the sample being read), and the
 //    message starts with "<key>: ".
 //
@@ -80,8 +80,11 @@ class TarReader {
 // Streams the records of a webdataset shard (see the top of this file).
 class WebDatasetReader {
  public:
-  explicit WebDatasetReader(const std::filesystem::path& path, IssueCallback on_issue = {});
-  explicit WebDatasetReader(TarReader tar, IssueCallback on_issue = {});
+  // Text members (txt, json) longer than max_record_bytes make their sample skipped and counted.
+  explicit WebDatasetReader(const std::filesystem::path& path, IssueCallback on_issue = {},
+                            int64_t max_record_bytes = kDefaultMaxRecordBytes);
+  explicit WebDatasetReader(TarReader tar, IssueCallback on_issue = {},
+                            int64_t max_record_bytes = kDefaultMaxRecordBytes);
 
   // The next record; std::nullopt at the end of the shard. A corrupt archive throws dl::Error; since the end of a
   // sample is found by reading the next member's header, a damaged header throws before the sample ahead of it is
@@ -108,6 +111,7 @@ class WebDatasetReader {
 
   TarReader tar_;
   IssueCallback on_issue_;
+  uint64_t max_record_bytes_;
   std::optional<Part> lookahead_;               // first member of the next sample, already read
   std::vector<Part> parts_;                     // members of the current sample
   std::map<std::string, size_t> by_extension_;  // index into parts_
