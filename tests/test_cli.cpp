@@ -263,5 +263,28 @@ TEST(CliInputs, AnOversizedJsonlRecordIsSkippedAndCounted) {
             2);
 }
 
+// Pictures larger than --max-image-pixels (default: Pillow's 89,478,485) are refused from their header, naming the
+// size, the limit and the option, on every command that reads pictures.
+TEST(CliInputs, PicturesOverThePixelLimitAreRefused) {
+  Scratch s;
+  const std::string img = test_image(s);  // 30 x 40 = 1200 pixels
+  CliResult r = cli("ask -m " + kModel + " -p hi -n 1 -t 1 -i " + img + " --max-image-pixels 1199");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image too large: 30x40 = 1200 pixels, over the limit of 1199 pixels (--max-image-pixels)"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(cli("ask -m " + kModel + " -p hi -n 1 -t 1 -i " + img + " --max-image-pixels 1200").code, 0);
+  r = cli("create -m " + kModel + " -p hi --steps 1 -t 1 -i " + img + " -o " + (s / "c.png") +
+          " --max-image-pixels 1000");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("over the limit of 1000 pixels"), std::string::npos) << r.err;
+  r = cli("chat -m " + kModel + " -q -n 1 -t 1 --max-image-pixels 1000", "/image " + img + "\n");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("over the limit of 1000 pixels"), std::string::npos) << r.err;
+  for (const char* cmd : {"ask", "chat", "create", "write", "train", "world score", "world eval-vae",
+                          "world eval-vqa", "world eval-caption"})
+    EXPECT_NE(cli(std::string(cmd) + " --help").out.find("--max-image-pixels"), std::string::npos) << cmd;
+}
+
 }  // namespace
 }  // namespace dl

@@ -31,6 +31,7 @@ int ask_main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   text.add_to(app);
+  add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 

@@ -42,6 +42,7 @@ int chat_main(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_flag("-q,--quiet", quiet, "no banner and prompts (for scripts)");
   text.add_to(app);
+  add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 

@@ -113,6 +113,15 @@ std::pair<int64_t, int64_t> DrawOptions::latent_size(const Model& m) const {
   return {h / f, w / f};
 }
 
+void add_image_limit_option(CLI::App& app) {
+  app.add_option_function<int64_t>(
+         "--max-image-pixels", [](int64_t n) { io::set_max_image_pixels(n); },
+         "refuse pictures larger than this many pixels (width x height), checked before decoding; the default is "
+         "Pillow's decompression-bomb limit")
+      ->default_str(std::to_string(io::kDefaultMaxImagePixels))
+      ->check(CLI::PositiveNumber);
+}
+
 Tensor load_pixels(const Model& m, const std::vector<std::string>& paths) {
   if (paths.empty()) return Tensor();
   std::vector<Tensor> px;

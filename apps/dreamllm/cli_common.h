@@ -61,6 +61,10 @@ struct DrawOptions {
   std::pair<int64_t, int64_t> latent_size(const Model& m) const;
 };
 
+// --max-image-pixels N for a command that reads pictures: the largest decoded size (width x height) accepted, set
+// process-wide (io::set_max_image_pixels) while the options are parsed.
+void add_image_limit_option(CLI::App& app);
+
 // Loads images and preprocesses them for CLIP: [N, 3, S, S] (undefined when `paths` is empty).
 Tensor load_pixels(const Model& m, const std::vector<std::string>& paths);
 

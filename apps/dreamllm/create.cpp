@@ -26,6 +26,7 @@ int create_main(int argc, char** argv) {
   app.add_option("-n,--count", count, "how many images (image k uses seed + k)")->check(CLI::Range(1, 1000));
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   draw.add_to(app);
+  add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 

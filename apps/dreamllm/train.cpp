@@ -52,6 +52,7 @@ int train_main(int argc, char** argv) {
                  "longest data record (a JSON line or array element, a webdataset text member) read; longer ones are "
                  "skipped with a warning and counted")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  add_image_limit_option(app);
   app.add_option("--lr", lr, "peak learning rate (default: the stage's: I 2e-3, II 2e-5, III 4e-5)");
   app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (biases and norms are exempt)")
       ->capture_default_str();

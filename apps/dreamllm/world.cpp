@@ -534,6 +534,7 @@ int world_main(int argc, char** argv) {
   s->add_option("--size", scorer.expected_size, "refuse images of another side")
       ->check(CLI::Range(int64_t(0), int64_t(1024)));
   s->add_flag("-v,--verbose", verbose, "batch modes: print every failure");
+  add_image_limit_option(*s);
 
   std::string render_text, render_out = "scene.png";
   int64_t render_size = 32;
@@ -595,6 +596,7 @@ int world_main(int argc, char** argv) {
   ev->add_option("--save", ev_save, "directory to write the reconstructions to");
   bool ev_write_scale = false;
   ev->add_flag("--write-scale", ev_write_scale, "set the model's VAE scaling_factor to 1/std of the latents");
+  add_image_limit_option(*ev);
 
   std::string ec_model, ec_scenes, ec_save;
   int64_t ec_limit = 100;
@@ -625,6 +627,7 @@ int world_main(int argc, char** argv) {
   eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
   int64_t eq_show = 0;
   eq->add_option("--show-errors", eq_show, "print the first N wrong answers")->capture_default_str();
+  add_image_limit_option(*eq);
   std::string ew_model, ew_file, ew_save;
   int64_t ew_limit = 50;
   DrawOptions ew_draw;
@@ -650,6 +653,7 @@ int world_main(int argc, char** argv) {
   ecap->add_option("--scenes", ecap_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
   ecap->add_option("-n,--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
+  add_image_limit_option(*ecap);
 
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   if (eq->parsed()) return eval_vqa_command(eq_model, eq_file, eq_limit, eq_show);

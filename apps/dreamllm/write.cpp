@@ -82,6 +82,7 @@ int write_main(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
   text.add_to(app);
   draw.add_to(app);
+  add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   DL_CHECK(text.beams == 1, "write decodes greedily or by sampling; --beams is not supported");
   set_num_threads(threads);
