@@ -1,10 +1,13 @@
 // GGUF reader/writer: round trips of every metadata and tensor type, alignment, the on-disk byte layout checked
 // against a file assembled by hand from the spec, and hostile files.
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -474,19 +477,28 @@ TEST(Gguf, WriterRejectsBadInputAndReportsWriteFailures) {
   EXPECT_THROW(GgufMetadata({{"k", uint8_t(1)}, {"k", uint8_t(2)}}), Error);
   EXPECT_THROW(io::write_gguf("/nonexistent-dir/x.gguf", {}, {{"a", t}}), Error);
   EXPECT_FALSE(std::ifstream(path).good());  // nothing written for rejected input
-  // A full disk: the temp file is a link to /dev/full, so every write fails.
+  // A full disk: a file-size limit makes every write past 64 KiB fail (with SIGXFSZ ignored, as EFBIG).
   const std::string full = temp_path("full");
-  std::remove((full + ".tmp").c_str());
-  if (symlink("/dev/full", (full + ".tmp").c_str()) == 0) {
-    try {
-      io::write_gguf(full, {}, {{"a", test::randn({64, 1024}, 1)}});
-      ADD_FAILURE() << "write to /dev/full succeeded";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("failed writing"), std::string::npos) << e.what();
-    }
-    EXPECT_FALSE(std::ifstream(full).good());
-    std::remove((full + ".tmp").c_str());
-  }
+  struct rlimit saved {};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved), 0);
+  struct rlimit small = saved;
+  small.rlim_cur = 64 * 1024;
+  const auto previous = std::signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const std::string message = test::error_of([&] { io::write_gguf(full, {}, {{"a", test::randn({64, 1024}, 1)}}); });
+  setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, previous);
+  std::string expected = "failed writing '";
+  expected += full;
+  EXPECT_NE(message.find(expected), std::string::npos) << message;
+  EXPECT_FALSE(std::ifstream(full).good());
+  // Nor is its temporary file (".name.XXXXXX" beside it) left behind.
+  const std::filesystem::path target(full);
+  std::string temp_prefix(1, '.');
+  temp_prefix += target.filename().string();
+  temp_prefix += '.';
+  for (const auto& entry : std::filesystem::directory_iterator(target.parent_path()))
+    EXPECT_NE(entry.path().filename().string().rfind(temp_prefix, 0), 0u) << entry.path();
 }
 
 }  // namespace

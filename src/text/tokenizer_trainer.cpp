@@ -3,11 +3,11 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace dl::text {
 
@@ -27,9 +27,7 @@ class LineIterator : public sentencepiece::SentenceIterator {
 };
 
 void write_json(const std::string& path, const nlohmann::json& j) {
-  std::ofstream f(path, std::ios::trunc);
-  f << j.dump(1) << "\n";
-  DL_CHECK(f.good(), "cannot write '", path, "'");
+  io::write_file_atomically(path, [&](std::ostream& f) { f << j.dump(1) << "\n"; });
 }
 
 }  // namespace
@@ -70,11 +68,7 @@ std::map<std::string, int64_t> write_tokenizer_files(const std::string& dir, con
   const auto status = sp.LoadFromSerializedProto(model);
   DL_CHECK(status.ok(), "tokenizer: the SentencePiece model does not load: ", status.ToString());
   const int64_t base = sp.GetPieceSize();
-  {
-    std::ofstream f(dir + "/tokenizer.model", std::ios::binary | std::ios::trunc);
-    f.write(model.data(), std::streamsize(model.size()));
-    DL_CHECK(f.good(), "cannot write '", dir, "/tokenizer.model'");
-  }
+  io::write_file_atomically(dir + "/tokenizer.model", [&](std::ostream& f) { f << model; });
   const std::vector<std::string> added = {"[PAD]",    "<im_start>", "<dream_end>", "<dream_start>",
                                           "<im_patch>", "<im_end>",   "<image>",     "<dream>"};
   std::map<std::string, int64_t> ids = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}};

@@ -2,11 +2,11 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "core/error.h"
 #include "core/random.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint_layout.h"
 #include "io/safetensors.h"
 #include "text/tokenizer_trainer.h"
@@ -102,9 +102,7 @@ std::map<std::string, Tensor> clip_init(const io::ClipVisionConfig& c, double po
 }
 
 void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::trunc);
-  f << text;
-  DL_CHECK(f.good(), "cannot write '", path, "'");
+  io::write_file_atomically(path, [&](std::ostream& f) { f << text; });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "io/atomic_file.h"
 #include "io/image_file.h"
 #include "world/text.h"
 
@@ -40,38 +41,17 @@ std::string scene_id(int64_t index) {
   return s;
 }
 
-// A text file written to "<path>.tmp" and renamed over <path> when complete; removed when abandoned.
+// A text file written whole or not at all (io::AtomicFile); abandoned, it leaves nothing behind. Not synced: a data
+// set can always be generated again.
 class OutFile {
  public:
-  explicit OutFile(fs::path path) : path_(std::move(path)), tmp_(path_.string() + ".tmp") {
-    out_.open(tmp_, std::ios::binary | std::ios::trunc);
-    DL_CHECK(out_.is_open(), "cannot create '", tmp_.string(), "'");
-  }
-  OutFile(const OutFile&) = delete;
-  OutFile& operator=(const OutFile&) = delete;
-  ~OutFile() {
-    if (!done_) {
-      out_.close();
-      std::error_code ec;
-      fs::remove(tmp_, ec);
-    }
-  }
-  void line(const std::string& s) { out_ << s << '\n'; }
-  void raw(const std::string& s) { out_ << s; }
-  void finish() {
-    out_.flush();
-    DL_CHECK(out_.good(), "cannot write '", tmp_.string(), "' (disk full?)");
-    out_.close();
-    std::error_code ec;
-    fs::rename(tmp_, path_, ec);
-    DL_CHECK(!ec, "cannot rename '", tmp_.string(), "' to '", path_.string(), "': ", ec.message());
-    done_ = true;
-  }
+  explicit OutFile(const fs::path& path) : file_(path.string(), false) {}
+  void line(const std::string& s) { file_.stream() << s << '\n'; }
+  void raw(const std::string& s) { file_.stream() << s; }
+  void finish() { file_.commit(); }
 
  private:
-  fs::path path_, tmp_;
-  std::ofstream out_;
-  bool done_ = false;
+  io::AtomicFile file_;
 };
 
 // A JSON array written one element per line.
@@ -102,14 +82,11 @@ ojson turn(const char* from, const std::string& value) {
 
 const char* split_name(bool test) { return test ? "test" : "train"; }
 
-// A PNG written plainly: io::write_png syncs every file to disk, which makes thousands of small pictures slow,
-// and a data set can always be generated again.
+// A PNG written without io::write_png's sync to disk, which makes thousands of small pictures slow; a data set can
+// always be generated again.
 void write_png_file(const fs::path& path, const io::Image& image) {
   const std::string bytes = io::encode_png(image);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  out.close();
-  DL_CHECK(out.good(), "cannot write '", path.string(), "'");
+  io::write_file_atomically(path.string(), [&](std::ostream& out) { out << bytes; }, false);
 }
 
 }  // namespace
