@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/ops.h"
 #include "diffusion/schedulers.h"
 #include "test_util.h"
 
@@ -94,10 +95,48 @@ TEST(SchedulerTimesteps, FullStepCounts) {
   ASSERT_EQ(d.size(), 1000u);
   EXPECT_EQ(d.front(), 999.f);
   EXPECT_EQ(std::count(d.begin(), d.end(), 500.f), 2);
-  auto p = ts_of("ddpm", 1000);
-  ASSERT_EQ(p.size(), 1000u);
-  EXPECT_EQ(p.front(), 1000.f);  // leading + steps_offset 1: 999 + 1
+  // leading + steps_offset 1 would start at 999 + 1, a timestep alphas_cumprod does not have: refused at once.
+  for (const char* name : {"ddpm", "ddim", "pndm"})
+    EXPECT_NE(error_of([&] { ts_of(name, 1000); }).find("would reach timestep 1000, outside the model's 1000 "
+                                                         "training timesteps [0, 999]; use at most 999 steps"),
+              std::string::npos)
+        << name;
+  auto p = ts_of("ddpm", 999);
+  ASSERT_EQ(p.size(), 999u);
+  EXPECT_EQ(p.front(), 999.f);  // stride 1: 998 + 1
   EXPECT_EQ(p.back(), 1.f);
+}
+
+// Every step count that set_timesteps accepts samples to the end: each scheduler and spacing, n from 1 to N, on
+// a small N (the off-by-one of "leading" spacing is at n = N whatever N is).
+TEST(SchedulerTimesteps, EveryAcceptedStepCountRunsToTheEnd) {
+  io::SchedulerConfig c;
+  c.num_train_timesteps = 60;
+  const Tensor x = Tensor::from_vector({0.5f, -0.25f}, {2}), z = Tensor::from_vector({0.1f, 0.2f}, {2});
+  for (const char* name : {"ddpm", "ddim", "pndm", "euler", "euler_a", "dpmpp2m"})
+    for (const char* spacing : {"leading", "linspace", "trailing"})
+      for (int64_t n = 1; n <= c.num_train_timesteps; ++n) {
+        SCOPED_TRACE(std::string(name) + " " + spacing + " " + std::to_string(n));
+        SchedulerOptions o;
+        o.timestep_spacing = spacing;
+        auto s = make_scheduler(name, c, o);
+        const std::string refused = error_of([&] { s->set_timesteps(n); });
+        if (refused != "no error") {
+          EXPECT_NE(refused.find("training timesteps [0, 59]; "), std::string::npos) << refused;
+          continue;
+        }
+        const std::string ran = error_of([&] {
+          Tensor sample = x;
+          for (size_t i = 0; i < s->timesteps().size(); ++i) sample = s->step(ops::scale(sample, 0.5f), i, sample, &z);
+        });
+        EXPECT_EQ(ran, "no error");
+      }
+  // With leading spacing and steps_offset 1 (the SD scheduler's) the refusal falls at n = N only.
+  for (const char* name : {"ddpm", "ddim", "pndm"}) {
+    auto s = make_scheduler(name, c, {});
+    EXPECT_NE(error_of([&] { s->set_timesteps(60); }), "no error") << name;
+    for (int64_t n = 1; n < 60; ++n) EXPECT_EQ(error_of([&] { s->set_timesteps(n); }), "no error") << name << n;
+  }
 }
 
 TEST(SchedulerAlphas, MatchTorchFloat32) {

@@ -1,6 +1,7 @@
 #include "diffusion/schedulers.h"
 
 #include <algorithm>
+#include <optional>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -170,12 +171,37 @@ class DiscreteScheduler : public Scheduler {
 
   void set_timesteps(int64_t n) override {
     check_steps(n);
+    const int64_t N = cfg_.num_train_timesteps;
+    // "leading" spacing with steps_offset 1 reaches timestep (n - 1) * (N / n) + 1, which is N itself for n = N: a
+    // timestep that alphas_cumprod does not have. Refused here, before any sampling, with a count that works.
+    if (const std::optional<int64_t> bad = out_of_range(n)) {
+      int64_t most = n - 1;
+      while (most > 1 && out_of_range(most)) --most;
+      bool all_below = true;
+      for (int64_t k = 1; k < most && all_below; ++k) all_below = !out_of_range(k);
+      const std::string offset =
+          spacing_ == "leading" ? " and steps_offset " + std::to_string(cfg_.steps_offset) : std::string();
+      fail(name(), ": ", n, " steps with timestep_spacing '", spacing_, "'", offset, " would reach timestep ", *bad,
+           ", outside the model's ", N, " training timesteps [0, ", N - 1, "]; ",
+           all_below ? "use at most " : "the nearest step count below that works is ", most,
+           all_below ? " steps" : "");
+    }
     num_inference_steps_ = n;
-    ts_ = discrete_timesteps(spacing_, cfg_.num_train_timesteps, n, cfg_.steps_offset);
+    ts_ = discrete_timesteps(spacing_, N, n, cfg_.steps_offset);
     timesteps_ = to_float(ts_);
   }
 
  protected:
+  // A timestep that step() would look up for n inference steps and that is outside [0, N), if there is one.
+  // "trailing" can reach -1 too: like numpy's, its float arange may end with a step just above 0, rounded to 0
+  // (N = 1000 with n = 61, 103, 121, ...; diffusers then indexes alphas_cumprod[-1], the last one, silently).
+  virtual std::optional<int64_t> out_of_range(int64_t n) const {
+    const int64_t N = cfg_.num_train_timesteps;
+    for (int64_t t : discrete_timesteps(spacing_, N, n, cfg_.steps_offset))
+      if (t < 0 || t >= N) return t;
+    return std::nullopt;
+  }
+
   int64_t stride() const { return cfg_.num_train_timesteps / num_inference_steps_; }
   // Throws naming the scheduler unless t indexes alphas_cumprod.
   void check_timestep(int64_t t) const {
@@ -295,6 +321,16 @@ class PNDM final : public DiscreteScheduler {
     final_alpha_ = c.set_alpha_to_one ? 1.f : alphas_cumprod_[0];
   }
   const char* name() const override { return "pndm"; }
+
+  // Its second step evaluates the second timestep plus the stride as well.
+  std::optional<int64_t> out_of_range(int64_t n) const override {
+    const int64_t N = cfg_.num_train_timesteps;
+    if (const std::optional<int64_t> t = DiscreteScheduler::out_of_range(n)) return t;
+    std::vector<int64_t> ts = discrete_timesteps(spacing_, N, n, cfg_.steps_offset);
+    std::sort(ts.begin(), ts.end());
+    if (ts.size() >= 2 && ts[ts.size() - 2] + N / n >= N) return ts[ts.size() - 2] + N / n;
+    return std::nullopt;
+  }
 
   void set_timesteps(int64_t n) override {
     DiscreteScheduler::set_timesteps(n);
