@@ -2,6 +2,7 @@
 // reproducible, `ask` answers what the library answers for the evaluation template, bad usage and bad inputs exit
 // non-zero with a message.
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -179,6 +180,145 @@ TEST(Cli, BadUsageAndBadInputsExitNonZeroWithAMessage) {
   }
   // --help succeeds everywhere.
   for (const char* cmd : {"ask", "chat", "create", "write"}) EXPECT_EQ(cli(std::string(cmd) + " --help").code, 0);
+}
+
+// "'path'", built by appending: GCC 12 warns falsely (-Wrestrict) on "'" + string + "...".
+std::string quoted(const std::string& path) {
+  std::string q(1, '\'');
+  q += path;
+  q += '\'';
+  return q;
+}
+
+// Outputs replace regular files only: a FIFO, a directory or a device node named by -o is refused and left as it
+// was (the old writer renamed a regular file over them); a symbolic link is written through and stays a link.
+TEST(CliOutputs, NeverReplaceFifosDirectoriesDevicesOrLinks) {
+  Scratch s;
+  const std::string args = "create -m " + kModel + " -p hi --steps 1 -t 1 -o ";
+  ASSERT_EQ(mkfifo((s / "pipe.png").c_str(), 0644), 0);
+  CliResult r = cli(args + (s / "pipe.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(quoted(s / "pipe.png") + " is a FIFO (named pipe); choose a regular file"), std::string::npos)
+      << r.err;
+  EXPECT_TRUE(fs::is_fifo(s / "pipe.png"));
+  fs::create_directories(s / "dir.png");
+  r = cli(args + (s / "dir.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(quoted(s / "dir.png") + " is a directory; choose a regular file"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_directory(s / "dir.png"));
+  // As root, a device node like /dev/full (made here, so that a regression replaces nothing of the system's).
+  if (geteuid() == 0 && mknod((s / "full").c_str(), S_IFCHR | 0666, makedev(1, 7)) == 0) {
+    r = cli(args + (s / "full"));
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find(quoted(s / "full") + " is a character device; choose a regular file"), std::string::npos)
+        << r.err;
+    EXPECT_TRUE(fs::is_character_file(s / "full"));
+  }
+  std::ofstream(s / "real.png") << "old";
+  ASSERT_EQ(symlink("real.png", (s / "link.png").c_str()), 0);
+  r = cli(args + (s / "link.png"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::is_symlink(s / "link.png"));
+  EXPECT_EQ(io::read_image(s / "real.png").width, 16);  // the picture went to the file the link names
+  for (const auto& e : fs::directory_iterator(s.dir))  // and no temporary file was left behind
+    EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
+}
+
+// An output that is one of the command's own inputs is refused before anything is drawn, whatever the spelling.
+TEST(CliOutputs, AnOutputThatIsAnInputIsRefused) {
+  Scratch s;
+  const std::string img = test_image(s), before = slurp(img);
+  fs::create_directories(s / "sub");
+  ASSERT_EQ(link(img.c_str(), (s / "hard.png").c_str()), 0);
+  for (const std::string& out : {img, s / "sub/../input.png", s / "hard.png"}) {
+    SCOPED_TRACE(out);
+    const CliResult r = cli("create -m " + kModel + " -p hi --steps 1 -t 1 -i " + img + " -o " + out);
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find("is the input " + quoted(img)), std::string::npos) << r.err;
+    EXPECT_EQ(slurp(img), before);
+  }
+  // write: doc.html, doc.md and doc_N.png; an earlier document's picture given as -i is among them.
+  fs::copy_file(img, s / "doc_1.png");
+  CliResult r = cli("write -m " + kModel + " -p 'Write about <image>' --steps 1 -n 8 -t 1 -i " + (s / "doc_1.png") +
+                    " -o " + (s / "doc.html"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(quoted(s / "doc_1.png") + " is the input"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(s / "doc_1.png"), before);
+  EXPECT_FALSE(fs::exists(s / "doc.html"));
+  // -o doc.md: the Markdown twin would overwrite the HTML file.
+  r = cli("write -m " + kModel + " -p hi --steps 1 -n 4 -t 1 -o " + (s / "doc.md"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("are the same file"), std::string::npos) << r.err;
+  // The model's own files (a copy of the model, so that a regression damages nothing).
+  fs::copy(kModel, s / "model", fs::copy_options::recursive);
+  const std::string config = slurp(s / "model/config.json");
+  r = cli("create -m " + (s / "model") + " -p hi --steps 1 -t 1 -o " + (s / "model/config.json"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("is the input '"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(s / "model/config.json"), config);
+}
+
+// chat survives every bad message: each is reported, the conversation is as it was before it, and /reset works.
+TEST(CliChat, SurvivesBadMessagesAndGoesOnAsIfTheyHadNotBeenSent) {
+  std::string many;
+  for (int i = 0; i < 160; ++i) many += "word ";  // 480 tokens: fits alone, not after a turn
+  const std::string script = "hello\nlook at <image>\n" + many + many + "\n" + many + "\n" +
+                             std::string((size_t(1) << 20) + 10, 'x') + "\n/image /no/such.png\n/bogus\nagain\n";
+  const CliResult r = cli("chat -m " + kModel + " -q -n 4 -t 1", script);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("dreamllm chat: error: the prompt has 1 <image> placeholder(s) but 0 image(s)"),
+            std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tokens; the model's context holds 512 (write a shorter message)"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("tokens; the model's context holds 512 (use /reset"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the line is longer than 1048576 bytes"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("/no/such.png"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("unknown command '/bogus'"), std::string::npos) << r.err;
+  // Only the good messages were answered, and exactly as a session that never saw the bad ones answers.
+  const CliResult clean = cli("chat -m " + kModel + " -q -n 4 -t 1", "hello\nagain\n");
+  ASSERT_EQ(clean.code, 0) << clean.err;
+  EXPECT_EQ(r.out, clean.out);
+  // After a conversation too long to continue, /reset starts afresh: the answer is a fresh session's.
+  const CliResult reset = cli("chat -m " + kModel + " -q -n 4 -t 1", "hello\n" + many + "\n" + many + "\n/reset\nagain\n");
+  ASSERT_EQ(reset.code, 0) << reset.err;
+  const CliResult fresh = cli("chat -m " + kModel + " -q -n 4 -t 1", "again\n");
+  EXPECT_EQ(reset.out.substr(reset.out.size() - fresh.out.size()), fresh.out);
+}
+
+// Sizes and steps that cannot work are refused before the weights are read, with the estimate that says why.
+TEST(CliDrawing, SizesAndStepsAreCheckedBeforeAnyWork) {
+  Scratch s;
+  CliResult r = cli("create -m " + kModel + " -p hi -W 8192 -H 8192 --steps 1 -t 1 -o " + (s / "big.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image size 8192x8192 is larger than 4096 pixels per side"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("would need an estimated "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(" of memory (UNet sampling "), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(s / "big.png"));
+  for (const char* sampler : {"ddpm", "ddim", "pndm"}) {
+    r = cli("create -m " + kModel + " -p hi --steps 1000 --sampler " + sampler + " -t 1 -o " + (s / "s.png"));
+    EXPECT_EQ(r.code, 1) << r.err;
+    EXPECT_NE(r.err.find(std::string(sampler) + ": 1000 steps with timestep_spacing 'leading' and steps_offset 1 "
+                                                "would reach timestep 1000"),
+              std::string::npos)
+        << r.err;
+    EXPECT_NE(r.err.find("use at most 999 steps"), std::string::npos) << r.err;
+  }
+  r = cli("write -m " + kModel + " -p hi --steps 1000 --sampler ddim -t 1 -o " + (s / "d.html"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("use at most 999 steps"), std::string::npos) << r.err;
+  // A model whose UNet is far wider than any machine's memory allows at this size (only the config is read: its
+  // weights would not even match).
+  fs::copy(kModel, s / "wide", fs::copy_options::recursive);
+  std::string unet = slurp(s / "wide/unet/config.json");
+  const size_t at = unet.find("\"block_out_channels\"");
+  ASSERT_NE(at, std::string::npos);
+  unet = unet.substr(0, at) + "\"block_out_channels\": [65536, 65536]," +
+         unet.substr(unet.find(']', at) + 2);
+  std::ofstream(s / "wide/unet/config.json") << unet;
+  r = cli("create -m " + (s / "wide") + " -p hi -W 4096 -H 4096 --steps 1 -t 1 -o " + (s / "w.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image size 4096x4096 needs an estimated"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("of physical memory; choose a smaller size"), std::string::npos) << r.err;
 }
 
 // What an input that is a FIFO is refused with.

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -41,6 +43,8 @@ io::ModelDir open_model(const std::string& path) {
   return io::ModelDir::open(path);
 }
 }  // namespace
+
+io::ModelDir open_model_dir(const std::string& path) { return open_model(path); }
 
 Model::Model(const std::string& path, bool with_diffusion)
     : dir(open_model(path)),
@@ -104,12 +108,82 @@ pipelines::SamplingOptions DrawOptions::sampling() const {
   return s;
 }
 
-std::pair<int64_t, int64_t> DrawOptions::latent_size(const Model& m) const {
-  const int64_t f = m.head->vae.config().scale_factor(), native = m.head->unet.config().sample_size * f;
+namespace {
+
+std::string bytes_text(double bytes) {
+  char buf[48];
+  if (bytes >= double(int64_t(1) << 30))
+    std::snprintf(buf, sizeof buf, "%.1f GiB", bytes / double(int64_t(1) << 30));
+  else
+    std::snprintf(buf, sizeof buf, "%.0f MiB", std::ceil(bytes / double(int64_t(1) << 20)));
+  return buf;
+}
+
+}  // namespace
+
+DrawMemory estimate_draw_memory(const io::UNetConfig& unet, const io::VaeConfig& vae, int64_t lh, int64_t lw,
+                                bool guided, bool tiled) {
+  // Attention streams over key blocks (core/kernels/attention.cpp) and convolutions unfold in bounded bands
+  // (kernels/conv.cpp), so no [tokens x tokens] or im2col buffer grows with the image: what grows is the feature
+  // maps. Counted in floats.
+  auto pixels_at = [](int64_t h, int64_t w, int64_t level) {
+    const int64_t d = int64_t(1) << level;
+    return double((h + d - 1) / d) * double((w + d - 1) / d);
+  };
+  const size_t levels = unet.block_out_channels.size();
+  // The down path's outputs, all kept for the skip connections of the up path.
+  double skips = double(unet.block_out_channels.at(0)) * pixels_at(lh, lw, 0), working = 0;
+  for (size_t l = 0; l < levels; ++l) {
+    const double c = double(unet.block_out_channels[l]), n = pixels_at(lh, lw, int64_t(l));
+    const int64_t layers = l < unet.layers_per_block.size() ? unet.layers_per_block[l] : 2;
+    skips += double(layers) * c * n;
+    if (l + 1 < levels) skips += c * pixels_at(lh, lw, int64_t(l) + 1);
+    // A transformer block holds its input, the normalised copy, q/k/v and output (6 C) and the GEGLU feed-forward's
+    // 8 C projection with its 4 C product; a resnet, the concatenated input and a few C-wide maps.
+    const bool attention =
+        l < unet.down_block_types.size() && unet.down_block_types[l].find("Attn") != std::string::npos;
+    working = std::max(working, (attention ? 18.0 : 6.0) * c * n);
+  }
+  DrawMemory m;
+  m.unet = 4.0 * (guided ? 2.0 : 1.0) * (skips + working);
+  // The decoder runs from the latent size, doubling per up block; the widest map is an up block's upsampled
+  // output (SD: 256 channels at the full image size), and a resnet there holds about four such maps. Tiled, only
+  // one tile's maps exist at a time.
+  const int64_t f = vae.scale_factor(), tile = std::max<int64_t>(1, vae.sample_size / f);
+  const double th = double(tiled ? std::min(lh, tile) : lh), tw = double(tiled ? std::min(lw, tile) : lw);
+  double widest = 0;
+  const size_t vl = vae.block_out_channels.size();
+  for (size_t i = 0; i < vl; ++i) {
+    const double c = double(vae.block_out_channels[vl - 1 - i]), scale = double(int64_t(1) << i);
+    widest = std::max(widest, c * th * tw * scale * scale);
+    if (i + 1 < vl) widest = std::max(widest, c * th * tw * 4 * scale * scale);
+  }
+  // Plus the whole picture (tiled, also the blended copy of it).
+  const double picture = 3.0 * double(lh * f) * double(lw * f) * (tiled ? 2.0 : 1.0);
+  m.vae = 4.0 * (4.0 * widest + picture);
+  return m;
+}
+
+std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) const {
+  const io::UNetConfig& uc = dir.unet_config();
+  const io::VaeConfig& vc = dir.vae_config();
+  const int64_t f = vc.scale_factor(), native = uc.sample_size * f;
   const int64_t w = width > 0 ? width : native, h = height > 0 ? height : native;
   DL_CHECK(w % f == 0 && h % f == 0, "image size ", w, "x", h, " is not a multiple of ", f,
            " (the VAE's downsampling factor)");
-  DL_CHECK(w <= 8192 && h <= 8192, "image size ", w, "x", h, " is larger than 8192 pixels per side");
+  const DrawMemory need = estimate_draw_memory(uc, vc, h / f, w / f, cfg_scale > 1.f, tiled);
+  const std::string estimate = "an estimated " + bytes_text(need.peak()) + " of memory (UNet sampling " +
+                               bytes_text(need.unet) + ", VAE decoding " + bytes_text(need.vae) + ")";
+  DL_CHECK(w <= kMaxImageSide && h <= kMaxImageSide, "image size ", w, "x", h, " is larger than ", kMaxImageSide,
+           " pixels per side, the most this build draws: self-attention's work grows with the square of the pixel count "
+           "(this size would need ", estimate, ")");
+  const double physical = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  DL_CHECK(physical <= 0 || need.peak() <= physical, "image size ", w, "x", h, " needs ", estimate,
+           ", more than this machine's ", bytes_text(physical), " of physical memory; choose a smaller size",
+           need.vae > need.unet && !tiled ? " or --tiled" : "");
+  // The sampler's own limits (ddpm, ddim and pndm reach a timestep the model lacks at --steps 1000 with "leading"
+  // spacing): found now by building its timesteps, not after the prompt has been read.
+  diffusion::make_scheduler(sampler, dir.scheduler_config(), sampling().scheduler_options)->set_timesteps(steps);
   return {h / f, w / f};
 }
 

@@ -57,9 +57,29 @@ struct DrawOptions {
   bool tiled = false;
   void add_to(CLI::App& app);
   pipelines::SamplingOptions sampling() const;
-  // Latent height and width for the model, checking the pixel sizes (multiples of the VAE factor).
-  std::pair<int64_t, int64_t> latent_size(const Model& m) const;
+  // Latent height and width for the model, after checking everything about the drawing that can fail late: the
+  // pixel sizes (multiples of the VAE factor, at most kMaxImageSide per side, an estimated peak memory within this
+  // machine's) and --steps against what the sampler can take. Needs only the configs, so commands call it before
+  // the weights are read.
+  std::pair<int64_t, int64_t> latent_size(const io::ModelDir& dir) const;
+  std::pair<int64_t, int64_t> latent_size(const Model& m) const { return latent_size(m.dir); }
 };
+
+// The largest image side drawn: far past the sizes SD-style models are trained at (512-768), and self-attention's
+// work grows with the square of the pixel count.
+constexpr int64_t kMaxImageSide = 4096;
+
+// Estimated peak bytes of drawing one image at latent size lh x lw: UNet sampling (`guided` doubles its batch), then
+// the VAE decoder (`tiled` or whole). The activations, not the weights.
+struct DrawMemory {
+  double unet = 0, vae = 0;
+  double peak() const { return unet > vae ? unet : vae; }
+};
+DrawMemory estimate_draw_memory(const io::UNetConfig& unet, const io::VaeConfig& vae, int64_t lh, int64_t lw,
+                                bool guided, bool tiled);
+
+// A model directory's configs, with the messages the commands give for a missing path or a file.
+io::ModelDir open_model_dir(const std::string& path);
 
 // --max-image-pixels N for a command that reads pictures: the largest decoded size (width x height) accepted, set
 // process-wide (io::set_max_image_pixels) while the options are parsed.

@@ -8,6 +8,7 @@
 #include "core/random.h"
 #include "core/thread_pool.h"
 #include "io/image_file.h"
+#include "output_check.h"
 
 namespace dl::app {
 
@@ -30,10 +31,19 @@ int create_main(int argc, char** argv) {
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 
-  const Model m(model, true);
-  // Plain variables: clang 14 cannot capture structured bindings in lambdas.
-  const auto latent = draw.latent_size(m);
+  // Before the model is read: an output in the way of an input (or of a device) is refused at once.
+  InputFiles inputs;
+  for (const auto& i : images) inputs.add(i);
+  inputs.add_tree(model);
+  std::vector<std::string> outputs;
+  for (int64_t k = 0; k < count; ++k) outputs.push_back(numbered_path(out, size_t(k), size_t(count)));
+  inputs.check_outputs(outputs);
+  // Sizes and steps from the configs alone, before the weights are read. Plain variables: clang 14 cannot capture
+  // structured bindings in lambdas.
+  const auto latent = draw.latent_size(open_model_dir(model));
   const int64_t lh = latent.first, lw = latent.second;
+
+  const Model m(model, true);
   const Tensor pixels = load_pixels(m, images);
   const std::string text = images.empty() ? prompt : place_images(m, prompt, images.size());
   const std::vector<int32_t> ids = m.tokenizer.encode(text);

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
 #include "nn/autograd.h"
+#include "output_check.h"
 #include "pipelines/create.h"
 #include "train/loss.h"
 
@@ -265,6 +266,12 @@ int run_main(int argc, char** argv) {
   DL_CHECK(!model.empty() && !in_path.empty() && !out_path.empty(), "run ", component,
            ": --model, --in and --out are required");
   set_num_threads(threads);
+  {
+    InputFiles inputs;
+    inputs.add(in_path);
+    inputs.add_tree(model);
+    inputs.check_outputs({out_path});
+  }
   // Only the loss records a graph; every other component is inference.
   std::optional<nn::NoGradGuard> inference;
   if (component != "loss") inference.emplace();

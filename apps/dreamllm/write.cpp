@@ -10,6 +10,7 @@
 #include "core/thread_pool.h"
 #include "io/atomic_file.h"
 #include "io/image_file.h"
+#include "output_check.h"
 #include "pipelines/interleave.h"
 #include "text/chat_template.h"
 
@@ -87,8 +88,25 @@ int write_main(int argc, char** argv) {
   DL_CHECK(text.beams == 1, "write decodes greedily or by sampling; --beams is not supported");
   set_num_threads(threads);
 
+  // The HTML file, its Markdown twin and every picture the document may get, checked before the model is read:
+  // none may replace an input (the model's files, an -i image such as an earlier document's doc_1.png), a device,
+  // or another of them (-o doc.md would be overwritten by its own twin).
+  const std::filesystem::path html_path(out);
+  const std::string stem = html_path.stem().string();
+  const std::filesystem::path dir = html_path.parent_path();
+  const std::string md_path = (dir / (stem + ".md")).string();
+  auto png_name = [&](size_t i) { return stem + "_" + std::to_string(i) + ".png"; };
+  {
+    InputFiles inputs;
+    for (const auto& i : images) inputs.add(i);
+    inputs.add_tree(model);
+    std::vector<std::string> outputs = {out, md_path};
+    for (int64_t i = 1; i <= max_images; ++i) outputs.push_back((dir / png_name(size_t(i))).string());
+    inputs.check_outputs(outputs);
+  }
+  const auto [lh, lw] = draw.latent_size(open_model_dir(model));  // sizes and steps, before the weights are read
+
   const Model m(model, true);
-  const auto [lh, lw] = draw.latent_size(m);
   const Tensor pixels = load_pixels(m, images);
   std::string prompt_text = images.empty() ? instruction : place_images(m, instruction, images.size());
   if (!raw) {
@@ -132,9 +150,6 @@ int write_main(int argc, char** argv) {
   std::fputs("\n", stdout);
 
   // HTML (self-contained) and Markdown (+ PNG files).
-  const std::filesystem::path html_path(out);
-  const std::string stem = html_path.stem().string();
-  const std::filesystem::path dir = html_path.parent_path();
   std::string html =
       "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>" + html_escape(instruction) +
       "</title>\n<style>\nbody{max-width:44em;margin:2em auto;padding:0 1em;font:1.05em/1.6 Georgia,serif;"
@@ -153,20 +168,20 @@ int write_main(int argc, char** argv) {
       continue;
     }
     ++image_index;
-    const std::string png_name = stem + "_" + std::to_string(image_index) + ".png";
-    io::write_png((dir / png_name).string(), b.image);
+    const std::string png = png_name(image_index);
+    io::write_png((dir / png).string(), b.image);
     const int64_t shown = std::max<int64_t>(b.image.width, 256);
     html += "<figure><img src=\"data:image/png;base64," + base64(io::encode_png(b.image)) + "\" width=\"" +
             std::to_string(shown) + "\" alt=\"image " + std::to_string(image_index) + "\"><figcaption>image " +
             std::to_string(image_index) + "</figcaption></figure>\n";
-    md += "![image " + std::to_string(image_index) + "](" + png_name + ")\n\n";
+    md += "![image " + std::to_string(image_index) + "](" + png + ")\n\n";
   }
   html += "</body>\n</html>\n";
   write_text(out, html);
-  write_text((dir / (stem + ".md")).string(), md);
+  write_text(md_path, md);
   std::fprintf(stderr, "write: %s (%zu image%s, %s), Markdown %s\n", out.c_str(), image_index,
                image_index == 1 ? "" : "s", pipelines::finish_reason_name(doc.finish),
-               (dir / (stem + ".md")).string().c_str());
+               md_path.c_str());
   return 0;
 }
 

@@ -1,0 +1,48 @@
+#include "output_check.h"
+
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+
+namespace dl::app {
+
+namespace fs = std::filesystem;
+
+void InputFiles::add(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) files_.push_back({st.st_dev, st.st_ino, path});
+}
+
+void InputFiles::add_tree(const std::string& dir) {
+  std::error_code ec;
+  // Bounded: a model directory holds tens of files, and a wrong -m pointing at a huge tree must not stall.
+  size_t visited = 0;
+  for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
+       !ec && it != end && visited < 100000; it.increment(ec), ++visited)
+    add(it->path().string());
+}
+
+void InputFiles::check_outputs(const std::vector<std::string>& outputs) const {
+  std::vector<std::string> targets;
+  for (const std::string& out : outputs) {
+    const std::string target = io::output_target(out);
+    struct stat st {};
+    if (::stat(target.c_str(), &st) == 0) {
+      for (const File& f : files_)
+        DL_CHECK(f.dev != st.st_dev || f.ino != st.st_ino, "the output '", out, "' is the input '", f.path,
+                 "', which writing would overwrite; choose another output file");
+    }
+    std::error_code ec;
+    const fs::path abs = fs::weakly_canonical(fs::absolute(target, ec), ec);
+    const std::string key = ec ? fs::path(target).lexically_normal().string() : abs.string();
+    for (size_t i = 0; i < targets.size(); ++i)
+      DL_CHECK(targets[i] != key, "the outputs '", outputs[i], "' and '", out,
+               "' are the same file: one would overwrite the other; choose another output name");
+    targets.push_back(key);
+  }
+}
+
+}  // namespace dl::app
