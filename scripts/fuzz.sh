@@ -26,6 +26,8 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
     gguf) find tests/fixtures -name '*.gguf' -size -256k -exec cp {} "$dir"/ \; 2>/dev/null || true ;;
     webdataset) cp tests/fixtures/webdataset/*.tar "$dir"/ ;;
     jsonl) cp tests/fixtures/documents/*.json* "$dir"/ ;;
+    chat) printf 'hello\n/image x\nwhat is in <image>?\n/reset\nagain\n' > "$dir/conversation"
+          printf 'look at <image>\n/bogus\n/help\n<im_start><im_patch><im_end>\nhi\n/quit\nafter\n' > "$dir/bad_lines" ;;
   esac
   if [ -d "tests/fixtures/fuzz_regressions/$target" ]; then cp tests/fixtures/fuzz_regressions/"$target"/* "$dir"/ 2>/dev/null || true; fi
   echo "$dir"
