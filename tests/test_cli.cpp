@@ -352,6 +352,25 @@ TEST(CliInputs, FifosAreRefusedByNameNotWaitedOn) {
     EXPECT_NE(r.err.find(fifo_refused(data)), std::string::npos) << r.err;
   }
 
+  const std::string shard = s / "data.tar";
+  ASSERT_EQ(mkfifo(shard.c_str(), 0644), 0);
+  r = cli("train --stage II -m " + kModel + " --data " + shard + " -o " + (s / "run") + " --max-steps 1 -t 1", "",
+          kTimeout);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(fifo_refused(shard)), std::string::npos) << r.err;
+  // A picture of the training data that is a FIFO skips its sample with a warning; training goes on.
+  const std::string good = test_image(s);
+  std::ofstream(s / "pairs.jsonl") << "{\"image\": \"" << pipe << "\", \"caption\": \"a pipe\"}\n"
+                                   << "{\"image\": \"" << good << "\", \"caption\": \"a picture\"}\n";
+  r = cli("train --stage II -m " + kModel + " --data " + (s / "pairs.jsonl") + " -o " + (s / "run") +
+              " --max-steps 2 -t 1",
+          "", kTimeout);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find(fifo_refused(pipe)), std::string::npos) << r.err;
+  r = cli("world score -i " + pipe + " -p 'a large red circle at the top left'", "", kTimeout);
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find(fifo_refused(pipe)), std::string::npos) << r.err;
+
   for (const char* file : {"config.json", "tokenizer.model", "added_tokens.json", "special_tokens_map.json",
                            "tokenizer_config.json", "pytorch_model.bin", "clip_vision_embedding.bin"}) {
     SCOPED_TRACE(file);
