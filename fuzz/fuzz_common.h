@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/storage.h"
@@ -14,6 +16,23 @@ inline std::shared_ptr<Storage> bytes_storage(const uint8_t* data, size_t size) 
   auto s = Storage::allocate(size);
   if (size) std::memcpy(s->data(), data, size);
   return s;
+}
+
+// Targets that take several files cut the input at the first n - 1 NUL bytes: n parts, the last one the rest of
+// the input (so a binary file goes last; JSON text never holds a raw NUL). Missing parts are empty.
+inline std::vector<std::string> split_parts(const uint8_t* data, size_t size, size_t n) {
+  std::vector<std::string> parts;
+  const char* p = reinterpret_cast<const char*>(data);
+  const char* end = p + size;
+  while (parts.size() + 1 < n) {
+    const char* nul = static_cast<const char*>(std::memchr(p, 0, size_t(end - p)));
+    if (!nul) break;
+    parts.emplace_back(p, nul);
+    p = nul + 1;
+  }
+  parts.emplace_back(p, end);
+  parts.resize(n);
+  return parts;
 }
 
 template <typename Fn>

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for FUZZ_SECONDS (default 20) over its seed
-# corpus (tests/fixtures files of the right kind) plus any earlier findings kept in tests/fixtures/fuzz_regressions.
+# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each (or those named as arguments) for FUZZ_SECONDS
+# (default 20) over its seed corpus (tests/fixtures files of the right kind, tests/fixtures/fuzz_seeds for the
+# formats without fixtures) plus any earlier findings kept in tests/fixtures/fuzz_regressions. docs/fuzzing.md
+# lists the targets and the campaign figures.
 # A crash leaves its input in build-fuzz/findings/ and fails the script: copy it into
 # tests/fixtures/fuzz_regressions/<target>/ so the unit tests replay it forever.
 set -euo pipefail
@@ -28,12 +30,39 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
     jsonl) cp tests/fixtures/documents/*.json* "$dir"/ ;;
     chat) printf 'hello\n/image x\nwhat is in <image>?\n/reset\nagain\n' > "$dir/conversation"
           printf 'look at <image>\n/bogus\n/help\n<im_start><im_patch><im_end>\nhi\n/quit\nafter\n' > "$dir/bad_lines" ;;
+    image) cp tests/fixtures/fuzz_seeds/image/* "$dir"/
+           for f in tests/fixtures/images/files/*.{png,jpg,bmp}; do cp "$f" "$dir/fixture_${f##*/}"; done ;;
+    tokenizer)  # tokenizer_config.json NUL special_tokens_map.json NUL added_tokens.json NUL prompt NUL tokenizer.model
+      local t=tests/fixtures/tokenizer prompt='Hi <im_start><im_patch><im_end> there</s>  <dream_start>x'
+      { cat $t/tokenizer_config.json; printf '\0'; cat $t/special_tokens_map.json; printf '\0'
+        cat $t/added_tokens.json; printf '\0%s\0' "$prompt"; cat $t/tokenizer.model; } > "$dir/full"
+      { printf '\0\0\0%s\0' "$prompt"; cat $t/tokenizer.model; } > "$dir/model_only"
+      { printf '{"legacy": false}\0'; cat $t/special_tokens_map.json; printf '\0'; cat $t/added_tokens.json
+        printf '\0 \xe2\x96\x81a<im_start> b\0'; cat $t/tokenizer.model; } > "$dir/non_legacy" ;;
+    model_dir)  # index NUL config.json NUL clip_vision NUL unet NUL vae NUL scheduler NUL preprocessor_config.json
+      local m=tests/fixtures/tiny_full s=tests/fixtures/fuzz_seeds/model_dir
+      { cat $s/model.safetensors.index.json; printf '\0'; cat $m/config.json; printf '\0'
+        cat $m/clip_vision/config.json; printf '\0'; cat $m/unet/config.json; printf '\0'; cat $m/vae/config.json
+        printf '\0'; cat $m/scheduler/scheduler_config.json; printf '\0'; cat $s/preprocessor_config.json; } > "$dir/tiny_full"
+      { printf '\0'; cat $m/config.json; printf '\0\0\0\0\0'; } > "$dir/defaults" ;;
+    checkpoint)  # trainer_state.json NUL optimizer.safetensors
+      for f in tests/fixtures/fuzz_seeds/checkpoint/*.json; do
+        { cat "$f"; printf '\0'; cat tests/fixtures/fuzz_seeds/checkpoint/optimizer.safetensors; } > "$dir/$(basename "$f")"
+      done ;;
+    data_spec)
+      local i=0
+      for s in docs.jsonl a/b.jsonl:interleaved:100 shards/00.tar:wds c:/x.json:pair:5 mmc4:12 llava.json:llava \
+               /data/shard-00012.tar::1536:48211 dir/abc.0.JPG 'x::1:2:3' ':wds'; do
+        printf '%s' "$s" > "$dir/spec$((i++))"
+      done ;;
   esac
   if [ -d "tests/fixtures/fuzz_regressions/$target" ]; then cp tests/fixtures/fuzz_regressions/"$target"/* "$dir"/ 2>/dev/null || true; fi
   echo "$dir"
 }
 status=0
-for bin in build-fuzz/bin/fuzz_*; do
+# Targets named on the command line (e.g. `scripts/fuzz.sh image tokenizer`), or all of them.
+if [ $# -gt 0 ]; then bins=("${@/#/build-fuzz/bin/fuzz_}"); else bins=(build-fuzz/bin/fuzz_*); fi
+for bin in "${bins[@]}"; do
   target=${bin##*/fuzz_}
   corpus=$(seed_dir "$target")
   echo "== fuzz_$target for ${SECONDS_PER_TARGET}s =="
