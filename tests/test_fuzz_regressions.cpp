@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../fuzz/fuzz_targets.h"
 #include "core/error.h"
 #include "io/config.h"
 #include "io/safetensors.h"
@@ -66,6 +67,34 @@ TEST(FuzzRegressions, SafetensorsAndConfigs) {
     for (const auto& [name, t] : io::parse_safetensors(storage_of(b), "regression").tensors) (void)t.to_vector();
   });
   replay("config", [](const std::string& b) { io::parse_unet_config(b, "regression"); });
+}
+
+// The newer targets' inputs go through the very function the fuzzer calls (fuzz/fuzz_targets.h). A target gets its
+// test here with its first finding (fuzz_tokenizer, fuzz_model_dir, fuzz_checkpoint and fuzz_data_spec: none yet).
+const uint8_t* bytes_of(const std::string& b) { return reinterpret_cast<const uint8_t*>(b.data()); }
+
+TEST(FuzzRegressions, Image) {
+  EXPECT_GT(replay("image", [](const std::string& b) { fuzz::image_input(bytes_of(b), b.size()); }), 0);
+}
+
+// The image inputs that reached stb_image 2.27's defects (a hang, a null dereference, reads past a buffer, a table
+// overrun) are refused before decoding, each with an error naming the problem; before, the HDR file hung, the PIC
+// file crashed, the 16-bit PGM decoded bytes from past its buffer and the JPEGs corrupted the decoder's tables.
+TEST(FuzzRegressions, ImageDefectsRefusedByName) {
+  const fs::path dir = fs::path(DL_FIXTURE_DIR) / "fuzz_regressions" / "image";
+  const std::pair<const char*, const char*> cases[] = {
+      {"hdr_truncated_rle_scanline.hdr", "Radiance HDR images are not supported"},
+      {"pic_corrupt_packet.pic", "Softimage PIC images are not supported"},
+      {"pgm_16bit.pgm", "PNM images with more than 8 bits per sample (maximum value 65535) are not supported"},
+      {"jpeg_dht_over_256_codes.jpg", "corrupt JPEG: a Huffman table lists"},
+      {"jpeg_dht_after_fill_bytes.jpg", "corrupt JPEG: a Huffman table lists"}};
+  for (const auto& [name, message] : cases) {
+    SCOPED_TRACE(name);
+    const std::string b = slurp(dir / name);
+    ASSERT_FALSE(b.empty());
+    const std::string err = test::error_of([&] { io::decode_image(bytes_of(b), b.size(), "'x'"); });
+    EXPECT_NE(err.find(std::string("'x': ") + message), std::string::npos) << err;
+  }
 }
 
 }  // namespace
