@@ -43,11 +43,12 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
       local m=tests/fixtures/tiny_full s=tests/fixtures/fuzz_seeds/model_dir
       { cat $s/model.safetensors.index.json; printf '\0'; cat $m/config.json; printf '\0'
         cat $m/clip_vision/config.json; printf '\0'; cat $m/unet/config.json; printf '\0'; cat $m/vae/config.json
-        printf '\0'; cat $m/scheduler/scheduler_config.json; printf '\0'; cat $s/preprocessor_config.json; } > "$dir/tiny_full"
+        printf '\0'; cat $m/scheduler/scheduler_config.json; printf '\0'; cat $s/preprocessor_config.json
+      } > "$dir/tiny_full"
       { printf '\0'; cat $m/config.json; printf '\0\0\0\0\0'; } > "$dir/defaults" ;;
     checkpoint)  # trainer_state.json NUL optimizer.safetensors
       for f in tests/fixtures/fuzz_seeds/checkpoint/*.json; do
-        { cat "$f"; printf '\0'; cat tests/fixtures/fuzz_seeds/checkpoint/optimizer.safetensors; } > "$dir/$(basename "$f")"
+        { cat "$f"; printf '\0'; cat "${f%/*}/optimizer.safetensors"; } > "$dir/${f##*/}"
       done ;;
     data_spec)
       local i=0

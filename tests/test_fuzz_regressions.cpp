@@ -1,5 +1,7 @@
 // Every input a fuzzer once broke the parsers with (tests/fixtures/fuzz_regressions/<target>/) is replayed: it must
 // load or raise dl::Error. Run under the sanitizer build this also catches leaks and undefined behaviour.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -70,7 +72,7 @@ TEST(FuzzRegressions, SafetensorsAndConfigs) {
 }
 
 // The newer targets' inputs go through the very function the fuzzer calls (fuzz/fuzz_targets.h). A target gets its
-// test here with its first finding (fuzz_tokenizer, fuzz_model_dir, fuzz_checkpoint and fuzz_data_spec: none yet).
+// test here with its first finding (fuzz_tokenizer, fuzz_model_dir and fuzz_data_spec: none yet).
 const uint8_t* bytes_of(const std::string& b) { return reinterpret_cast<const uint8_t*>(b.data()); }
 
 TEST(FuzzRegressions, Image) {
@@ -95,6 +97,27 @@ TEST(FuzzRegressions, ImageDefectsRefusedByName) {
     const std::string err = test::error_of([&] { io::decode_image(bytes_of(b), b.size(), "'x'"); });
     EXPECT_NE(err.find(std::string("'x': ") + message), std::string::npos) << err;
   }
+}
+
+TEST(FuzzRegressions, Checkpoint) {
+  const fs::path dir = fs::temp_directory_path() / ("dl_fuzz_regressions_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  EXPECT_GT(replay("checkpoint",
+                   [&](const std::string& b) { fuzz::checkpoint_input(bytes_of(b), b.size(), dir.string()); }),
+            0);
+  fs::remove_all(dir);
+}
+
+// Resume reads metrics.skipped_samples back as an integer: any other value was a JSON type error that `dreamllm
+// train --resume` reported as an internal error (exit 3).
+TEST(FuzzRegressions, CheckpointStateSkippedSamplesIsACount) {
+  const std::string b =
+      slurp(fs::path(DL_FIXTURE_DIR) / "fuzz_regressions" / "checkpoint" / "skipped_samples_not_a_count.json");
+  EXPECT_EQ(test::error_of([&] { train::parse_checkpoint_state(b, "'state'"); }),
+            "'state': metrics.skipped_samples is not a count");
+  EXPECT_EQ(train::parse_checkpoint_state(R"({"step": 1, "samples_drawn": 2, "metrics": {"skipped_samples": 3}})", "s")
+                .metrics["skipped_samples"],
+            3);
 }
 
 }  // namespace

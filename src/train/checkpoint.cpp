@@ -205,6 +205,11 @@ CheckpointState parse_checkpoint_state(const std::string& text, const std::strin
   DL_CHECK(s.step >= 0 && s.samples_drawn >= 0, what, ": negative step or position");
   if (js.contains("options")) s.options = js["options"];
   if (js.contains("metrics")) s.metrics = js["metrics"];
+  // Resume reads the count of skipped samples back from the metrics.
+  if (s.metrics.is_object() && s.metrics.contains("skipped_samples")) {
+    const nlohmann::json& n = s.metrics["skipped_samples"];
+    DL_CHECK(n.is_number_integer() && n.get<int64_t>() >= 0, what, ": metrics.skipped_samples is not a count");
+  }
   return s;
 }
 
