@@ -76,10 +76,15 @@ class FdBuf final : public std::streambuf {
 };
 
 // The permissions a newly created file gets (0666 less the umask), which mkstemp's 0600 would otherwise narrow.
+// umask can only be read by setting it, so it is read once (a static's initialiser runs in one thread alone):
+// writers on several threads never see one another's momentary 0.
 mode_t default_file_mode() {
-  const mode_t mask = ::umask(0);
-  ::umask(mask);
-  return 0666 & ~mask;
+  static const mode_t mode = [] {
+    const mode_t mask = ::umask(0);
+    ::umask(mask);
+    return mode_t(0666 & ~mask);
+  }();
+  return mode;
 }
 
 }  // namespace
