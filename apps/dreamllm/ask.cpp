@@ -29,7 +29,7 @@ int ask_main(int argc, char** argv) {
                  "after the images), for models that only saw that one, such as the shapes world's")
       ->check(CLI::IsMember({"eval", "train"}))
       ->capture_default_str();
-  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
   text.add_to(app);
   add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;

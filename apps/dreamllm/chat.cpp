@@ -21,7 +21,7 @@ int chat_main(int argc, char** argv) {
   text.max_tokens = 512;
   app.add_option("-m,--model", model, "model directory (official DreamLLM release layout)")->required();
   app.add_option("--system", system_prompt, "replace the vicuna system prompt");
-  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
   app.add_flag("-q,--quiet", quiet, "no banner and prompts (for scripts)");
   text.add_to(app);
   add_image_limit_option(app);

@@ -2,11 +2,13 @@
 
 #include <unistd.h>
 
-#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/ops.h"
@@ -16,7 +18,87 @@
 
 namespace dl::app {
 
+int64_t max_threads() { return std::max<int64_t>(64, 4 * int64_t(std::max(1u, std::thread::hardware_concurrency()))); }
+
+namespace {
+
+// CLI11 converts numbers with strtoll/strtoull/strtod and checks neither overflow nor finiteness: "1e999" and
+// "nan" pass a Range check (every comparison with NaN is false), an unsigned option takes "-1" as 2^64 - 1, and a
+// signed one clamps 2^70 to 2^63 - 1. These validators refuse such values before CLI11 converts them.
+std::string check_signed(const std::string& text) {
+  if (text.empty()) return "";  // CLI11 itself reports a missing value
+  errno = 0;
+  char* end = nullptr;
+  std::strtoll(text.c_str(), &end, 0);
+  if (errno == ERANGE) return "'" + text + "' is out of range (a 64-bit integer)";
+  return "";
+}
+
+std::string check_unsigned(const std::string& text) {
+  if (text.empty()) return "";
+  if (text.find('-') != std::string::npos) return "'" + text + "' is negative; this option takes a value >= 0";
+  errno = 0;
+  char* end = nullptr;
+  std::strtoull(text.c_str(), &end, 0);
+  if (errno == ERANGE) return "'" + text + "' is out of range (a 64-bit unsigned integer)";
+  return "";
+}
+
+std::string check_finite(const std::string& text) {
+  if (text.empty()) return "";
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str()) return "";  // not a number at all: CLI11's conversion error says so
+  if (!std::isfinite(v)) return "'" + text + "' is not a finite number";
+  return "";
+}
+
+// Threads beyond a few per core only add switching: a thread count far past the machine is a mistake (and tens of
+// thousands of threads fail to start).
+std::string check_threads(const std::string& text) {
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(text.c_str(), &end, 0);
+  if (errno == 0 && end != text.c_str() && n > max_threads())
+    return std::to_string(n) + " threads is more than this machine can use: it has " +
+           std::to_string(std::max(1u, std::thread::hardware_concurrency())) + " cores (at most " +
+           std::to_string(max_threads()) + " threads)";
+  return "";
+}
+
+void add_strict_number_checks(CLI::App& app) {
+  for (CLI::Option* o : app.get_options()) {
+    // The type name is CLI11's ("INT", "UINT", "FLOAT"), followed by what other validators describe.
+    const std::string type = o->get_type_name();
+    if (type.starts_with("INT")) o->check(CLI::Validator(check_signed, "", "integer"));
+    if (type.starts_with("UINT")) o->check(CLI::Validator(check_unsigned, "", "unsigned"));
+    if (type.starts_with("FLOAT")) o->check(CLI::Validator(check_finite, "", "finite"));
+    if (o->check_lname("threads")) o->check(CLI::Validator(check_threads, "", "threads"));
+  }
+  for (CLI::App* sub : app.get_subcommands({})) add_strict_number_checks(*sub);
+}
+
+// A number's sign, with a plain message: CLI11's PositiveNumber prints its upper bound as a 309-digit number.
+CLI::Validator sign_check(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](const std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str()) return "";  // not a number: CLI11's conversion error says so
+        if (!std::isfinite(v)) return check_finite(text);
+        if (zero_allowed ? v >= 0 : v > 0) return "";
+        return "'" + text + "' must be " + (zero_allowed ? ">= 0" : "> 0");
+      },
+      zero_allowed ? "NONNEGATIVE" : "POSITIVE");
+}
+
+}  // namespace
+
+const CLI::Validator kPositiveNumber = sign_check(false);
+const CLI::Validator kNonNegativeNumber = sign_check(true);
+
 std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
+  add_strict_number_checks(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -59,12 +141,12 @@ Model::Model(const std::string& path, bool with_diffusion)
 void TextOptions::add_to(CLI::App& app) {
   app.add_option("-n,--max-tokens", max_tokens, "most tokens to generate")->check(CLI::Range(int64_t(0), int64_t(1) << 20));
   app.add_option("--temp", temperature, "sampling temperature; 0 decodes greedily")->check(CLI::Range(0.0, 100.0));
-  app.add_option("--top-k", top_k, "sampling: keep the k most likely tokens (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", top_k, "sampling: keep the k most likely tokens (0: all)")->check(kNonNegativeNumber);
   app.add_option("--top-p", top_p, "sampling: nucleus probability mass")->check(CLI::Range(1e-9, 1.0));
-  app.add_option("--repeat-penalty", repeat_penalty, "repetition penalty (1: off)")->check(CLI::PositiveNumber);
+  app.add_option("--repeat-penalty", repeat_penalty, "repetition penalty (1: off)")->check(kPositiveNumber);
   app.add_option("--beams", beams, "beam search width (1: off; the VQA benchmarks use 5)")
       ->check(CLI::Range(int64_t(1), int64_t(64)));
-  app.add_option("--text-seed", seed, "seed of text sampling");
+  app.add_option("--text-seed", seed, "seed of text sampling")->check(CLI::Range(int64_t(0), INT64_MAX));
 }
 
 pipelines::GenerationConfig TextOptions::config(int32_t eos) const {
@@ -90,9 +172,10 @@ void DrawOptions::add_to(CLI::App& app) {
       ->check(CLI::IsMember({"ddpm", "ddim", "pndm", "dpmpp2m", "euler", "euler_a"}));
   app.add_option("--eta", eta, "DDIM eta")->check(CLI::Range(0.0f, 1.0f));
   app.add_flag("--karras", karras, "Karras sigmas (dpmpp2m)");
-  app.add_option("-W,--width", width, "image width in pixels (default: the model's)")->check(CLI::PositiveNumber);
-  app.add_option("-H,--height", height, "image height in pixels (default: the model's)")->check(CLI::PositiveNumber);
-  app.add_option("--seed", seed, "seed of the initial noise (the same seed gives the same image)");
+  app.add_option("-W,--width", width, "image width in pixels (default: the model's)")->check(kPositiveNumber);
+  app.add_option("-H,--height", height, "image height in pixels (default: the model's)")->check(kPositiveNumber);
+  app.add_option("--seed", seed, "seed of the initial noise (the same seed gives the same image)")
+      ->check(CLI::Range(int64_t(0), INT64_MAX));
   app.add_option("--negative", negative, "negative prompt (default: empty, as the original)");
   app.add_flag("--tiled", tiled, "decode the VAE in tiles (bounded memory for large images)");
 }
@@ -193,7 +276,7 @@ void add_image_limit_option(CLI::App& app) {
          "refuse pictures larger than this many pixels (width x height), checked before decoding; the default is "
          "Pillow's decompression-bomb limit")
       ->default_str(std::to_string(io::kDefaultMaxImagePixels))
-      ->check(CLI::PositiveNumber);
+      ->check(kPositiveNumber);
 }
 
 Tensor load_pixels(const Model& m, const std::vector<std::string>& paths) {

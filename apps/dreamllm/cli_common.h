@@ -20,7 +20,16 @@
 namespace dl::app {
 
 // Parses argv with `app`; returns the exit code to stop with (0 after --help, 2 on bad usage), or nullopt to go on.
+// Every numeric option is parsed strictly: NaN, infinities, integers past 64 bits and negative values for unsigned
+// options are bad usage, as is a thread count far beyond the machine's cores.
 std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv);
+
+// The most threads a command accepts: four per core, at least 64 (threads beyond a few per core only add
+// switching, and tens of thousands fail to start).
+int64_t max_threads();
+
+// Sign checks for numeric options, with plain messages.
+extern const CLI::Validator kPositiveNumber, kNonNegativeNumber;
 
 // A model directory opened for the commands: configs, tokenizer and the LLM side; the diffusion head on demand.
 struct Model {

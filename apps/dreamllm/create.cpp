@@ -25,7 +25,7 @@ int create_main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("-o,--output", out, "PNG file to write (numbered _1, _2, ... when -n > 1)");
   app.add_option("-n,--count", count, "how many images (image k uses seed + k)")->check(CLI::Range(1, 1000));
-  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
   draw.add_to(app);
   add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
@@ -54,14 +54,10 @@ int create_main(int argc, char** argv) {
     const std::vector<int32_t> neg = m.tokenizer.encode(draw.negative);
     uncond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
   }
-  int64_t seed = draw.seed;
-  if (seed < 0) {
-    seed = int64_t(std::chrono::system_clock::now().time_since_epoch().count() & 0x7fffffff);
-    std::fprintf(stderr, "create: seed %lld\n", static_cast<long long>(seed));
-  }
+  const uint64_t seed = uint64_t(draw.seed);  // >= 0 (checked); image k's seed + k wraps, never overflows
   const auto& unet = m.head->unet;
   for (int64_t k = 0; k < count; ++k) {
-    Rng rng(uint64_t(seed + k));
+    Rng rng(seed + uint64_t(k));
     const Tensor noise = rng.randn({1, unet.config().in_channels, lh, lw});
     std::unique_ptr<Progress> progress;  // created at the first step, when the sampler's step count is known
     const Tensor latents = pipelines::sample_latents(

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_common.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "nn/functional.h"
@@ -107,34 +108,16 @@ void make_batch(int B, int n, std::mt19937& rng, Tensor& ids, Tensor& targets) {
 }  // namespace
 
 int demo_main(int argc, char** argv) {
+  CLI::App app("Trains a 2-layer causal transformer from random weights to reverse N-digit sequences and reports\n"
+               "loss and exact-match accuracy on fresh sequences.",
+               "demo");
   int steps = 400, threads = 0, n = 6;
   unsigned seed = 1;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      DL_CHECK(i + 1 < argc, "option ", a, " needs a value");
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: dreamllm demo [--steps N] [-t THREADS] [--seed S] [--digits N]\n"
-          "Trains a 2-layer causal transformer from random weights to reverse N-digit sequences and reports\n"
-          "loss and exact-match accuracy on fresh sequences.\n");
-      return 0;
-    } else if (a == "--steps") {
-      steps = std::stoi(next());
-    } else if (a == "-t" || a == "--threads") {
-      threads = std::stoi(next());
-    } else if (a == "--seed") {
-      seed = unsigned(std::stoul(next()));
-    } else if (a == "--digits") {
-      n = std::stoi(next());
-    } else {
-      fail("unknown option '", a, "' (see dreamllm demo --help)");
-    }
-  }
-  DL_CHECK(steps > 0 && steps <= 100000, "--steps must be in 1..100000");
-  DL_CHECK(n >= 1 && n <= 32, "--digits must be in 1..32");
+  app.add_option("--steps", steps, "optimizer steps")->capture_default_str()->check(CLI::Range(1, 100000));
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
+  app.add_option("--seed", seed, "seed of the weights and the sequences")->capture_default_str();
+  app.add_option("--digits", n, "sequence length")->capture_default_str()->check(CLI::Range(1, 32));
+  if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
   std::mt19937 rng(seed);
   TinyLM model(64, 2, 4, 2 * n + 1, rng);

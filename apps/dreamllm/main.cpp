@@ -2,6 +2,8 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
+#include <new>
 #include <string>
 
 #include "core/error.h"
@@ -65,6 +67,14 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const dl::Error& e) {
     std::fprintf(stderr, "dreamllm %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user gave that cannot be used (a symlink loop, no permission, not a directory): an input error.
+    std::fprintf(stderr, "dreamllm %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dreamllm %s: error: out of memory (the inputs or options need more memory than this "
+                 "process may use)\n", cmd.c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dreamllm %s: internal error: %s\n", cmd.c_str(), e.what());

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "cli_common.h"
@@ -222,49 +223,63 @@ int run_main(int argc, char** argv) {
   bool tiled = false;
   std::string grads;
   std::optional<float> lm_weight, vm_weight;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      DL_CHECK(i + 1 < argc, "option ", a, " needs a value");
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") {
-      usage();
-      return 0;
-    } else if (a == "--model" || a == "-m") {
-      model = next();
-    } else if (a == "--in") {
-      in_path = next();
-    } else if (a == "--out") {
-      out_path = next();
-    } else if (a == "--threads" || a == "-t") {
-      threads = int(parse_int(next(), "--threads"));
-    } else if (a == "--scheduler") {
-      sampling.scheduler = next();
-    } else if (a == "--eta") {
-      sampling.scheduler_options.eta = parse_float(next(), "--eta");
-    } else if (a == "--karras") {
-      sampling.scheduler_options.use_karras_sigmas = true;
-    } else if (a == "--guidance-rescale") {
-      sampling.guidance_rescale = parse_float(next(), "--guidance-rescale");
-    } else if (a == "--tiled") {
-      tiled = true;
-    } else if (a == "--grads") {
-      grads = next();
-    } else if (a == "--lm-weight") {
-      lm_weight = parse_float(next(), "--lm-weight");
-    } else if (a == "--vm-weight") {
-      vm_weight = parse_float(next(), "--vm-weight");
-    } else if (!a.empty() && a[0] == '-') {
-      fail("unknown option '", a, "' (see dreamllm run --help)");
-    } else {
-      DL_CHECK(component.empty(), "more than one component given ('", component, "' and '", a, "')");
-      component = a;
+  // Usage (unknown options and components, missing or malformed values) exits 2, as CLI11's commands do.
+  const auto parse = [&]() -> bool {
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto next = [&]() -> std::string {
+        DL_CHECK(i + 1 < argc, "option ", a, " needs a value");
+        return argv[++i];
+      };
+      if (a == "--help" || a == "-h") {
+        usage();
+        return false;
+      } else if (a == "--model" || a == "-m") {
+        model = next();
+      } else if (a == "--in") {
+        in_path = next();
+      } else if (a == "--out") {
+        out_path = next();
+      } else if (a == "--threads" || a == "-t") {
+        threads = int(parse_int(next(), "--threads"));
+      } else if (a == "--scheduler") {
+        sampling.scheduler = next();
+      } else if (a == "--eta") {
+        sampling.scheduler_options.eta = parse_float(next(), "--eta");
+      } else if (a == "--karras") {
+        sampling.scheduler_options.use_karras_sigmas = true;
+      } else if (a == "--guidance-rescale") {
+        sampling.guidance_rescale = parse_float(next(), "--guidance-rescale");
+      } else if (a == "--tiled") {
+        tiled = true;
+      } else if (a == "--grads") {
+        grads = next();
+      } else if (a == "--lm-weight") {
+        lm_weight = parse_float(next(), "--lm-weight");
+      } else if (a == "--vm-weight") {
+        vm_weight = parse_float(next(), "--vm-weight");
+      } else if (!a.empty() && a[0] == '-') {
+        fail("unknown option '", a, "' (see dreamllm run --help)");
+      } else {
+        DL_CHECK(component.empty(), "more than one component given ('", component, "' and '", a, "')");
+        component = a;
+      }
     }
+    DL_CHECK(!component.empty(), "no component given (see dreamllm run --help)");
+    DL_CHECK(!model.empty() && !in_path.empty() && !out_path.empty(), "run ", component,
+             ": --model, --in and --out are required");
+    DL_CHECK(threads >= 0 && threads <= max_threads(), "--threads ", threads, " is outside 0..", max_threads(),
+             " (this machine's useful maximum)");
+    const std::set<std::string> components = {"llm", "clip", "unet", "vae_decode", "vae_encode", "txt2img", "loss"};
+    DL_CHECK(components.count(component), "unknown component '", component, "' (see dreamllm run --help)");
+    return true;
+  };
+  try {
+    if (!parse()) return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "dreamllm run: %s\n", e.what());
+    return 2;
   }
-  DL_CHECK(!component.empty(), "no component given (see dreamllm run --help)");
-  DL_CHECK(!model.empty() && !in_path.empty() && !out_path.empty(), "run ", component,
-           ": --model, --in and --out are required");
   set_num_threads(threads);
   {
     InputFiles inputs;

@@ -417,34 +417,40 @@ int eval_vqa_command(const std::string& model, const std::string& vqa_path, int6
   const std::filesystem::path base = std::filesystem::path(vqa_path).parent_path();
   std::map<std::string, std::pair<int64_t, int64_t>> by_type;
   int64_t right = 0, asked = 0, done = 0;
-  for (const auto& conv : all) {
-    if (limit > 0 && done >= limit) break;
-    ++done;
-    const auto& turns = conv.at("conversations");
-    const std::vector<std::string> types =
-        conv.contains("types") ? conv["types"].get<std::vector<std::string>>() : std::vector<std::string>{};
-    const Tensor pixels = load_pixels(m, {(base / conv.at("image").get<std::string>()).string()});
-    text::Conversation c(text::VicunaVariant::Train);
-    for (size_t t = 0; t + 1 < turns.size(); t += 2) {
-      std::string question = turns[t].at("value").get<std::string>();
-      if (t == 0) question = place_images(m, question, 1);
-      const std::string truth = turns[t + 1].at("value").get<std::string>();
-      c.append_user(question);
-      c.append_assistant(std::nullopt);
-      const std::string answer = greedy_answer(m, m.tokenizer.encode(c.generation_prompt()), pixels, 8);
-      const bool ok = normalised(answer) == normalised(truth);
-      if (!ok && show > 0) {
-        --show;
-        std::printf("%s | Q: %s | expected '%s', answered '%s'\n", conv.at("image").get<std::string>().c_str(),
-                    turns[t].at("value").get<std::string>().c_str(), truth.c_str(), answer.c_str());
+  // A conversation missing a field, or with one of another type, is an error in the file, named as such.
+  try {
+    for (const auto& conv : all) {
+      if (limit > 0 && done >= limit) break;
+      ++done;
+      const auto& turns = conv.at("conversations");
+      const std::vector<std::string> types =
+          conv.contains("types") ? conv["types"].get<std::vector<std::string>>() : std::vector<std::string>{};
+      const Tensor pixels = load_pixels(m, {(base / conv.at("image").get<std::string>()).string()});
+      text::Conversation c(text::VicunaVariant::Train);
+      for (size_t t = 0; t + 1 < turns.size(); t += 2) {
+        std::string question = turns[t].at("value").get<std::string>();
+        if (t == 0) question = place_images(m, question, 1);
+        const std::string truth = turns[t + 1].at("value").get<std::string>();
+        c.append_user(question);
+        c.append_assistant(std::nullopt);
+        const std::string answer = greedy_answer(m, m.tokenizer.encode(c.generation_prompt()), pixels, 8);
+        const bool ok = normalised(answer) == normalised(truth);
+        if (!ok && show > 0) {
+          --show;
+          std::printf("%s | Q: %s | expected '%s', answered '%s'\n", conv.at("image").get<std::string>().c_str(),
+                      turns[t].at("value").get<std::string>().c_str(), truth.c_str(), answer.c_str());
+        }
+        right += ok;
+        ++asked;
+        auto& [r, n] = by_type[t / 2 < types.size() ? types[t / 2] : "?"];
+        r += ok;
+        ++n;
+        c.set_last_message(truth);  // the next question sees the true answer, as in training
       }
-      right += ok;
-      ++asked;
-      auto& [r, n] = by_type[t / 2 < types.size() ? types[t / 2] : "?"];
-      r += ok;
-      ++n;
-      c.set_last_message(truth);  // the next question sees the true answer, as in training
     }
+  } catch (const nlohmann::json::exception& e) {
+    fail("'", vqa_path, "': conversation ", done, " is not {\"image\", \"conversations\": [{\"value\"}, ...]} (",
+         e.what(), ")");
   }
   DL_CHECK(asked > 0, "'", vqa_path, "' holds no questions");
   std::printf("VQA exact match: %lld/%lld (%.2f%%)\n", static_cast<long long>(right), static_cast<long long>(asked),
@@ -503,7 +509,8 @@ int world_main(int argc, char** argv) {
   g->add_option("--test", gen.test, "held-out scenes")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(0), int64_t(10'000'000)));
-  g->add_option("--seed", gen.seed, "seed (same seed and options: identical files)")->capture_default_str();
+  g->add_option("--seed", gen.seed, "seed (same seed and options: identical files)")->capture_default_str()
+      ->check(CLI::Range(uint64_t(0), uint64_t(INT64_MAX)));
   g->add_option("--size", gen.world.image_size, "image side in pixels")
       ->capture_default_str()
       ->check(CLI::Range(int64_t(24), int64_t(1024)));
@@ -560,10 +567,11 @@ int world_main(int argc, char** argv) {
                  "picture side, 24-64 px (36: each grid cell is one 12 px CLIP patch and 3x3 latent pixels)")
       ->capture_default_str();
   in->add_option("--vocab", vocab, "SentencePiece vocabulary (>= 260: byte pieces + merges)")->capture_default_str();
-  in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str();
+  in->add_option("--seed", init_seed, "seed of the initial weights")->capture_default_str()
+      ->check(CLI::Range(int64_t(0), INT64_MAX));
   in->add_option("--patch", init_options.patch_size,
                  "CLIP patch side in pixels (default: a quarter of the picture, 16 patches)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   in->add_option("--vision-position-std", init_options.vision_position_std,
                  "standard deviation of the fresh CLIP position embeddings (HF's 0.02; with one grid cell per patch "
                  "the patches' content does not say where they are)")

@@ -80,7 +80,7 @@ int write_main(int argc, char** argv) {
   app.add_flag("--raw", raw, "no chat template: the model continues the prompt as a document");
   app.add_option("--max-images", max_images, "most images to draw")->check(CLI::Range(0, 64));
   app.add_option("--image-bias", image_bias, "added to the logit of <dream_start>: > 0 draws more, < 0 fewer");
-  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
   text.add_to(app);
   draw.add_to(app);
   add_image_limit_option(app);
