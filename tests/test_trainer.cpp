@@ -2,7 +2,12 @@
 // MMC4 documents, a LLaVA conversation): an interrupted and resumed run equals an uninterrupted one bit for bit,
 // every stage trains exactly its preset's parameters, checkpoints load back as model directories, and bad data
 // (broken images, malformed lines, empty files, a full disk) is handled as documented.
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 
 #include <filesystem>
 #include <fstream>
@@ -19,6 +24,7 @@
 #include "test_util.h"
 #include "text/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/run_dir.h"
 #include "train/trainer.h"
 
 namespace dl {
@@ -642,10 +648,10 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   EXPECT_EQ(no_data.code, 2);
   EXPECT_NE(no_data.err.find("--data"), std::string::npos);
   const auto stage = test::cli("train --stage IV -m " + kModel + " --data a.jsonl -o /tmp/x");
-  EXPECT_EQ(stage.code, 1);
+  EXPECT_EQ(stage.code, 2);
   EXPECT_NE(stage.err.find("unknown stage 'IV'"), std::string::npos);
   const auto group = test::cli("train --trainable lora -m " + kModel + " --data a.jsonl -o /tmp/x");
-  EXPECT_EQ(group.code, 1);
+  EXPECT_EQ(group.code, 2);
   EXPECT_NE(group.err.find("unknown parameter group 'lora'"), std::string::npos);
   const auto factor = test::cli("train --lr-scale vision_tower=fast -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(factor.code, 2);
@@ -658,6 +664,174 @@ TEST(TrainCli, BadUsageExitsWithAMessage) {
   EXPECT_NE(labels.err.find("--condition-labels applies to stage UNet only"), std::string::npos);
   const auto vocabulary = test::cli("train --stage UNet --condition-labels 0 -m " + kModel + " --data a.jsonl -o /tmp/x");
   EXPECT_EQ(vocabulary.code, 2);
+}
+
+// The per-step losses a run logged, by step; each step must appear once.
+std::map<int64_t, double> logged_losses(const std::string& metrics) {
+  std::map<int64_t, double> out;
+  std::ifstream f(metrics);
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_TRUE(out.emplace(j["step"].get<int64_t>(), j["loss"].get<double>()).second) << "step logged twice: " << line;
+  }
+  return out;
+}
+
+std::vector<std::string> checkpoint_names(const std::string& out) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out))
+    if (e.path().filename().string().starts_with("checkpoint-")) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// With the default --save-total-limit (2), a run resumed from checkpoint-4 kept linking its frozen weights and
+// configs from checkpoint-4 after the pruner had removed it, and failed at checkpoint-10.
+TEST(TrainCli, AResumeWithDefaultOptionsRunsToTheEnd) {
+  Dataset d("resume_defaults");
+  const std::string args = "train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                           " --max-steps 20 --save-every 2 -b 2 -t 1 -q -o ";
+  ASSERT_EQ(test::cli(args + d.path("straight")).code, 0);
+  const auto first = test::cli(args + d.path("split") + " --stop-after 4");
+  ASSERT_EQ(first.code, 0) << first.err;
+  EXPECT_EQ(checkpoint_names(d.path("split")), (std::vector<std::string>{"checkpoint-2", "checkpoint-4"}));
+  const auto rest = test::cli(args + d.path("split") + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.err;
+  // Done: the newest two are kept, the starting checkpoint pruned once nothing links from it.
+  EXPECT_EQ(checkpoint_names(d.path("split")), (std::vector<std::string>{"checkpoint-18", "checkpoint-20"}));
+  const auto a = all_weights(d.path("straight")), b = all_weights(d.path("split"));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(test::bit_equal(t, b.at(name))) << name;
+  const auto la = logged_losses(d.path("straight/metrics.jsonl")), lb = logged_losses(d.path("split/metrics.jsonl"));
+  EXPECT_EQ(la.size(), 20u);
+  EXPECT_EQ(la, lb);
+  // Slices resumed one after another get there too.
+  ASSERT_EQ(test::cli(args + d.path("sliced") + " --stop-after 4").code, 0);
+  for (int stop : {8, 12, 16}) {
+    const auto r = test::cli(args + d.path("sliced") + " --resume --stop-after " + std::to_string(stop));
+    ASSERT_EQ(r.code, 0) << "slice to " << stop << ": " << r.err;
+  }
+  ASSERT_EQ(test::cli(args + d.path("sliced") + " --resume").code, 0);
+  EXPECT_EQ(logged_losses(d.path("sliced/metrics.jsonl")), la);
+}
+
+// One directory holds one run: a fresh run does not mix with (or lose its checkpoints to) an earlier one, --resume
+// continues only the same run, and a checkpoint folder is not an output directory.
+TEST(TrainCli, AnOutputDirectoryHoldsOneRun) {
+  Dataset d("one_run");
+  const std::string common = "train --stage II -m " + kModel + " --save-every 2 -b 2 -t 1 -q -o " + d.path("out");
+  const std::string data = " --data " + d.path("pairs.jsonl"), args = common + data + " --max-steps 6";
+  ASSERT_EQ(test::cli(args).code, 0);
+  const std::string model_before = test::slurp(d.path("out/model.safetensors"));
+
+  const auto fresh = test::cli(args);
+  EXPECT_EQ(fresh.code, 1);
+  EXPECT_NE(fresh.err.find("already holds an earlier run"), std::string::npos) << fresh.err;
+  EXPECT_NE(fresh.err.find("--overwrite"), std::string::npos) << fresh.err;
+  EXPECT_EQ(test::slurp(d.path("out/model.safetensors")), model_before);
+
+  const auto other_lr = test::cli(args + " --resume --lr 1e-3");
+  EXPECT_EQ(other_lr.code, 1);
+  EXPECT_NE(other_lr.err.find("--lr 2e-05 (now 0.001)"), std::string::npos) << other_lr.err;
+  const auto other_steps = test::cli(common + data + " --resume --max-steps 8");
+  EXPECT_EQ(other_steps.code, 1);
+  EXPECT_NE(other_steps.err.find("--max-steps 6 (now 8)"), std::string::npos) << other_steps.err;
+  const auto other_data = test::cli(common + data + " --data " + d.path("docs.jsonl") + " --resume --max-steps 6");
+  EXPECT_EQ(other_data.code, 1);
+  EXPECT_NE(other_data.err.find("--data"), std::string::npos) << other_data.err;
+
+  // --overwrite starts again: the old run's checkpoint-6 is gone, not kept as the "newest" by the pruner.
+  const auto again = test::cli(common + data + " --overwrite --max-steps 4 --save-total-limit 1");
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_EQ(checkpoint_names(d.path("out")), std::vector<std::string>{"checkpoint-4"});
+  EXPECT_EQ(logged_losses(d.path("out/metrics.jsonl")).size(), 4u);
+
+  for (const char* resume : {"", " --resume"}) {
+    const auto into_checkpoint = test::cli("train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                                           " --max-steps 2 -b 2 -t 1 -q -o " + d.path("out/checkpoint-4") + resume);
+    EXPECT_EQ(into_checkpoint.code, 1) << resume;
+    EXPECT_NE(into_checkpoint.err.find("is a checkpoint of another run"), std::string::npos) << into_checkpoint.err;
+  }
+  EXPECT_EQ(fs::exists(d.path("out/checkpoint-4/model.safetensors")), true);
+}
+
+TEST(TrainCli, ASecondTrainerOnTheSameDirectoryStopsNamingTheFirst) {
+  Dataset d("lock");
+  const std::string args = "train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                           " --max-steps 2 -b 2 -t 1 -q -o " + d.path("out");
+  {
+    train::RunDirectory held(d.path("out"));  // this process is the first trainer
+    const auto second = test::cli(args);
+    EXPECT_EQ(second.code, 1);
+    EXPECT_NE(second.err.find("in use by another trainer (pid " + std::to_string(getpid()) + ")"),
+              std::string::npos)
+        << second.err;
+    EXPECT_FALSE(fs::exists(d.path("out/metrics.jsonl")));
+  }
+  const auto after = test::cli(args);  // released
+  EXPECT_EQ(after.code, 0) << after.err;
+  // An output that cannot be a directory is an error in the inputs (1), not an internal error.
+  const auto unwritable = test::cli("train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                                    " --max-steps 2 -q -o " + d.path("pairs.jsonl") + "/sub");
+  EXPECT_EQ(unwritable.code, 1) << unwritable.err;
+  EXPECT_NE(unwritable.err.find("cannot create the output directory"), std::string::npos) << unwritable.err;
+}
+
+// kill -9 at random moments (many of them inside a checkpoint, which is written at every step): every checkpoint
+// left behind is complete, and resuming again and again ends in the model and losses of an uninterrupted run.
+TEST(TrainCli, KilledAtRandomMomentsItResumesToTheSameRun) {
+  Dataset d("kill");
+  const std::string args = " train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                           " --max-steps 24 --save-every 1 --save-total-limit 3 -b 2 -t 1 -q -o ";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(test::cli(args + d.path("straight")).code, 0);
+  // Kill delays scale with this machine's (or sanitizer build's) speed: up to 0.3 of a whole run, so that at least
+  // three runs are killed before one can finish.
+  const double whole_run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = d.path("killed");
+  const std::string command = "exec " + std::string(DL_CLI) + args + out + " --resume > /dev/null 2>&1";
+  Rng rng(2024);
+  int kills = 0, runs = 0;
+  bool finished = false;
+  while (!finished && runs < 80) {
+    ++runs;
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Every run is killed within 0.3 of a whole run's time (the last runs have less left to do and finish), until
+    // the 40th, which is let finish.
+    if (runs < 40) {
+      usleep(useconds_t(1000.0 * whole_run_ms * (0.03 + 0.27 * rng.uniform())));
+      kill(pid, SIGKILL);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    if (WIFEXITED(status)) {
+      ASSERT_EQ(WEXITSTATUS(status), 0) << "run " << runs << " failed";
+      finished = true;
+    } else {
+      ASSERT_TRUE(WIFSIGNALED(status));
+      ++kills;
+    }
+    if (!fs::exists(out)) continue;
+    for (const std::string& name : checkpoint_names(out)) {
+      EXPECT_TRUE(fs::exists(out + "/" + name + "/trainer_state.json")) << name << " after run " << runs;
+      EXPECT_TRUE(fs::exists(out + "/" + name + "/optimizer.safetensors")) << name << " after run " << runs;
+      EXPECT_TRUE(fs::exists(out + "/" + name + "/model.safetensors")) << name << " after run " << runs;
+    }
+  }
+  ASSERT_TRUE(finished) << kills << " kills in " << runs << " runs and never finished";
+  EXPECT_GE(kills, 3) << "the runs finished too fast to be interrupted";
+  std::printf("%d kills in %d runs\n", kills, runs);
+  const auto a = all_weights(d.path("straight")), b = all_weights(out);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(test::bit_equal(t, b.at(name))) << name;
+  EXPECT_EQ(logged_losses(out + "/metrics.jsonl"), logged_losses(d.path("straight/metrics.jsonl")));
+  EXPECT_EQ(checkpoint_names(out), (std::vector<std::string>{"checkpoint-22", "checkpoint-23", "checkpoint-24"}));
 }
 
 TEST(RunLoss, TheTensorInterfaceReturnsLossesAndNamedGradients) {

@@ -51,31 +51,34 @@ int train_main(int argc, char** argv) {
   app.add_option("--max-record-bytes", max_record_bytes,
                  "longest data record (a JSON line or array element, a webdataset text member) read; longer ones are "
                  "skipped with a warning and counted")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(kPositiveNumber);
   add_image_limit_option(app);
-  app.add_option("--lr", lr, "peak learning rate (default: the stage's: I 2e-3, II 2e-5, III 4e-5)");
+  app.add_option("--lr", lr, "peak learning rate (default: the stage's: I 2e-3, II 2e-5, III 4e-5)")
+      ->check(kPositiveNumber);
   app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay (biases and norms are exempt)")
-      ->capture_default_str();
+      ->capture_default_str()->check(kNonNegativeNumber);
   app.add_option("--warmup-ratio", o.warmup_ratio, "fraction of the steps spent warming up")->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--max-grad-norm", o.max_grad_norm, "gradient-norm clipping (0: off)")->capture_default_str();
+  app.add_option("--max-grad-norm", o.max_grad_norm, "gradient-norm clipping (0: off)")->capture_default_str()
+      ->check(kNonNegativeNumber);
   app.add_option("-b,--micro-batch", o.micro_batch, "samples per micro-batch")->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
   app.add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));
   app.add_option("--max-steps", o.max_steps, "optimizer steps (default: --epochs over the mixture)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   app.add_option("--epochs", o.epochs, "passes over the mixture's declared size")->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositiveNumber);
   app.add_option("--max-length", o.max_length, "token limit per sample (whole spans are dropped beyond it)")
       ->capture_default_str()->check(CLI::Range(8, 1 << 20));
   app.add_option("--shuffle-buffer", o.shuffle_buffer, "records held per dataset for shuffling")
       ->capture_default_str()->check(CLI::Range(1, 1 << 24));
-  app.add_option("--seed", o.seed, "seed of the data order, noise and initialisations")->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of the data order, noise and initialisations")->capture_default_str()
+      ->check(CLI::Range(uint64_t(0), uint64_t(INT64_MAX)));
   app.add_option("--save-every", o.save_every, "checkpoint every N steps (0: at the end only)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   app.add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   app.add_option("--cond-dropout", o.condition_dropout,
                  "probability of training a dream span on the unconditional condition (classifier-free guidance; "
                  "0 as the released configs)")
@@ -97,7 +100,8 @@ int train_main(int argc, char** argv) {
                  "learning-rate factors of trainable groups, e.g. vision_tower=0.1,vision_projector=2 (applied to "
                  "the schedule's rate and the weight decay, as a PyTorch parameter group's own lr)");
   std::optional<float> kl_weight;
-  app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)");
+  app.add_option("--kl-weight", kl_weight, "stage VAE: weight of the KL term (default 1e-6, as SD's autoencoder)")
+      ->check(kNonNegativeNumber);
   std::optional<float> latent_gain_jitter;
   app.add_option("--latent-gain-jitter", latent_gain_jitter,
                  "stage VAE: decode each latent pixel times a gain from U[1-J, 1+J], so that colour is coded by a "
@@ -107,16 +111,18 @@ int train_main(int argc, char** argv) {
                  "stage UNet: size of the label vocabulary of the pairs' condition_labels (the world's: "
                  "`dreamllm world gen` prints it)")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
-  app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)");
-  app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)");
+  app.add_option("--lm-weight", lm_weight, "weight of the LM loss (default: the stage's)")
+      ->check(kNonNegativeNumber);
+  app.add_option("--vm-weight", vm_weight, "weight of the diffusion loss (default: the stage's)")
+      ->check(kNonNegativeNumber);
   app.add_option("--snr-gamma", snr_gamma,
                  "Min-SNR-gamma weighting of the diffusion loss (e.g. 5; 0: off, the original's plain mean)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   int64_t stop_after = -1;
   app.add_option("--stop-after", stop_after,
                  "stop (with a checkpoint) after this optimizer step, e.g. to split a run into time slices; "
                  "continue with --resume")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositiveNumber);
   size_t posterior_cache_mb = o.posterior_cache_bytes >> 20;
   app.add_option("--posterior-cache-mb", posterior_cache_mb,
                  "memory for the frozen VAE's posterior of each dream picture, kept after its first encoding "
@@ -125,12 +131,14 @@ int train_main(int argc, char** argv) {
   app.add_option("--whiten-condition", o.whiten_condition,
                  "before the first step, whiten the condition projector on the conditions of the first N pair "
                  "captions (identity covariance; 0: off, the original)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeNumber);
   app.add_flag("--grad-checkpointing", o.gradient_checkpointing,
                "recompute each LLM layer during backward: the same gradients with far less activation memory");
-  app.add_flag("--resume", o.resume, "continue from the newest checkpoint in --out (bit-identical for the same "
-                                     "thread count)");
-  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_flag("--resume", o.resume, "continue the run in --out from its newest checkpoint (bit-identical for the "
+                                     "same thread count; the run's options must be the same)");
+  app.add_flag("--overwrite", o.overwrite, "start a new run in an --out that holds an earlier run: its checkpoints "
+                                           "and metrics are removed first");
+  app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
   app.add_flag("-q,--quiet", quiet, "no progress line");
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
@@ -141,53 +149,62 @@ int train_main(int argc, char** argv) {
   o.posterior_cache_bytes = posterior_cache_mb << 20;
   o.posterior_mode = posterior == "mode";
   o.model = model;
-  o.stage = train::stage_preset(stage);
-  if (lr) o.learning_rate = *lr;
-  if (lm_weight) o.stage.weights.lm = *lm_weight;
-  if (vm_weight) o.stage.weights.vm = *vm_weight;
-  if (snr_gamma) o.stage.weights.snr_gamma = *snr_gamma;
-  if (kl_weight) o.stage.kl_weight = *kl_weight;
-  if (latent_gain_jitter) {
-    if (o.stage.objective != train::Objective::kAutoencoder) {
-      std::fprintf(stderr, "dreamllm train: --latent-gain-jitter applies to stage VAE only, not '%s'\n", stage.c_str());
-      return 2;
-    }
-    o.stage.latent_gain_jitter = *latent_gain_jitter;
-  }
-  if (o.condition_labels != 0 && o.stage.objective != train::Objective::kLabelConditioned) {
-    std::fprintf(stderr, "dreamllm train: --condition-labels applies to stage UNet only, not '%s'\n", stage.c_str());
-    return 2;
-  }
-  if (!trainable.empty()) {
-    o.stage.trainable.clear();
-    for (const std::string& g : split_list(trainable)) o.stage.trainable.push_back(train::parse_group(g));
-  }
-  if (!reinit.empty()) {
-    o.stage.reinit.clear();
-    if (reinit != "none")
-      for (const std::string& r : split_list(reinit)) o.stage.reinit.push_back(train::parse_reinit(r));
-  }
-  for (const std::string& item : split_list(lr_scale)) {
-    const size_t eq = item.find('=');
-    float factor = -1.f;
-    if (eq != std::string::npos) {
-      try {
-        size_t used = 0;
-        factor = std::stof(item.substr(eq + 1), &used);
-        if (used != item.size() - eq - 1) factor = -1.f;
-      } catch (const std::exception&) {
-        factor = -1.f;
+  // Names and lists in the options (stage, groups, data specs) are usage: an unknown one exits 2, as CLI11's own.
+  try {
+    o.stage = train::stage_preset(stage);
+    if (lr) o.learning_rate = *lr;
+    if (lm_weight) o.stage.weights.lm = *lm_weight;
+    if (vm_weight) o.stage.weights.vm = *vm_weight;
+    if (snr_gamma) o.stage.weights.snr_gamma = *snr_gamma;
+    if (kl_weight) o.stage.kl_weight = *kl_weight;
+    if (latent_gain_jitter) {
+      if (o.stage.objective != train::Objective::kAutoencoder) {
+        std::fprintf(stderr, "dreamllm train: --latent-gain-jitter applies to stage VAE only, not '%s'\n",
+                     stage.c_str());
+        return 2;
       }
+      o.stage.latent_gain_jitter = *latent_gain_jitter;
     }
-    if (!(factor >= 0.f && std::isfinite(factor))) {
-      std::fprintf(stderr, "dreamllm train: --lr-scale '%s' is not GROUP=FACTOR with a factor >= 0\n", item.c_str());
+    if (o.condition_labels != 0 && o.stage.objective != train::Objective::kLabelConditioned) {
+      std::fprintf(stderr, "dreamllm train: --condition-labels applies to stage UNet only, not '%s'\n",
+                   stage.c_str());
       return 2;
     }
-    o.lr_scale.emplace_back(train::parse_group(item.substr(0, eq)), factor);
-  }
-  for (const std::string& d : data) {
-    o.data.push_back(train::parse_dataset_spec(d));
-    o.data.back().max_record_bytes = max_record_bytes;
+    if (!trainable.empty()) {
+      o.stage.trainable.clear();
+      for (const std::string& g : split_list(trainable)) o.stage.trainable.push_back(train::parse_group(g));
+    }
+    if (!reinit.empty()) {
+      o.stage.reinit.clear();
+      if (reinit != "none")
+        for (const std::string& r : split_list(reinit)) o.stage.reinit.push_back(train::parse_reinit(r));
+    }
+    for (const std::string& item : split_list(lr_scale)) {
+      const size_t eq = item.find('=');
+      float factor = -1.f;
+      if (eq != std::string::npos) {
+        try {
+          size_t used = 0;
+          factor = std::stof(item.substr(eq + 1), &used);
+          if (used != item.size() - eq - 1) factor = -1.f;
+        } catch (const std::exception&) {
+          factor = -1.f;
+        }
+      }
+      if (!(factor >= 0.f && std::isfinite(factor))) {
+        std::fprintf(stderr, "dreamllm train: --lr-scale '%s' is not GROUP=FACTOR with a factor >= 0\n",
+                     item.c_str());
+        return 2;
+      }
+      o.lr_scale.emplace_back(train::parse_group(item.substr(0, eq)), factor);
+    }
+    for (const std::string& d : data) {
+      o.data.push_back(train::parse_dataset_spec(d));
+      o.data.back().max_record_bytes = max_record_bytes;
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "dreamllm train: %s\nRun 'dreamllm train --help' for the options.\n", e.what());
+    return 2;
   }
 
   const bool tty = isatty(2);

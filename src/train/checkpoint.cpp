@@ -94,7 +94,9 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
   // Configs, tokenizer and base configs: everything in the source that is not a weight file or a checkpoint.
   for (const auto& e : fs::directory_iterator(source.path())) {
     const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && !is_weight_file(name) && name != "metrics.jsonl") {
+    // A run's own files (its metrics, a checkpoint's state, locks and other hidden files) are not the model's.
+    const bool run_file = name == "metrics.jsonl" || name == "trainer_state.json" || name.starts_with(".");
+    if (e.is_regular_file() && !is_weight_file(name) && !run_file) {
       copy_file_to(e.path(), fs::path(dir) / name, false);
     } else if (e.is_directory() && (name == "clip_vision" || name == "unet" || name == "vae" || name == "scheduler")) {
       fs::create_directories(fs::path(dir) / name);
@@ -165,9 +167,14 @@ std::string save_checkpoint(const std::string& out, const io::ModelDir& source, 
                          {"metrics", state.metrics}};
     io::write_file_atomically(tmp + "/trainer_state.json", [&](std::ostream& f) { f << js.dump(1) << "\n"; });
     sync_path(tmp, true);
-    fs::remove_all(final_dir, ec);
+    // A checkpoint of the same step written before is moved aside, not deleted in place: a kill in the middle of a
+    // deletion would leave a checkpoint directory missing some of its files.
+    const std::string replaced = out + "/." + checkpoint_name(state.step) + ".old";
+    fs::remove_all(replaced, ec);
+    if (fs::exists(final_dir)) fs::rename(final_dir, replaced);
     fs::rename(tmp, final_dir);
     sync_path(out, true);
+    fs::remove_all(replaced, ec);
   } catch (const std::exception& e) {
     fs::remove_all(tmp, ec);
     fail("could not save checkpoint ", final_dir, " (the earlier checkpoints are intact): ", e.what());
@@ -231,11 +238,22 @@ void load_optimizer_state(const std::string& dir, nn::AdamW& optimizer, int64_t 
   optimizer.set_steps(step);
 }
 
-void prune_checkpoints(const std::string& out, int keep) {
+void prune_checkpoints(const std::string& out, int keep, const std::string& in_use) {
   if (keep <= 0) return;
   const auto all = checkpoints(out);
   std::error_code ec;
-  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) fs::remove_all(all[i].second, ec);
+  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) {
+    if (!in_use.empty() && fs::equivalent(all[i].second, in_use, ec)) continue;
+    // Renamed first (atomic), then deleted: a kill during the deletion leaves a hidden .checkpoint-N.old, which the
+    // next run removes, never a checkpoint-N that lacks files.
+    std::string hidden = all[i].second.filename().string();
+    hidden.insert(0, 1, '.');
+    const fs::path doomed = fs::path(out) / (hidden + ".old");
+    fs::remove_all(doomed, ec);
+    fs::rename(all[i].second, doomed, ec);
+    const fs::path victim = ec ? all[i].second : doomed;
+    fs::remove_all(victim, ec);
+  }
 }
 
 }  // namespace dl::train

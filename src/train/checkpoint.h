@@ -57,7 +57,8 @@ CheckpointState read_checkpoint_state(const std::string& checkpoint_dir);
 CheckpointState parse_checkpoint_state(const std::string& text, const std::string& what);
 // Restores the optimizer's moments and step counts by parameter name; throws naming missing or mismatched ones.
 void load_optimizer_state(const std::string& checkpoint_dir, nn::AdamW& optimizer, int64_t step);
-// Removes all but the newest `keep` checkpoints under `out` (keep <= 0: keep all).
-void prune_checkpoints(const std::string& out, int keep);
+// Removes all but the newest `keep` checkpoints under `out` (keep <= 0: keep all), never the directory `in_use`
+// (the checkpoint a running job started from, whose files it still links or copies).
+void prune_checkpoints(const std::string& out, int keep, const std::string& in_use = "");
 
 }  // namespace dl::train

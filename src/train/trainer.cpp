@@ -6,10 +6,13 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/file.h"
 #include "core/ops.h"
+#include "io/atomic_file.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
 #include "models/dreamllm.h"
@@ -18,6 +21,7 @@
 #include "nn/functional.h"
 #include "text/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/run_dir.h"
 
 namespace dl::train {
 
@@ -36,17 +40,50 @@ void make_writable_f32(nn::Var v) {
 // HF Trainer's decay split: no weight decay on biases and on normalisation weights.
 bool decays(const std::string& name) { return !name.ends_with("bias") && !name.ends_with("norm.weight"); }
 
+// Every option that changes what a run computes: a checkpoint records them, and --resume refuses a checkpoint
+// made with other values (naming them), so that a resumed run is the same run. Options that change only where,
+// how often or how fast things happen (-o, --save-every, --save-total-limit, threads, the posterior cache,
+// --grad-checkpointing: the same gradients) are left out.
 nlohmann::json fixed_options(const TrainOptions& o) {
+  auto canonical = [](const std::string& path) {
+    std::error_code ec;
+    const fs::path p = fs::weakly_canonical(path, ec);
+    return ec ? path : p.string();
+  };
   nlohmann::json data = nlohmann::json::array();
   for (const DatasetSpec& d : o.data)
-    data.push_back({{"path", d.path}, {"format", data_format_name(d.format)}, {"size", d.size}});
+    data.push_back({{"path", canonical(d.path)}, {"format", data_format_name(d.format)}, {"size", d.size}});
+  nlohmann::json trainable = nlohmann::json::array(), reinit = nlohmann::json::array(),
+                 lr_scale = nlohmann::json::object();
+  for (Group g : o.stage.trainable) trainable.push_back(group_name(g));
+  for (Reinit r : o.stage.reinit) reinit.push_back(reinit_name(r));
+  for (const auto& [g, factor] : o.lr_scale) lr_scale[group_name(g)] = factor;
   return {{"stage", o.stage.name},
           {"micro_batch", o.micro_batch},
           {"grad_accum", o.grad_accum},
           {"seed", o.seed},
           {"max_length", o.max_length},
           {"shuffle_buffer", o.shuffle_buffer},
-          {"data", data}};
+          {"data", data},
+          {"model", canonical(o.model)},
+          {"lr", o.learning_rate},
+          {"weight_decay", o.weight_decay},
+          {"lr_scale", lr_scale},
+          {"warmup_ratio", o.warmup_ratio},
+          {"max_grad_norm", o.max_grad_norm},
+          {"max_steps", o.max_steps},
+          {"epochs", o.epochs},
+          {"cond_dropout", o.condition_dropout},
+          {"posterior", o.posterior_mode ? "mode" : "sample"},
+          {"whiten_condition", o.whiten_condition},
+          {"condition_labels", o.condition_labels},
+          {"trainable", trainable},
+          {"reinit", reinit},
+          {"lm_weight", o.stage.weights.lm},
+          {"vm_weight", o.stage.weights.vm},
+          {"snr_gamma", o.stage.weights.snr_gamma},
+          {"kl_weight", o.stage.kl_weight},
+          {"latent_gain_jitter", o.stage.latent_gain_jitter}};
 }
 
 }  // namespace
@@ -179,6 +216,7 @@ std::unique_ptr<nn::AdamW> make_optimizer(const std::vector<nn::Var>& params, co
 struct Trainer::Impl {
   TrainOptions opt;
   TrainEvents events;
+  RunDirectory run_dir;   // locked for the trainer's life: one trainer per output directory
   std::string start_dir;  // the model directory the weights came from (a checkpoint when resuming)
   io::ModelDir dir;
   models::DreamLLM model;
@@ -208,11 +246,38 @@ struct Trainer::Impl {
   unsigned rewrite = 0;  // components whose weights train
   int64_t total = 0, start = 0, skipped_samples = 0;
 
+  // The output directory, checked before anything is written into it (the lock file included).
+  static const std::string& output_of(const TrainOptions& o) {
+    DL_CHECK(!o.out.empty(), "no output directory given");
+    std::error_code ec;
+    DL_CHECK(!fs::equivalent(o.out, o.model, ec), "the output directory '", o.out,
+             "' is the model directory being trained: choose another one");
+    return o.out;
+  }
+  // Where the weights come from: the newest checkpoint when resuming one, else the model. A fresh run needs a
+  // directory without an earlier run's files, or --overwrite to remove them.
   static std::string resolve_start(const TrainOptions& o) {
+    remove_partial_checkpoints(o.out);
     if (o.resume) {
       const std::string ck = latest_checkpoint(o.out);
       if (!ck.empty()) return ck;
     }
+    std::vector<std::string> earlier = earlier_run_files(o.out);
+    // A run killed before its first checkpoint left only its metrics: --resume starts it again.
+    if (o.resume) std::erase(earlier, std::string("metrics.jsonl"));
+    if (!earlier.empty() && !o.overwrite) {
+      std::error_code ec;
+      DL_CHECK(!fs::exists(o.out + "/trainer_state.json", ec), "the output directory '", o.out,
+               "' is a checkpoint of another run, not a run's directory: to continue that run, pass the directory "
+               "holding its checkpoints with --resume; to train from it, pass it as -m");
+      std::string names;
+      for (size_t i = 0; i < earlier.size() && i < 4; ++i) names += (i ? ", " : "") + earlier[i];
+      if (earlier.size() > 4) names += ", ... (" + std::to_string(earlier.size()) + " entries)";
+      fail("the output directory '", o.out, "' already holds an earlier run or model (", names, ")",
+           o.resume ? " but no checkpoint to resume from" : "",
+           ": continue its run with --resume, replace it with --overwrite, or choose another -o");
+    }
+    if (o.overwrite) clear_earlier_run(o.out);
     return o.model;
   }
   static models::ParameterSet head_of(const io::ModelDir& d) {
@@ -233,6 +298,7 @@ struct Trainer::Impl {
   Impl(TrainOptions o, TrainEvents e)
       : opt(std::move(o)),
         events(std::move(e)),
+        run_dir(output_of(opt)),
         start_dir(resolve_start(opt)),
         dir(io::ModelDir::open(start_dir)),
         model(models::DreamLLM::load(dir)),
@@ -249,12 +315,6 @@ struct Trainer::Impl {
     DL_CHECK(opt.micro_batch >= 1 && opt.grad_accum >= 1, "micro-batch and accumulation must be >= 1");
     DL_CHECK(opt.condition_dropout >= 0.f && opt.condition_dropout < 1.f, "condition dropout ", opt.condition_dropout,
              " is outside [0, 1)");
-    DL_CHECK(!opt.out.empty(), "no output directory given");
-    {
-      std::error_code ec;
-      DL_CHECK(!fs::equivalent(opt.out, opt.model, ec), "the output directory '", opt.out,
-               "' is the model directory being trained: choose another one");
-    }
     if (opt.learning_rate <= 0.f) opt.learning_rate = opt.stage.learning_rate;
     model.set_gradient_checkpointing(opt.gradient_checkpointing);
     const int64_t per_step = opt.micro_batch * opt.grad_accum;
@@ -307,8 +367,13 @@ struct Trainer::Impl {
     if (resumed) {
       const CheckpointState st = read_checkpoint_state(start_dir);
       const nlohmann::json now = fixed_options(opt);
-      DL_CHECK(st.options.is_null() || st.options == now, "cannot resume from '", start_dir,
-               "': it was made with different options (", st.options.dump(), " vs now ", now.dump(), ")");
+      const std::vector<std::string> differ = differing_options(st.options, now);
+      if (!differ.empty()) {
+        std::string list;
+        for (const std::string& d : differ) list += (list.empty() ? "" : ", ") + d;
+        fail("cannot resume from '", start_dir, "': it belongs to a run with other options: ", list,
+             ". Resume with the run's options, or start a new run with --overwrite or another -o");
+      }
       DL_CHECK(st.step <= total, "checkpoint step ", st.step, " is beyond the run's ", total, " steps");
       load_optimizer_state(start_dir, *optimizer, st.step);
       stream.skip(st.samples_drawn);
@@ -391,8 +456,10 @@ struct Trainer::Impl {
   // Keeps the metrics of steps up to `step` (a resumed run rewrites what came after its checkpoint).
   void trim_metrics(int64_t step) {
     const std::string path = opt.out + "/metrics.jsonl";
-    std::ifstream in(path);
-    if (!in) return;
+    // Read without blocking (not a FIFO) and bounded: one line a step, a few hundred bytes each.
+    const std::optional<std::string> text = read_file_if_exists(path, size_t(1) << 30);
+    if (!text) return;
+    std::istringstream in(*text);
     std::string kept, line;
     while (std::getline(in, line)) {
       try {
@@ -401,8 +468,7 @@ struct Trainer::Impl {
       } catch (const nlohmann::json::exception&) {
       }
     }
-    in.close();
-    std::ofstream(path, std::ios::trunc) << kept;
+    io::write_file_atomically(path, [&](std::ostream& f) { f << kept; });
   }
 
   // Builds the next usable sample: records whose images cannot be read are skipped with a warning.
@@ -595,7 +661,9 @@ struct Trainer::Impl {
   void checkpoint(const StepReport& r) {
     CheckpointState st{r.step, stream.drawn(), fixed_options(opt), metrics_json(r)};
     const std::string path = save_checkpoint(opt.out, dir, weights(), rewrite, *optimizer, st);
-    prune_checkpoints(opt.out, opt.save_total_limit);
+    // The checkpoint this run started from stays until the run is done with it: its files are the source of
+    // every component that does not train (linked or copied into each new checkpoint and the final model).
+    prune_checkpoints(opt.out, opt.save_total_limit, start_dir);
     if (events.on_checkpoint) events.on_checkpoint(path);
   }
 };
@@ -625,6 +693,8 @@ StepReport Trainer::run(int64_t stop_after) {
   }
   m.start = end;
   if (end == m.total && m.opt.write_final) write_model_files(m.opt.out, m.dir, m.weights(), m.rewrite);
+  // The run is done: every file of its starting checkpoint is linked or copied where it is needed.
+  if (end == m.total) prune_checkpoints(m.opt.out, m.opt.save_total_limit);
   return last;
 }
 

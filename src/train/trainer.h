@@ -54,6 +54,7 @@ struct TrainOptions {
   // records' condition_labels). Its embedding table is written beside the weights as label_encoder.safetensors.
   int64_t condition_labels = 0;
   bool resume = false;            // continue from the newest checkpoint under `out`
+  bool overwrite = false;         // a fresh run may replace an earlier run's files in `out`
   bool write_final = true;        // write the final model into `out` itself
 };
 
