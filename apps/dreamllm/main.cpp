@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
                  "process may use)\n", cmd.c_str());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dreamllm %s: internal error: %s\n", cmd.c_str(), e.what());
+    std::fprintf(stderr, "dreamllm %s: internal error (a bug: please report it with the command line): %s\n",
+                 cmd.c_str(), e.what());
     return 3;
   }
 }
