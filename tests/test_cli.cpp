@@ -294,6 +294,18 @@ TEST(CliDrawing, SizesAndStepsAreCheckedBeforeAnyWork) {
   EXPECT_NE(r.err.find("would need an estimated "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(" of memory (UNet sampling "), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(s / "big.png"));
+  // Within 4096 px and memory, but self-attention over 1024 x 1024 latent pixels (the tiny model's VAE factor is 2)
+  // would run for days: refused with the figures, as are 50 steps at 1024 px.
+  r = cli("create -m " + kModel + " -p hi -W 2048 -H 2048 --steps 1 -t 1 -o " + (s / "big.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image size 2048x2048 with 1 step: self-attention would compute 1.5e+13 query-key scores "
+                       "(1.3e+13 per denoising step, 1.1e+12 in the VAE decoder), more than the 1e+13 this build "
+                       "draws"),
+            std::string::npos)
+      << r.err;
+  r = cli("create -m " + kModel + " -p hi -W 1024 -H 1024 --steps 50 -t 1 -o " + (s / "big.png"));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("choose a smaller size or fewer steps"), std::string::npos) << r.err;
   for (const char* sampler : {"ddpm", "ddim", "pndm"}) {
     r = cli("create -m " + kModel + " -p hi --steps 1000 --sampler " + sampler + " -t 1 -o " + (s / "s.png"));
     EXPECT_EQ(r.code, 1) << r.err;

@@ -247,6 +247,44 @@ DrawMemory estimate_draw_memory(const io::UNetConfig& unet, const io::VaeConfig&
   return m;
 }
 
+DrawWork estimate_attention_work(const io::UNetConfig& unet, const io::VaeConfig& vae, int64_t lh, int64_t lw,
+                                 bool guided, bool tiled) {
+  auto tokens_at = [&](size_t level) {
+    const int64_t d = int64_t(1) << level;
+    return double((lh + d - 1) / d) * double((lw + d - 1) / d);
+  };
+  auto at = [](const std::vector<int64_t>& v, size_t i, int64_t fallback) { return i < v.size() ? v[i] : fallback; };
+  const size_t levels = unet.block_out_channels.size();
+  double per_step = 0;
+  for (size_t l = 0; l < levels; ++l) {
+    const double t = tokens_at(l), heads = double(at(unet.num_attention_heads, l, 8));
+    const double depth = double(at(unet.transformer_layers_per_block, l, 1)), layers = double(at(unet.layers_per_block, l, 2));
+    // Down block l and the up block that returns to level l (up blocks run in reverse, one layer more each).
+    if (l < unet.down_block_types.size() && unet.down_block_types[l].find("Attn") != std::string::npos)
+      per_step += layers * depth * heads * t * t;
+    const size_t up = levels - 1 - l;
+    if (up < unet.up_block_types.size() && unet.up_block_types[up].find("Attn") != std::string::npos)
+      per_step += (layers + 1) * depth * heads * t * t;
+  }
+  if (unet.mid_block_type.find("Attn") != std::string::npos) {
+    const double t = tokens_at(levels - 1);
+    per_step += double(at(unet.transformer_layers_per_block, levels - 1, 1)) *
+                double(at(unet.num_attention_heads, levels - 1, 8)) * t * t;
+  }
+  DrawWork w;
+  w.unet_step = per_step * (guided ? 2.0 : 1.0);
+  // The decoder's mid block attends over every latent pixel, one head; tiled, over one tile at a time.
+  const int64_t tile = std::max<int64_t>(1, vae.sample_size / vae.scale_factor());
+  if (tiled && (lh > tile || lw > tile)) {
+    const double stride = std::max(1.0, double(tile) * 0.75);
+    const double tiles = std::ceil(double(lh) / stride) * std::ceil(double(lw) / stride);
+    w.vae = tiles * double(tile * tile) * double(tile * tile);
+  } else {
+    w.vae = double(lh * lw) * double(lh * lw);
+  }
+  return w;
+}
+
 std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) const {
   const io::UNetConfig& uc = dir.unet_config();
   const io::VaeConfig& vc = dir.vae_config();
@@ -264,6 +302,17 @@ std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) co
   DL_CHECK(physical <= 0 || need.peak() <= physical, "image size ", w, "x", h, " needs ", estimate,
            ", more than this machine's ", bytes_text(physical), " of physical memory; choose a smaller size",
            need.vae > need.unet && !tiled ? " or --tiled" : "");
+  const DrawWork work = estimate_attention_work(uc, vc, h / f, w / f, cfg_scale > 1.f, tiled);
+  const double total = work.unet_step * double(steps) + work.vae;
+  if (total > kMaxAttentionScores) {
+    char figures[200];
+    std::snprintf(figures, sizeof figures,
+                  "%.2g query-key scores (%.2g per denoising step, %.2g in the VAE decoder), more than the %.0e",
+                  total, work.unet_step, work.vae, kMaxAttentionScores);
+    fail("image size ", w, "x", h, " with ", steps, steps == 1 ? " step" : " steps", ": self-attention would compute ",
+         figures,
+         " this build draws (many hours to days on a CPU); choose a smaller size or fewer steps");
+  }
   // The sampler's own limits (ddpm, ddim and pndm reach a timestep the model lacks at --steps 1000 with "leading"
   // spacing): found now by building its timesteps, not after the prompt has been read.
   diffusion::make_scheduler(sampler, dir.scheduler_config(), sampling().scheduler_options)->set_timesteps(steps);
