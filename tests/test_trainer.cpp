@@ -756,6 +756,21 @@ TEST(TrainCli, AnOutputDirectoryHoldsOneRun) {
   EXPECT_EQ(fs::exists(d.path("out/checkpoint-4/model.safetensors")), true);
 }
 
+// A damaged data position (found by fuzz_checkpoint) made --resume replay 10^12 draws, i.e. hang.
+TEST(TrainCli, AnImpossibleDataPositionIsRefusedNotReplayed) {
+  Dataset d("position");
+  const std::string args = "train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +
+                           " --max-steps 4 -b 2 -t 1 -q -o " + d.path("out");
+  ASSERT_EQ(test::cli(args + " --stop-after 2").code, 0);
+  const std::string state = d.path("out/checkpoint-2/trainer_state.json");
+  nlohmann::json js = nlohmann::json::parse(test::slurp(state));
+  js["samples_drawn"] = int64_t(1) << 40;
+  std::ofstream(state) << js.dump();
+  const auto r = test::cli(args + " --resume");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("samples_drawn 1099511627776 is more than 2 steps can have drawn"), std::string::npos) << r.err;
+}
+
 TEST(TrainCli, ASecondTrainerOnTheSameDirectoryStopsNamingTheFirst) {
   Dataset d("lock");
   const std::string args = "train --stage II -m " + kModel + " --data " + d.path("pairs.jsonl") +

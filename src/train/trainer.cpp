@@ -30,6 +30,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kHead = "stable_diffusion_head.";
+// Draws from the data stream one sample may take before the run stops (every one unusable).
+constexpr int kMaxAttempts = 10000;
 
 // A writable F32 master copy of a parameter (bf16 release weights, memory-mapped files).
 void make_writable_f32(nn::Var v) {
@@ -376,6 +378,11 @@ struct Trainer::Impl {
       }
       DL_CHECK(st.step <= total, "checkpoint step ", st.step, " is beyond the run's ", total, " steps");
       load_optimizer_state(start_dir, *optimizer, st.step);
+      // Each sample takes at most kMaxAttempts draws (next_sample): a larger position is a damaged state file,
+      // and replaying it would take practically forever.
+      const double most_drawn = double(st.step) * double(opt.micro_batch * opt.grad_accum) * double(kMaxAttempts);
+      DL_CHECK(double(st.samples_drawn) <= most_drawn, "'", start_dir, "/trainer_state.json': samples_drawn ",
+               st.samples_drawn, " is more than ", st.step, " steps can have drawn (the file is damaged)");
       stream.skip(st.samples_drawn);
       start = st.step;
       if (st.metrics.is_object() && st.metrics.contains("skipped_samples"))
@@ -474,7 +481,8 @@ struct Trainer::Impl {
   // Builds the next usable sample: records whose images cannot be read are skipped with a warning.
   PreparedSample next_sample() {
     for (int attempts = 0;; ++attempts) {
-      DL_CHECK(attempts < 10000, "10000 consecutive samples had unreadable images: check the dataset paths");
+      DL_CHECK(attempts < kMaxAttempts, kMaxAttempts,
+               " consecutive samples had unreadable images: check the dataset paths");
       MixedStream::Item item = stream.next();
       Rng coin(derive_seed(opt.seed, 0x73616d70, uint64_t(item.index)));
       PreparedSample p;
