@@ -55,7 +55,7 @@ void write(const std::string& path, const std::string& text) {
 TEST(AtomicFile, RefusesAFifoADirectoryAndASocketLeavingThem) {
   Dir d;
   ASSERT_EQ(mkfifo((d / "pipe").c_str(), 0644), 0);
-  EXPECT_NE(error_of([&] { write(d / "pipe", "x"); }).find(quoted(d / "pipe") + " is a FIFO (named pipe); choose a "
+  EXPECT_NE(error_of([&] { write(d / "pipe", "x"); }).find(quoted(d / "pipe") + " is a FIFO; choose a "
                                                            "regular file"),
             std::string::npos);
   EXPECT_TRUE(fs::is_fifo(d / "pipe"));

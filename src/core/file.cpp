@@ -13,20 +13,20 @@
 
 namespace dl {
 
-namespace {
-
-const char* kind_of(mode_t mode) {
+const char* file_kind(mode_t mode) {
   if (S_ISFIFO(mode)) return "a FIFO";
   if (S_ISDIR(mode)) return "a directory";
   if (S_ISCHR(mode)) return "a character device";
   if (S_ISBLK(mode)) return "a block device";
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISREG(mode)) return "";
-  return "not a plain file";
+  return "a special file";
 }
 
+namespace {
+
 [[noreturn]] void fail_not_regular(const std::string& path, mode_t mode) {
-  fail("'", path, "' is ", kind_of(mode), ", not a regular file");
+  fail("'", path, "' is ", file_kind(mode), ", not a regular file");
 }
 
 }  // namespace
@@ -34,7 +34,7 @@ const char* kind_of(mode_t mode) {
 std::string special_file_kind(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return "";
-  return kind_of(st.st_mode);
+  return file_kind(st.st_mode);
 }
 
 InputFile::InputFile(const std::string& path) : path_(path) {

@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include <sys/types.h>
+
 namespace dl {
 
 class InputFile {
@@ -45,6 +47,10 @@ std::string read_file(const std::string& path, size_t max_bytes);
 // The same, or nullopt when nothing exists at `path` (a dangling symbolic link counts as nothing). Anything else
 // that is there but cannot be read (a FIFO, a directory, no permission) is still an error.
 std::optional<std::string> read_file_if_exists(const std::string& path, size_t max_bytes);
+
+// What a file of this mode is, for messages: "a FIFO", "a directory", "a character device", ...; empty for a
+// regular file.
+const char* file_kind(mode_t mode);
 
 // What a path is for messages when it is not a regular file: "a FIFO", "a directory", ...; empty when it is one
 // or does not exist. Does not follow a symbolic-link loop into an exception (std::filesystem would throw).

@@ -11,21 +11,13 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/file.h"
 
 namespace dl::io {
 
 namespace {
 
 namespace fs = std::filesystem;
-
-const char* kind_of(mode_t mode) {
-  if (S_ISCHR(mode)) return "character device";
-  if (S_ISBLK(mode)) return "block device";
-  if (S_ISFIFO(mode)) return "FIFO (named pipe)";
-  if (S_ISSOCK(mode)) return "socket";
-  if (S_ISDIR(mode)) return "directory";
-  return "special file";
-}
 
 // An output buffer over a file descriptor that remembers the first write error (errno), so a full disk is reported
 // as such instead of as a bare stream failure.
@@ -106,8 +98,8 @@ std::string output_target(const std::string& path) {
       target = link.is_absolute() ? link.string() : (fs::path(target).parent_path() / link).string();
       continue;
     }
-    if (target == path) fail("'", path, "' is a ", kind_of(st.st_mode), "; choose a regular file");
-    fail("'", path, "' is a symbolic link to '", target, "', a ", kind_of(st.st_mode), "; choose a regular file");
+    if (target == path) fail("'", path, "' is ", file_kind(st.st_mode), "; choose a regular file");
+    fail("'", path, "' is a symbolic link to '", target, "', ", file_kind(st.st_mode), "; choose a regular file");
   }
 }
 
