@@ -18,7 +18,7 @@ const DTypeInfo kInfos[] = {
     {"F32", 1, 4, true, false},  {"F16", 1, 2, true, false},   {"BF16", 1, 2, true, false},
     {"I32", 1, 4, false, false}, {"I64", 1, 8, false, false},  {"I8", 1, 1, false, false},
     {"U8", 1, 1, false, false},  {"BOOL", 1, 1, false, false}, {"Q8_0", 32, 34, true, true},
-    {"Q4_0", 32, 18, true, true},
+    {"Q4_0", 32, 18, true, true},  {"Q4_K", 256, 144, true, true}, {"Q6_K", 256, 210, true, true},
 };
 }  // namespace
 
@@ -103,7 +103,8 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n) {
     float d = amax / 127.f;
     float id = d != 0.f ? 1.f / d : 0.f;
     y[b].scale = f32_to_f16(d);
-    for (int i = 0; i < kQK8_0; ++i) y[b].q[i] = int8_t(std::lrintf(xb[i] * id));
+    // roundf (halves away from zero), as ggml's reference: lrintf's ties-to-even differs at exact halves.
+    for (int i = 0; i < kQK8_0; ++i) y[b].q[i] = int8_t(std::roundf(xb[i] * id));
   }
 }
 
@@ -144,6 +145,294 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
       y[b * kQK4_0 + i + kQK4_0 / 2] = d * float((x[b].q[i] >> 4) - 8);
     }
   }
+}
+
+namespace {
+
+// Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in the low mantissa bits.
+// ggml's K-quant search rounds this way; lrintf would agree but is a library call in the inner loops.
+inline int nearest_int(float v) {
+  const float t = v + 12582912.f;
+  int32_t i;
+  std::memcpy(&i, &t, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// Scale and min for n values with levels 0..nmax (value ~ scale * l - min), minimising the weighted squared
+// error over a sweep of nstep+1 trial scales around nmax / (max - min); each trial refits scale and min by
+// weighted least squares on its levels (ggml's make_qkx2_quants, which Q4_K's reference quantizer uses).
+float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min, uint8_t* Laux,
+                    float rmin, float rdelta, int nstep) {
+  float lo = x[0], hi = x[0];
+  float sum_w = w[0];
+  float sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < lo) lo = x[i];
+    if (x[i] > hi) hi = x[i];
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (lo > 0) lo = 0;
+  if (hi == lo) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    *neg_min = -lo;
+    return 0.f;
+  }
+  float iscale = float(nmax) / (hi - lo);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    int l = nearest_int(iscale * (x[i] - lo));
+    L[i] = uint8_t(std::max(0, std::min(nmax, l)));
+    float diff = scale * float(L[i]) + lo - x[i];
+    best_error += w[i] * (diff * diff);
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    iscale = (rmin + rdelta * float(is) + float(nmax)) / (hi - lo);
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+      int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - lo))));
+      Laux[i] = uint8_t(l);
+      const float fl = float(l);
+      sum_l += w[i] * fl;
+      sum_l2 += w[i] * fl * fl;
+      sum_xl += w[i] * fl * x[i];
+    }
+    float D = sum_w * sum_l2 - sum_l * sum_l;
+    if (D > 0) {
+      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+      if (this_min > 0) {
+        this_min = 0;
+        this_scale = sum_xl / sum_l2;
+      }
+      float err = 0;
+      for (int i = 0; i < n; ++i) {
+        float diff = this_scale * float(Laux[i]) + this_min - x[i];
+        err += w[i] * (diff * diff);
+      }
+      if (err < best_error) {
+        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        best_error = err;
+        scale = this_scale;
+        lo = this_min;
+      }
+    }
+  }
+  *neg_min = -lo;
+  return scale;
+}
+
+// Symmetric scale for n values with levels -nmax..nmax-1 (stored offset by nmax in L), weighting each value by
+// its square and trying 18 scales around nmax / max|x| for the best weighted least-squares fit (ggml's
+// make_qx_quants with rmse_type 1, Q6_K's reference quantizer).
+float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* L) {
+  float amax = 0, mx = 0;
+  for (int i = 0; i < n; ++i) {
+    float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      mx = x[i];
+    }
+  }
+  if (amax < 1e-15f) {  // all zero
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  auto level = [&](float iscale, int i) { return std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i]))); };
+  float iscale = float(-nmax) / mx;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = level(iscale, i);
+    L[i] = int8_t(l + nmax);
+    const float w = x[i] * x[i], fl = float(l);
+    sumlx += w * x[i] * fl;
+    suml2 += w * fl * fl;
+  }
+  float scale = suml2 != 0 ? sumlx / suml2 : 0.f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    iscale = -(float(nmax) + 0.1f * float(is)) / mx;
+    sumlx = suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = x[i] * x[i], fl = float(level(iscale, i));
+      sumlx += w * x[i] * fl;
+      suml2 += w * fl * fl;
+    }
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i) L[i] = int8_t(level(iscale, i) + nmax);
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+}  // namespace
+
+void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n) {
+  DL_CHECK(n % kQK_K == 0, "quantize_row_q4_k: row length ", n, " is not a multiple of ", kQK_K);
+  uint8_t L[kQK_K], Laux[32];
+  float w[32], mins[8], scales[8];
+  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+    BlockQ4_K& blk = y[b];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      const float* xs = x + 32 * j;
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) w[l] = av_x + std::fabs(xs[l]);
+      scales[j] = fit_scale_min(32, 15, xs, w, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20);
+      max_scale = std::max(max_scale, scales[j]);
+      max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    std::memset(blk.scales, 0, sizeof blk.scales);
+    for (int j = 0; j < 8; ++j) {
+      // Through uint8_t first, as the reference does, so that a (never expected) negative level wraps the same.
+      const uint8_t ls = std::min<uint8_t>(63, uint8_t(nearest_int(inv_scale * scales[j])));
+      const uint8_t lm = std::min<uint8_t>(63, uint8_t(nearest_int(inv_min * mins[j])));
+      if (j < 4) {
+        blk.scales[j] = ls;
+        blk.scales[j + 4] = lm;
+      } else {
+        blk.scales[j + 4] = uint8_t((ls & 0x0f) | ((lm & 0x0f) << 4));
+        blk.scales[j - 4] |= uint8_t((ls >> 4) << 6);
+        blk.scales[j] |= uint8_t((lm >> 4) << 6);
+      }
+    }
+    blk.d = f32_to_f16(max_scale / 63.f);
+    blk.dmin = f32_to_f16(max_min / 63.f);
+    // Requantize against the stored (rounded) scales; a zero scale keeps the search's levels.
+    const float d_all = f16_to_f32(blk.d), m_all = f16_to_f32(blk.dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, mn;
+      q4_k_scale_min(j, blk.scales, &sc, &mn);
+      const float d = d_all * float(sc);
+      if (d == 0.f) continue;
+      const float dm = m_all * float(mn);
+      for (int i = 0; i < 32; ++i)
+        L[32 * j + i] = uint8_t(std::max(0, std::min(15, nearest_int((x[32 * j + i] + dm) / d))));
+    }
+    for (int c = 0; c < 4; ++c)
+      for (int l = 0; l < 32; ++l) blk.qs[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + 32 + l] << 4));
+  }
+}
+
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    const float d = f16_to_f32(x[b].d), dmin = f16_to_f32(x[b].dmin);
+    for (int c = 0; c < 4; ++c) {
+      uint8_t sc, mn;
+      q4_k_scale_min(2 * c, x[b].scales, &sc, &mn);
+      const float d1 = d * float(sc), m1 = dmin * float(mn);
+      q4_k_scale_min(2 * c + 1, x[b].scales, &sc, &mn);
+      const float d2 = d * float(sc), m2 = dmin * float(mn);
+      const uint8_t* q = x[b].qs + 32 * c;
+      float* out = y + b * kQK_K + 64 * c;
+      for (int l = 0; l < 32; ++l) out[l] = d1 * float(q[l] & 0x0f) - m1;
+      for (int l = 0; l < 32; ++l) out[32 + l] = d2 * float(q[l] >> 4) - m2;
+    }
+  }
+}
+
+void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n) {
+  DL_CHECK(n % kQK_K == 0, "quantize_row_q6_k: row length ", n, " is not a multiple of ", kQK_K);
+  int8_t L[kQK_K];
+  float scales[16];
+  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+    BlockQ6_K& blk = y[b];
+    float max_scale = 0, max_abs_scale = 0;
+    for (int g = 0; g < 16; ++g) {
+      scales[g] = fit_scale_symmetric(16, 32, x + 16 * g, L + 16 * g);
+      if (std::fabs(scales[g]) > max_abs_scale) {
+        max_abs_scale = std::fabs(scales[g]);
+        max_scale = scales[g];
+      }
+    }
+    if (max_abs_scale < 1e-15f) {
+      std::memset(&blk, 0, sizeof blk);
+      continue;
+    }
+    const float iscale = -128.f / max_scale;
+    blk.d = f32_to_f16(1 / iscale);
+    for (int g = 0; g < 16; ++g) blk.scales[g] = int8_t(std::min(127, nearest_int(iscale * scales[g])));
+    const float d_all = f16_to_f32(blk.d);
+    for (int g = 0; g < 16; ++g) {
+      const float d = d_all * float(blk.scales[g]);
+      if (d == 0.f) continue;
+      for (int i = 0; i < 16; ++i)
+        L[16 * g + i] = int8_t(std::max(-32, std::min(31, nearest_int(x[16 * g + i] / d))) + 32);
+    }
+    // Per 128 elements: ql holds the low nibbles of elements l and l+64 (byte l) and of l+32 and l+96 (byte
+    // l+32); qh byte l holds the high two bits of l, l+32, l+64, l+96.
+    for (int h = 0; h < 2; ++h) {
+      const int8_t* Lh = L + 128 * h;
+      uint8_t* ql = blk.ql + 64 * h;
+      uint8_t* qh = blk.qh + 32 * h;
+      for (int l = 0; l < 32; ++l) {
+        ql[l] = uint8_t((Lh[l] & 0x0f) | ((Lh[l + 64] & 0x0f) << 4));
+        ql[l + 32] = uint8_t((Lh[l + 32] & 0x0f) | ((Lh[l + 96] & 0x0f) << 4));
+        qh[l] = uint8_t((Lh[l] >> 4) | ((Lh[l + 32] >> 4) << 2) | ((Lh[l + 64] >> 4) << 4) | ((Lh[l + 96] >> 4) << 6));
+      }
+    }
+  }
+}
+
+void dequantize_row_q6_k(const BlockQ6_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    const float d = f16_to_f32(x[b].d);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = x[b].ql + 64 * h;
+      const uint8_t* qh = x[b].qh + 32 * h;
+      const int8_t* sc = x[b].scales + 8 * h;
+      float* out = y + b * kQK_K + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        const int is = l / 16;
+        const int q1 = ((ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4)) - 32;
+        const int q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+        out[l] = d * float(sc[is]) * float(q1);
+        out[l + 32] = d * float(sc[is + 2]) * float(q2);
+        out[l + 64] = d * float(sc[is + 4]) * float(q3);
+        out[l + 96] = d * float(sc[is + 6]) * float(q4);
+      }
+    }
+  }
+}
+
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, int64_t n) {
+  DL_CHECK(n % kQK_K == 0, "quantize_row_q8_k: row length ", n, " is not a multiple of ", kQK_K);
+  for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
+    float amax = 0, mx = 0;
+    for (int i = 0; i < kQK_K; ++i)
+      if (std::fabs(x[i]) > amax) {
+        amax = std::fabs(x[i]);
+        mx = x[i];
+      }
+    if (amax == 0.f) {
+      std::memset(&y[b], 0, sizeof y[b]);
+      continue;
+    }
+    // The signed extreme maps to -127 (not -128), so negating a level never overflows.
+    const float iscale = -127.f / mx;
+    for (int i = 0; i < kQK_K; ++i) y[b].qs[i] = int8_t(std::min(127, nearest_int(iscale * x[i])));
+    for (int g = 0; g < kQK_K / 16; ++g) {
+      int s = 0;
+      for (int i = 0; i < 16; ++i) s += y[b].qs[16 * g + i];
+      y[b].bsums[g] = int16_t(s);
+    }
+    y[b].d = 1 / iscale;
+  }
+}
+
+void dequantize_row_q8_k(const BlockQ8_K* x, float* y, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b)
+    for (int i = 0; i < kQK_K; ++i) y[b * kQK_K + i] = x[b].d * float(x[b].qs[i]);
 }
 
 #if defined(__x86_64__)
@@ -205,6 +494,14 @@ void convert_to_f32(DType from, const void* src, float* dst, int64_t n) {
       DL_CHECK(n % kQK4_0 == 0, "Q4_0 conversion of ", n, " elements");
       dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       return;
+    case DType::Q4_K:
+      DL_CHECK(n % kQK_K == 0, "Q4_K conversion of ", n, " elements");
+      dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
+      return;
+    case DType::Q6_K:
+      DL_CHECK(n % kQK_K == 0, "Q6_K conversion of ", n, " elements");
+      dequantize_row_q6_k(static_cast<const BlockQ6_K*>(src), dst, n);
+      return;
   }
   fail("convert_to_f32: unsupported dtype ", int(from));
 }
@@ -250,6 +547,8 @@ void convert_from_f32(DType to, const float* src, void* dst, int64_t n) {
     }
     case DType::Q8_0: quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n); return;
     case DType::Q4_0: quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n); return;
+    case DType::Q4_K: quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n); return;
+    case DType::Q6_K: quantize_row_q6_k(src, static_cast<BlockQ6_K*>(dst), n); return;
   }
   fail("convert_from_f32: unsupported dtype ", int(to));
 }

@@ -1,6 +1,6 @@
-// Element types. Plain types have one element per "block"; block-quantized weight types (Q8_0, Q4_0) pack
-// block_elems elements into block_bytes bytes and are only stored, converted and multiplied, never viewed
-// element-wise.
+// Element types. Plain types have one element per "block"; block-quantized weight types (Q8_0, Q4_0 and the
+// 256-element "K" super-blocks Q4_K, Q6_K) pack block_elems elements into block_bytes bytes and are only stored,
+// converted and multiplied, never viewed element-wise.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,7 +9,7 @@
 
 namespace dl {
 
-enum class DType : uint8_t { F32, F16, BF16, I32, I64, I8, U8, BOOL, Q8_0, Q4_0 };
+enum class DType : uint8_t { F32, F16, BF16, I32, I64, I8, U8, BOOL, Q8_0, Q4_0, Q4_K, Q6_K };
 
 struct DTypeInfo {
   std::string_view name;
@@ -66,10 +66,53 @@ struct BlockQ4_0 {
 static_assert(sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_0) == 18);
 
+// K-quants: super-blocks of 256 elements with per-sub-block scales (ggml's block_q4_K / block_q6_K byte layouts).
+constexpr int kQK_K = 256;
+struct BlockQ4_K {
+  uint16_t d;           // f16 scale of the 6-bit sub-block scales
+  uint16_t dmin;        // f16 scale of the 6-bit sub-block mins
+  uint8_t scales[12];   // 8 (scale, min) pairs of 6 bits each, packed as ggml's get_scale_min_k4 reads them
+  uint8_t qs[kQK_K / 2];  // per 64 elements: 32 bytes, elements 0..31 in low nibbles, 32..63 in high nibbles
+};
+struct BlockQ6_K {
+  uint8_t ql[kQK_K / 2];  // low 4 bits
+  uint8_t qh[kQK_K / 4];  // high 2 bits
+  int8_t scales[kQK_K / 16];  // one signed scale per 16 elements
+  uint16_t d;              // f16 super-block scale
+};
+// Activation-side block for dot products against K-quants (never stored in files): f32 scale, 256 int8 values and
+// the sums of each 16 of them, which fold the weights' mins and offsets into one multiply per sub-block.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kQK_K];
+  int16_t bsums[kQK_K / 16];
+};
+static_assert(sizeof(BlockQ4_K) == 144);
+static_assert(sizeof(BlockQ6_K) == 210);
+static_assert(sizeof(BlockQ8_K) == 292);
+
+// Quantizers follow ggml's reference ("_ref") algorithms, so files match what llama-quantize writes without an
+// importance matrix; n must be a multiple of the block size (32, or kQK_K for the K types).
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, int64_t n);
 void dequantize_row_q8_0(const BlockQ8_0* x, float* y, int64_t n);
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, int64_t n);
 void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n);
+void quantize_row_q4_k(const float* x, BlockQ4_K* y, int64_t n);
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, int64_t n);
+void quantize_row_q6_k(const float* x, BlockQ6_K* y, int64_t n);
+void dequantize_row_q6_k(const BlockQ6_K* x, float* y, int64_t n);
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, int64_t n);
+void dequantize_row_q8_k(const BlockQ8_K* x, float* y, int64_t n);
+// The (scale, min) pair j (0..7) of a Q4_K block's packed 12 bytes.
+inline void q4_k_scale_min(int j, const uint8_t* s, uint8_t* sc, uint8_t* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = uint8_t((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+    *mn = uint8_t((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+  }
+}
 
 // Converts n elements of type `from` at src into F32 at dst (any dtype, quantized included).
 void convert_to_f32(DType from, const void* src, float* dst, int64_t n);

@@ -75,6 +75,8 @@ size_t natural_alignment(DType t) {
   switch (t) {
     case DType::Q8_0: return alignof(BlockQ8_0);
     case DType::Q4_0: return alignof(BlockQ4_0);
+    case DType::Q4_K: return alignof(BlockQ4_K);
+    case DType::Q6_K: return alignof(BlockQ6_K);
     default: return dtype_info(t).block_bytes;
   }
 }
@@ -279,6 +281,8 @@ std::optional<DType> dtype_from_ggml_type(uint32_t id) {
     case ggml_type::F16: return DType::F16;
     case ggml_type::Q4_0: return DType::Q4_0;
     case ggml_type::Q8_0: return DType::Q8_0;
+    case ggml_type::Q4_K: return DType::Q4_K;
+    case ggml_type::Q6_K: return DType::Q6_K;
     case ggml_type::I8: return DType::I8;
     case ggml_type::I32: return DType::I32;
     case ggml_type::I64: return DType::I64;
@@ -294,6 +298,8 @@ uint32_t ggml_type_from_dtype(DType t) {
     case DType::BF16: return ggml_type::BF16;
     case DType::Q4_0: return ggml_type::Q4_0;
     case DType::Q8_0: return ggml_type::Q8_0;
+    case DType::Q4_K: return ggml_type::Q4_K;
+    case DType::Q6_K: return ggml_type::Q6_K;
     case DType::I8: return ggml_type::I8;
     case DType::I32: return ggml_type::I32;
     case DType::I64: return ggml_type::I64;

@@ -27,7 +27,8 @@ const char* gguf_type_name(GgufType t);  // "u32", "string", ...; "?" for ids ou
 
 // ggml tensor type ids of the types we read and write (ids of all other ggml types are rejected).
 namespace ggml_type {
-constexpr uint32_t F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, I8 = 24, I32 = 26, I64 = 27, BF16 = 30;
+constexpr uint32_t F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q6_K = 14, I8 = 24, I32 = 26, I64 = 27,
+                   BF16 = 30;
 }
 std::optional<DType> dtype_from_ggml_type(uint32_t id);
 uint32_t ggml_type_from_dtype(DType t);  // throws for dtypes ggml has no type for (U8, BOOL)
