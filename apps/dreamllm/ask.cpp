@@ -35,6 +35,8 @@ int ask_main(int argc, char** argv) {
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 
+  // A text-only model refuses images before its weights are read.
+  if (!images.empty() && !open_model_dir(model).has(io::kClip)) models::fail_no_vision(model, "-i " + images[0]);
   const Model m(model, false);
   const Tensor pixels = load_pixels(m, images);
   const bool train_layout = layout == "train";

@@ -58,7 +58,8 @@ ChatSession::ChatSession(const Model& m, std::string system_prompt, pipelines::G
       system_prompt_(std::move(system_prompt)),
       generation_(std::move(generation)),
       ev_(std::move(events)),
-      im_start_(m.tokenizer.token_id(text::kImageStartToken)),
+      // A plain LLaMA tokenizer has no <im_start>; -1 is never an id.
+      im_start_(m.tokenizer.has_token(text::kImageStartToken) ? m.tokenizer.token_id(text::kImageStartToken) : -1),
       limit_(m.dir.config().llm.max_position_embeddings),
       conv_(fresh_conversation(system_prompt_)),
       decoder_(m.llm) {}
@@ -82,6 +83,7 @@ bool ChatSession::handle(const std::string& line) {
   }
   if (line.rfind("/image ", 0) == 0) {
     const std::string path = line.substr(7);
+    m_.llm.require_vision("/image " + path);
     io::read_image(path);  // fail now, not at the next message
     pending_.push_back(path);
     ev_.note("(image attached: " + path + ")\n");

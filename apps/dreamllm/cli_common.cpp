@@ -135,7 +135,15 @@ Model::Model(const std::string& path, bool with_diffusion)
       clip_preprocess(io::clip_preprocess_config(dir)) {
   DL_CHECK(tokenizer.vocab_size() <= dir.config().llm.vocab_size, "the tokenizer of '", path, "' has ",
            tokenizer.vocab_size(), " tokens but the model only ", dir.config().llm.vocab_size);
-  if (with_diffusion) head = std::make_unique<pipelines::DiffusionHead>(dir);
+  if (with_diffusion) {
+    require_creation(dir, "the command draws images");
+    head = std::make_unique<pipelines::DiffusionHead>(dir);
+  }
+}
+
+void require_creation(const io::ModelDir& dir, const std::string& what) {
+  if (!dir.has(io::kDream) || !dir.has(io::kConditionProjector) || !dir.has(io::kDiffusion))
+    models::fail_no_creation(dir.path(), what);
 }
 
 void TextOptions::add_to(CLI::App& app) {
@@ -286,6 +294,7 @@ DrawWork estimate_attention_work(const io::UNetConfig& unet, const io::VaeConfig
 }
 
 std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) const {
+  require_creation(dir, "the command draws images");
   const io::UNetConfig& uc = dir.unet_config();
   const io::VaeConfig& vc = dir.vae_config();
   const int64_t f = vc.scale_factor(), native = uc.sample_size * f;
@@ -330,6 +339,7 @@ void add_image_limit_option(CLI::App& app) {
 
 Tensor load_pixels(const Model& m, const std::vector<std::string>& paths) {
   if (paths.empty()) return Tensor();
+  m.llm.require_vision("image '" + paths[0] + "'");
   std::vector<Tensor> px;
   for (const auto& p : paths) {
     const Tensor t = io::clip_preprocess(io::read_image(p), m.clip_preprocess);
@@ -343,6 +353,7 @@ std::string place_images(const Model& m, const std::string& text, size_t images)
   const std::string span = text::image_span_text(int(m.llm.image_tokens()));
   size_t found = 0;
   for (size_t at = text.find(placeholder); at != std::string::npos; at = text.find(placeholder, at + 1)) ++found;
+  if (found + images > 0) m.llm.require_vision(found ? "the prompt has an <image> placeholder" : "an image was given");
   if (found == 0) {
     std::string out;
     for (size_t i = 0; i < images; ++i) out += span;

@@ -41,6 +41,9 @@ struct Model {
   io::ClipPreprocessConfig clip_preprocess;
 };
 
+// Throws the error of a model that cannot create images (a text-only one); `what` says what asked for it.
+void require_creation(const io::ModelDir& dir, const std::string& what);
+
 struct TextOptions {
   int64_t max_tokens = 256;
   double temperature = 0.0;  // 0: greedy

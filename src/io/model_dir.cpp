@@ -160,7 +160,18 @@ ModelDir ModelDir::open(const std::string& dir) {
   texts.unet = optional_text("unet/config.json");
   texts.vae = optional_text("vae/config.json");
   texts.scheduler = optional_text("scheduler/scheduler_config.json");
-  return from_configs(dir, texts);
+  ModelDir m = from_configs(dir, texts);
+  // The plugins are optional: a Hugging Face LLaMA directory is the LLM alone.
+  m.present_ = 0;
+  if (!find_first(dir, {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json"}).empty())
+    m.present_ |= kLLM;
+  if (!find_first(dir, {"clip_vision_embedding.safetensors", "clip_vision_embedding.bin"}).empty())
+    m.present_ |= kClip;
+  if (!find_first(dir, {"dream_embedding.safetensors", "dream_embedding.bin"}).empty()) m.present_ |= kDream;
+  if (!find_first(dir, {"stable_diffusion_head.safetensors", "stable_diffusion_head.bin"}).empty())
+    m.present_ |= kDiffusion | kConditionProjector;
+  return m;
 }
 
 ModelDir ModelDir::from_configs(const std::string& dir, const ConfigTexts& texts) {

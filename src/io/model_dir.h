@@ -49,6 +49,9 @@ class ModelDir {
   Layout expected(Component c) const;
   // Loads the components in `mask` (a bitwise or of Component values).
   StateDict load(unsigned mask = kAllComponents) const;
+  // Whether the model holds the weights of component `c`. A plain LLaMA model (text only) holds just kLLM; the
+  // commands then refuse images and creation by name instead of failing on a missing file.
+  bool has(Component c) const { return (present_ & unsigned(c)) == unsigned(c); }
   // The file(s) a component's weights are read from (the index and its shards for a sharded LLM); kDiffusion and
   // kConditionProjector share stable_diffusion_head.*. Throws when the component has no weight file.
   std::vector<std::string> weight_files(Component c) const;
@@ -60,6 +63,7 @@ class ModelDir {
   UNetConfig unet_;
   VaeConfig vae_;
   SchedulerConfig scheduler_;
+  unsigned present_ = kAllComponents | kConditionProjector;
 };
 
 // The CLIP image preprocessing of a model directory: its preprocessor_config.json, or CLIP's defaults at the

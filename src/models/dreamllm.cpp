@@ -22,33 +22,75 @@ ParameterSet adopt_all(const io::StateDict& sd) {
 int64_t id_at(const Tensor& ids, int64_t i) {
   return ids.dtype() == DType::I64 ? ids.data<int64_t>()[i] : int64_t(ids.data<int32_t>()[i]);
 }
+
+// A token the model needs only for a plugin it has; -1 (never an id) when the plugin is absent and the config
+// does not name the token (a plain LLaMA config has no special_tokens2ids_dict).
+int64_t plugin_token(const io::DreamLLMConfig& c, const char* token, bool needed) {
+  if (needed || c.special_tokens.count(token)) return c.token_id(token);
+  return -1;
+}
 }  // namespace
 
 DreamLLM DreamLLM::load(const io::ModelDir& dir) {
-  return DreamLLM(dir, adopt_all(dir.load(io::kLLM | io::kClip | io::kDream | io::kConditionProjector)));
+  unsigned mask = io::kLLM;
+  if (dir.has(io::kClip)) mask |= io::kClip;
+  // Creation needs both halves on the LLM side: the queries going in and the projector reading them out.
+  if (dir.has(io::kDream) && dir.has(io::kConditionProjector)) mask |= io::kDream | io::kConditionProjector;
+  return DreamLLM(dir, adopt_all(dir.load(mask)));
 }
 
 DreamLLM::DreamLLM(const io::ModelDir& dir, ParameterSet params)
     : config_(dir.config()),
       params_(std::move(params)),
       llm_(dir.config().llm, params_),
-      vision_(dir.clip_config(), params_, kClipPrefix),
+      path_(dir.path()),
+      has_dream_(params_.contains(kDreamQueries) && params_.contains(kConditionProjector)),
       num_queries_(dir.config().num_dream_queries),
-      im_start_(dir.config().token_id("<im_start>")),
-      dream_start_(dir.config().token_id("<dream_start>")),
-      select_layer_(dir.config().clip_select_layer) {}
+      select_layer_(dir.config().clip_select_layer) {
+  if (params_.contains(kVisionProjector + "weight")) vision_.emplace(dir.clip_config(), params_, kClipPrefix);
+  im_start_ = plugin_token(config_, "<im_start>", vision_.has_value());
+  dream_start_ = plugin_token(config_, "<dream_start>", has_dream_);
+}
+
+const ClipVision& DreamLLM::vision() const {
+  require_vision("the vision tower was asked for");
+  return *vision_;
+}
+
+void fail_no_vision(const std::string& path, const std::string& what) {
+  fail("this model has no vision tower: '", path,
+       "' holds no clip_vision_embedding weights (a text-only model), so it cannot read images (", what, ")");
+}
+
+void fail_no_creation(const std::string& path, const std::string& what) {
+  fail("this model cannot create images: '", path,
+       "' lacks the dream_embedding and stable_diffusion_head weights (a text-only model) (", what, ")");
+}
+
+void DreamLLM::require_vision(const std::string& what) const {
+  if (!vision_) fail_no_vision(path_, what);
+}
+
+void DreamLLM::require_creation(const std::string& what) const {
+  if (!has_dream_) fail_no_creation(path_, what);
+}
 
 Var DreamLLM::image_embeds(const Var& pixel_values) const {
+  require_vision("an image was given");
   const Var& w = params_.at(kVisionProjector + "weight");
   const Var& b = params_.at(kVisionProjector + "bias");
-  return nn::linear(vision_.features(pixel_values, select_layer_), w, &b);
+  return nn::linear(vision_->features(pixel_values, select_layer_), w, &b);
 }
 
 Var DreamLLM::conditions(const Var& query_hidden) const {
+  require_creation("diffusion conditions were asked for");
   return nn::linear(query_hidden, params_.at(kConditionProjector));
 }
 
-Var DreamLLM::dream_query_embeds() const { return as_f32(params_.at(kDreamQueries)); }
+Var DreamLLM::dream_query_embeds() const {
+  require_creation("the input has a <dream_start> span");
+  return as_f32(params_.at(kDreamQueries));
+}
 
 std::vector<std::pair<int64_t, int64_t>> DreamLLM::spans(const Tensor& ids, int64_t token) {
   DL_CHECK(ids.dim() == 2 && (ids.dtype() == DType::I32 || ids.dtype() == DType::I64),
@@ -83,7 +125,7 @@ Var DreamLLM::embed(const Tensor& ids_in, const Var& images) const {
     per_row[size_t(b)].push_back({t + 1, P, nn::reshape(nn::slice(images, 0, int64_t(i), int64_t(i) + 1),
                                                         {P, images.value().size(2)})});
   }
-  const Var queries = nn::reshape(dream_query_embeds(), {Q, llm_.config().hidden_size});
+  const Var queries = dream_spans.empty() ? Var() : nn::reshape(dream_query_embeds(), {Q, llm_.config().hidden_size});
   for (const auto& [b, t] : dream_spans) {
     DL_CHECK(t + Q < T, "the <dream_start> at row ", b, ", position ", t, " has no room for its ", Q,
              " query positions in a sequence of ", T);

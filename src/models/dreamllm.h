@@ -4,10 +4,12 @@
 //  - creation: each <dream_start> is followed by Q positions that receive the learned dream queries, and the
 //    final-norm hidden states there, through the condition projector (Linear, no bias), are the diffusion
 //    conditions (encoder_hidden_states of the UNet).
-// Token ids, P, Q and sizes all come from the model's configs.
+// Token ids, P, Q and sizes all come from the model's configs. A plain LLaMA model (no plugin files) is the LLM
+// alone: it runs text, and asking it for images or conditions is an error naming what the model lacks.
 #pragma once
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "io/model_dir.h"
 #include "models/clip_vision.h"
@@ -15,18 +17,29 @@
 
 namespace dl::models {
 
+// The errors of a model that lacks a plugin: `path` names the model, `what` says what asked for the plugin.
+[[noreturn]] void fail_no_vision(const std::string& path, const std::string& what);
+[[noreturn]] void fail_no_creation(const std::string& path, const std::string& what);
+
 class DreamLLM {
  public:
-  // Loads the LLM, vision tower, dream queries and condition projector of a model directory.
+  // Loads the LLM and whichever of the vision tower, dream queries and condition projector the model has.
   static DreamLLM load(const io::ModelDir& dir);
   DreamLLM(const io::ModelDir& dir, ParameterSet params);
 
   const io::DreamLLMConfig& config() const { return config_; }
   const Llama& llm() const { return llm_; }
   void set_gradient_checkpointing(bool on) { llm_.set_gradient_checkpointing(on); }
-  const ClipVision& vision() const { return vision_; }
+  // The vision tower; throws when the model has none.
+  const ClipVision& vision() const;
   const ParameterSet& parameters() const { return params_; }
-  int64_t image_tokens() const { return vision_.config().num_patches(); }  // P
+  bool has_vision() const { return vision_.has_value(); }
+  // The dream queries and the condition projector: what creating images needs on the LLM side.
+  bool has_creation() const { return has_dream_; }
+  // Throw the error a text-only model gives for an image (`what` says what asked for it).
+  void require_vision(const std::string& what) const;
+  void require_creation(const std::string& what) const;
+  int64_t image_tokens() const { return vision_ ? vision_->config().num_patches() : 0; }  // P (0: no vision)
   int64_t dream_queries() const { return num_queries_; }                    // Q
   int64_t im_start_id() const { return im_start_; }
   int64_t dream_start_id() const { return dream_start_; }
@@ -58,7 +71,9 @@ class DreamLLM {
   io::DreamLLMConfig config_;
   ParameterSet params_;
   Llama llm_;
-  ClipVision vision_;
+  std::string path_;
+  std::optional<ClipVision> vision_;
+  bool has_dream_ = false;
   int64_t num_queries_, im_start_, dream_start_, select_layer_;
 };
 
