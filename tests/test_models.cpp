@@ -62,8 +62,9 @@ TEST(DreamLLM, KVCacheDecodingEqualsFullForward) {
   const models::Llama& llm = m.model.llm();
   const Tensor ids = Tensor::from_vector_i64({1, 5, 9, 17, 3, 22, 40, 2, 11, 6}, {1, 10});
   const Tensor full = llm.forward(llm.embed(ids), Tensor()).value();
-  // Prompt of 4 tokens, then one token at a time.
+  // Prompt of 4 tokens, then one token at a time, through an F32 cache (the other types: test_kv_cache.cpp).
   models::KVCache cache;
+  cache.types = {DType::F32, DType::F32};
   std::vector<Tensor> pieces{llm.forward(llm.embed(ids.slice(1, 0, 4).contiguous()), Tensor(), &cache).value()};
   for (int64_t t = 4; t < 10; ++t)
     pieces.push_back(llm.forward(llm.embed(ids.slice(1, t, t + 1).contiguous()), Tensor(), &cache).value());

@@ -155,6 +155,29 @@ void TextOptions::add_to(CLI::App& app) {
   app.add_option("--beams", beams, "beam search width (1: off; the VQA benchmarks use 5)")
       ->check(CLI::Range(int64_t(1), int64_t(64)));
   app.add_option("--text-seed", seed, "seed of text sampling")->check(CLI::Range(int64_t(0), INT64_MAX));
+  add_kv_cache_options(app);
+}
+
+void add_kv_cache_options(CLI::App& app) {
+  const auto types = CLI::IsMember({"f32", "f16", "bf16", "q8_0"});
+  app.add_option_function<std::string>(
+         "--cache-type-k",
+         [](const std::string& name) {
+           models::KVCacheTypes t = models::default_kv_cache_types();
+           t.key = parse_dtype(name);
+           models::set_default_kv_cache_types(t);
+         },
+         "storage type of the attention keys kept while generating: f16 (default), q8_0 (half of it), bf16, f32")
+      ->check(types);
+  app.add_option_function<std::string>(
+         "--cache-type-v",
+         [](const std::string& name) {
+           models::KVCacheTypes t = models::default_kv_cache_types();
+           t.value = parse_dtype(name);
+           models::set_default_kv_cache_types(t);
+         },
+         "storage type of the attention values kept while generating (as --cache-type-k)")
+      ->check(types);
 }
 
 pipelines::GenerationConfig TextOptions::config(int32_t eos) const {

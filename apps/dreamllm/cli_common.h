@@ -56,6 +56,9 @@ struct TextOptions {
   pipelines::GenerationConfig config(int32_t eos) const;
 };
 
+// --cache-type-k / --cache-type-v (llama.cpp's names): the KV cache's storage types, set process-wide as parsed.
+void add_kv_cache_options(CLI::App& app);
+
 struct DrawOptions {
   int64_t steps = 50;
   float cfg_scale = 7.5f;

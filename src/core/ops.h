@@ -73,6 +73,11 @@ Tensor softmax_backward(const Tensor& y, const Tensor& gy);
 // backward. scale <= 0 means 1/sqrt(D).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, float scale = 0.f,
                  Tensor* lse = nullptr);
+// Inference over a key/value cache: k [B,Hkv,C,D] and v [B,Hkv,C,Dv] hold C >= `valid` rows per head, of which
+// the first `valid` are keys (the mask and causality see Tk = valid). Keys and values may be F32, F16, BF16 or Q8_0
+// (head dims a multiple of 32): each block of keys is widened to F32 as it is used.
+Tensor attention_cached(const Tensor& q, const Tensor& k, const Tensor& v, int64_t valid, const AttentionMask& mask,
+                        float scale = 0.f);
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                         const Tensor& gout, const AttentionMask& mask, float scale, Tensor* gq, Tensor* gk,
                         Tensor* gv);

@@ -8,10 +8,28 @@
 
 namespace dl::models {
 
-// Keys and values of every layer for the positions consumed so far: [rows, kv_heads, length, head_dim] each.
+// Storage types of a KV cache (llama.cpp's -ctk / -ctv): F16 halves the memory of F32 for a relative error near
+// 2^-11 per element; Q8_0 (head dims a multiple of 32) halves it again; F32 and BF16 are also accepted.
+struct KVCacheTypes {
+  DType key = DType::F16, value = DType::F16;
+};
+// The types every new KVCache takes: process-wide, as a command line sets them once (-ctk / -ctv); F16 unless set.
+KVCacheTypes default_kv_cache_types();
+void set_default_kv_cache_types(KVCacheTypes types);
+
+// Keys and values of every layer for the positions consumed so far. Each layer holds [rows, kv_heads, capacity,
+// head_dim] in its storage type, of which the first `length` positions per head are filled; the capacity grows
+// geometrically up to the context length, so a decoding step appends its position in place instead of copying
+// the whole cache.
 struct KVCache {
+  KVCacheTypes types = default_kv_cache_types();
   std::vector<Tensor> keys, values;
   int64_t length = 0;
+  int64_t capacity() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+  // Writes layer `layer`'s keys and values [rows, kv_heads, T, head_dim] (F32, any strides) at positions
+  // [length, length + T), growing the capacity (at most to `max_length`) when needed. `length` itself advances
+  // only once every layer is written (Llama::forward), so a failed step leaves the cache as it was.
+  void append(size_t layer, const Tensor& k, const Tensor& v, int64_t max_length);
   // New row i continues old row src[i] (beam search reorders and duplicates rows).
   void select_rows(const std::vector<int64_t>& src);
 };

@@ -151,10 +151,11 @@ namespace {
 
 constexpr int64_t kQBlock = 64, kKBlock = 128;
 
-// Scores of one tile: S[ii][jj] = scale * q_(i0+ii) . k_(j0+jj) + mask bias, by one GEMM plus the bias pass.
-void score_tile(const AttnGeom& g, const MaskView& mv, int64_t b, int64_t h, const float* qp, const float* kp,
+// Scores of one tile: S[ii][jj] = scale * q_(i0+ii) . k_tile[jj] + mask bias (key j0 + jj), by one GEMM plus the
+// bias pass.
+void score_tile(const AttnGeom& g, const MaskView& mv, int64_t b, int64_t h, const float* qp, const float* k_tile,
                 int64_t i0, int64_t nq, int64_t j0, int64_t nk, float scale, float* s) {
-  gemm(false, true, nq, nk, g.D, scale, qp + i0 * g.D, g.D, kp + j0 * g.D, g.D, 0.f, s, nk);
+  gemm(false, true, nq, nk, g.D, scale, qp + i0 * g.D, g.D, k_tile, g.D, 0.f, s, nk);
   if (!mv.any()) return;
   for (int64_t ii = 0; ii < nq; ++ii)
     for (int64_t jj = 0; jj < nk; ++jj) s[ii * nk + jj] += mv.bias(b, h, i0 + ii, j0 + jj);
@@ -174,31 +175,50 @@ void probs_from_lse(float* s, int64_t nq, int64_t nk, const float* lse_rows) {
 
 }  // namespace
 
-Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
-                 Tensor* lse_out) {
-  const AttnGeom g = attention_geometry(q_in, k_in, v_in);
+namespace {
+
+// Keys or values of one attention call as the forward kernel reads them: rows of one (batch, kv head) are contiguous
+// and `head_rows` apart (a cache holds more rows than are valid), in F32 or in a storage type that is widened one
+// key block at a time into per-thread scratch, so a reduced-precision cache is never converted whole.
+struct KeyValueRows {
+  const char* base;
+  DType dtype;
+  int64_t head_rows, width;
+  // Rows [j0, j0 + n) of head `head` (= b * Hkv + hk) as F32: in place when the storage is F32, else in scratch.
+  const float* rows(int64_t head, int64_t j0, int64_t n, float* scratch) const {
+    const int64_t first = (head * head_rows + j0) * width;
+    const char* p = base + dtype_bytes(dtype, first);
+    if (dtype == DType::F32) return reinterpret_cast<const float*>(p);
+    convert_to_f32(dtype, p, scratch, n * width);
+    return scratch;
+  }
+};
+
+Tensor attention_forward(const AttnGeom& g, const Tensor& q_in, const KeyValueRows& keys, const KeyValueRows& values,
+                         const AttentionMask& mask, float scale, Tensor* lse_out) {
   if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
-  Tensor q = q_in.to(DType::F32), k = k_in.to(DType::F32), v = v_in.to(DType::F32);
+  Tensor q = q_in.to(DType::F32);
   MaskView mv(mask, g.B, g.Hq, g.Tq, g.Tk, "attention");
   Tensor out = Tensor::zeros({g.B, g.Hq, g.Tq, g.Dv}), lse = Tensor::empty({g.B, g.Hq, g.Tq});
   const int64_t qblocks = (g.Tq + kQBlock - 1) / kQBlock;
   const int64_t group = g.Hq / g.Hkv;
+  const bool widen_k = keys.dtype != DType::F32, widen_v = values.dtype != DType::F32;
   parallel_for(g.B * g.Hq * qblocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> s(size_t(kQBlock * kKBlock)), m(kQBlock), l(kQBlock);
+    std::vector<float> kbuf(widen_k ? size_t(kKBlock * g.D) : 0), vbuf(widen_v ? size_t(kKBlock * g.Dv) : 0);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t qb = t % qblocks, h = (t / qblocks) % g.Hq, b = t / (qblocks * g.Hq);
-      const int64_t hk = h / group;
+      const int64_t kv_head = b * g.Hkv + h / group;
       const int64_t i0 = qb * kQBlock, i1 = std::min(g.Tq, i0 + kQBlock), nq = i1 - i0;
       const float* qp = q.f32() + ((b * g.Hq + h) * g.Tq) * g.D;
-      const float* kp = k.f32() + ((b * g.Hkv + hk) * g.Tk) * g.D;
-      const float* vp = v.f32() + ((b * g.Hkv + hk) * g.Tk) * g.Dv;
       float* op = out.f32() + ((b * g.Hq + h) * g.Tq + i0) * g.Dv;
       std::fill_n(m.begin(), nq, kNegInf);
       std::fill_n(l.begin(), nq, 0.f);
       const int64_t kend = mv.key_end(i1 - 1, g.Tk);
       for (int64_t j0 = 0; j0 < kend; j0 += kKBlock) {
         const int64_t nk = std::min(kend, j0 + kKBlock) - j0;
-        score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+        const float* k_tile = keys.rows(kv_head, j0, nk, kbuf.data());
+        score_tile(g, mv, b, h, qp, k_tile, i0, nq, j0, nk, scale, s.data());
         // Online softmax: rescale what was accumulated under the old row maximum.
         for (int64_t ii = 0; ii < nq; ++ii) {
           float* row = s.data() + ii * nk;
@@ -215,7 +235,8 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
           l[ii] = l[ii] * corr + ls;
           m[ii] = mnew;
         }
-        gemm(false, false, nq, g.Dv, nk, 1.f, s.data(), nk, vp + j0 * g.Dv, g.Dv, 1.f, op, g.Dv);
+        const float* vp = values.rows(kv_head, j0, nk, vbuf.data());
+        gemm(false, false, nq, g.Dv, nk, 1.f, s.data(), nk, vp, g.Dv, 1.f, op, g.Dv);
       }
       float* lp = lse.f32() + (b * g.Hq + h) * g.Tq + i0;
       for (int64_t ii = 0; ii < nq; ++ii) {
@@ -230,6 +251,37 @@ Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, con
   });
   if (lse_out) *lse_out = lse;
   return out;
+}
+
+}  // namespace
+
+Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
+                 Tensor* lse_out) {
+  const AttnGeom g = attention_geometry(q_in, k_in, v_in);
+  Tensor k = k_in.to(DType::F32), v = v_in.to(DType::F32);
+  const KeyValueRows keys{static_cast<const char*>(k.raw()), DType::F32, g.Tk, g.D};
+  const KeyValueRows values{static_cast<const char*>(v.raw()), DType::F32, g.Tk, g.Dv};
+  return attention_forward(g, q_in, keys, values, mask, scale, lse_out);
+}
+
+Tensor attention_cached(const Tensor& q, const Tensor& k, const Tensor& v, int64_t valid, const AttentionMask& mask,
+                        float scale) {
+  DL_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "attention: q, k, v must be [B,H,T,D], got ",
+           q.describe(), ", ", k.describe(), ", ", v.describe());
+  DL_CHECK(k.is_contiguous() && v.is_contiguous(), "attention: cached keys ", k.describe(), " and values ",
+           v.describe(), " must be contiguous");
+  for (const Tensor* t : {&k, &v}) {
+    const DType dt = t->dtype();
+    DL_CHECK(dt == DType::F32 || dt == DType::F16 || dt == DType::BF16 || dt == DType::Q8_0,
+             "attention: cached keys/values of type ", dtype_name(dt), " are not supported (F32, F16, BF16, Q8_0)");
+  }
+  DL_CHECK(valid >= 0 && valid <= k.size(2), "attention: ", valid, " valid cache rows of ", k.describe());
+  const AttnGeom full = attention_geometry(q, k, v);
+  AttnGeom g = full;
+  g.Tk = valid;
+  const KeyValueRows keys{static_cast<const char*>(k.raw()), k.dtype(), full.Tk, g.D};
+  const KeyValueRows values{static_cast<const char*>(v.raw()), v.dtype(), full.Tk, g.Dv};
+  return attention_forward(g, q, keys, values, mask, scale, nullptr);
 }
 
 void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& out_in,
@@ -273,7 +325,7 @@ void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_
         const int64_t kend = mv.key_end(i0 + nq - 1, g.Tk);
         for (int64_t j0 = 0; j0 < kend; j0 += kKBlock) {
           const int64_t nk = std::min(kend, j0 + kKBlock) - j0;
-          score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+          score_tile(g, mv, b, h, qp, kp + j0 * g.D, i0, nq, j0, nk, scale, s.data());
           probs_from_lse(s.data(), nq, nk, lse.f32() + row0 + i0);
           dscores(s.data(), dp.data(), go.f32() + (row0 + i0) * g.Dv, vp + j0 * g.Dv, delta.f32() + row0 + i0, nq, nk);
           gemm(false, false, nq, g.D, nk, scale, s.data(), nk, kp + j0 * g.D, g.D, 1.f, gq->f32() + (row0 + i0) * g.D,
@@ -302,7 +354,7 @@ void attention_backward(const Tensor& q_in, const Tensor& k_in, const Tensor& v_
           const float* qp = q.f32() + row0 * g.D;
           for (int64_t i0 = first_query / kQBlock * kQBlock; i0 < g.Tq; i0 += kQBlock) {
             const int64_t nq = std::min(g.Tq, i0 + kQBlock) - i0;
-            score_tile(g, mv, b, h, qp, kp, i0, nq, j0, nk, scale, s.data());
+            score_tile(g, mv, b, h, qp, kp + j0 * g.D, i0, nq, j0, nk, scale, s.data());
             probs_from_lse(s.data(), nq, nk, lse.f32() + row0 + i0);
             const float* go_rows = go.f32() + (row0 + i0) * g.Dv;
             if (gv)
