@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/ops.h"
+#include "io/gguf_model.h"
 #include "io/image_file.h"
 #include "pipelines/interleave.h"
 #include "text/chat_template.h"
@@ -120,8 +121,8 @@ io::ModelDir open_model(const std::string& path) {
   const fs::file_status st = fs::status(path, ec);
   DL_CHECK(st.type() != fs::file_type::not_found, "model '", path, "' does not exist");
   DL_CHECK(!ec, "model '", path, "': ", ec.message());
-  DL_CHECK(fs::is_directory(st), "model '", path,
-           "' is a file; this build reads model directories in the official DreamLLM release layout");
+  DL_CHECK(fs::is_directory(st) || (fs::is_regular_file(st) && io::is_gguf_model_path(path)), "model '", path,
+           "' is neither a model directory (official DreamLLM release layout) nor a converted model (NAME.gguf)");
   return io::ModelDir::open(path);
 }
 }  // namespace

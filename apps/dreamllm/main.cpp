@@ -18,6 +18,7 @@ int create_main(int argc, char** argv);
 int write_main(int argc, char** argv);
 int train_main(int argc, char** argv);
 int world_main(int argc, char** argv);
+int convert_main(int argc, char** argv);
 }
 
 namespace {
@@ -36,6 +37,8 @@ void usage(FILE* out) {
                "                                                dreamllm train --stage II -m MODEL --data docs.jsonl -o out\n"
                "  world   the shapes world: generate data, score pictures against descriptions:\n"
                "                                                dreamllm world gen -o data --train 10000 --test 500\n"
+               "  convert convert a model directory to GGUF (the LLM as a llama.cpp model, the rest beside it):\n"
+               "                                                dreamllm convert -m MODEL -o model.gguf --type q4_k_m\n"
                "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
     if (cmd == "write") return dl::app::write_main(argc - 1, argv + 1);
     if (cmd == "train") return dl::app::train_main(argc - 1, argv + 1);
     if (cmd == "world") return dl::app::world_main(argc - 1, argv + 1);
+    if (cmd == "convert") return dl::app::convert_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

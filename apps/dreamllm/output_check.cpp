@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/gguf_model.h"
 
 namespace dl::app {
 
@@ -18,6 +19,12 @@ void InputFiles::add(const std::string& path) {
 
 void InputFiles::add_tree(const std::string& dir) {
   std::error_code ec;
+  if (fs::is_regular_file(dir, ec)) {
+    // A converted model: NAME.gguf and its companion.
+    add(dir);
+    if (io::is_gguf_model_path(dir)) add(io::companion_path(dir));
+    return;
+  }
   // Bounded: a model directory holds tens of files, and a wrong -m pointing at a huge tree must not stall.
   size_t visited = 0;
   for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;

@@ -544,8 +544,9 @@ GgufFile read_gguf(const std::string& path) { return parse_gguf(Storage::read_we
 
 // ---- writing ----
 
-void write_gguf(const std::string& path, const GgufMetadata& metadata,
-                const std::vector<std::pair<std::string, Tensor>>& tensors, uint32_t alignment) {
+void write_gguf_streaming(const std::string& path, const GgufMetadata& metadata,
+                          const std::vector<GgufTensorPlan>& plan, const std::function<Tensor(size_t)>& produce,
+                          uint32_t alignment) {
   const std::string what = "'" + path + "'";
   DL_CHECK(is_pow2(alignment), what, ": GGUF alignment ", alignment, " is not a power of two");
   if (const GgufValue* a = metadata.find(kAlignmentKey)) {
@@ -559,7 +560,7 @@ void write_gguf(const std::string& path, const GgufMetadata& metadata,
   Buffer h;
   h.bytes("GGUF", 4);
   h.scalar<uint32_t>(3);
-  h.scalar<uint64_t>(tensors.size());
+  h.scalar<uint64_t>(plan.size());
   h.scalar<uint64_t>(metadata.size() + (add_alignment_key ? 1 : 0));
   auto put_kv = [&](const std::string& key, const GgufValue& v) {
     DL_CHECK(!key.empty() && key.size() <= kMaxKeyBytes, what, ": metadata key of length ", key.size(),
@@ -575,31 +576,32 @@ void write_gguf(const std::string& path, const GgufMetadata& metadata,
   for (const auto& [key, v] : metadata.entries()) put_kv(key, v);
   if (add_alignment_key) put_kv(kAlignmentKey, GgufValue(alignment));
 
-  std::vector<Tensor> ordered;
-  std::vector<uint64_t> offsets;
+  std::vector<uint64_t> offsets, sizes;
   std::map<std::string, int> seen;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    DL_CHECK(!name.empty(), what, ": tensor with an empty name");
-    DL_CHECK(seen.emplace(name, 0).second, what, ": duplicate tensor name '", name, "'");
-    DL_CHECK(t.defined(), what, ": tensor '", name, "' is undefined");
-    DL_CHECK(t.dim() <= int64_t(kMaxRank), what, ": tensor '", name, "' ", t.describe(), " has rank above ",
+  for (const GgufTensorPlan& p : plan) {
+    DL_CHECK(!p.name.empty(), what, ": tensor with an empty name");
+    DL_CHECK(seen.emplace(p.name, 0).second, what, ": duplicate tensor name '", p.name, "'");
+    DL_CHECK(p.shape.size() <= kMaxRank, what, ": tensor '", p.name, "' ", shape_str(p.shape), " has rank above ",
              kMaxRank);
     uint32_t type_id;
     try {
-      type_id = ggml_type_from_dtype(t.dtype());
+      type_id = ggml_type_from_dtype(p.dtype);
     } catch (const Error& e) {
-      fail(what, ": tensor '", name, "': ", e.what());
+      fail(what, ": tensor '", p.name, "': ", e.what());
     }
-    Tensor ct = t.contiguous();
-    h.string(name);
-    h.scalar<uint32_t>(uint32_t(ct.dim()));
-    for (int64_t d = ct.dim() - 1; d >= 0; --d) h.scalar<uint64_t>(uint64_t(ct.shape()[size_t(d)]));
+    const DTypeInfo& di = dtype_info(p.dtype);
+    DL_CHECK(!di.is_quantized || (!p.shape.empty() && p.shape.back() % int64_t(di.block_elems) == 0), what,
+             ": tensor '", p.name, "' ", shape_str(p.shape), " is ", di.name, " but its rows are not a whole number of ",
+             di.block_elems, "-element blocks");
+    h.string(p.name);
+    h.scalar<uint32_t>(uint32_t(p.shape.size()));
+    for (size_t d = p.shape.size(); d-- > 0;) h.scalar<uint64_t>(uint64_t(p.shape[d]));
     h.scalar<uint32_t>(type_id);
     h.scalar<uint64_t>(offset);
     offsets.push_back(offset);
-    offset = align_up(offset + ct.nbytes(), alignment);
-    ordered.push_back(std::move(ct));
+    sizes.push_back(dtype_bytes(p.dtype, shape_numel(p.shape)));
+    offset = align_up(offset + sizes.back(), alignment);
   }
 
   const std::string& header = h.str();
@@ -616,13 +618,27 @@ void write_gguf(const std::string& path, const GgufMetadata& metadata,
     // Padding after the infos and after every tensor (the last included) keeps each tensor's data at a multiple
     // of the alignment and the file a whole number of alignment units.
     pad(f, align_up(header.size(), alignment) - header.size());
-    for (size_t i = 0; i < ordered.size(); ++i) {
-      const Tensor& t = ordered[i];
-      const size_t n = t.nbytes();
-      f.write(static_cast<const char*>(t.raw()), std::streamsize(n));
-      pad(f, align_up(offsets[i] + n, alignment) - (offsets[i] + n));
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const Tensor t = produce(i).contiguous();
+      DL_CHECK(t.defined() && t.dtype() == plan[i].dtype && t.shape() == plan[i].shape, what, ": tensor '",
+               plan[i].name, "' was announced as ", dtype_name(plan[i].dtype), shape_str(plan[i].shape), " but is ",
+               t.defined() ? t.describe() : std::string("undefined"));
+      f.write(static_cast<const char*>(t.raw()), std::streamsize(sizes[i]));
+      DL_CHECK(f.good(), what, ": writing tensor '", plan[i].name, "' failed (disk full?)");
+      pad(f, align_up(offsets[i] + sizes[i], alignment) - (offsets[i] + sizes[i]));
     }
   });
+}
+
+void write_gguf(const std::string& path, const GgufMetadata& metadata,
+                const std::vector<std::pair<std::string, Tensor>>& tensors, uint32_t alignment) {
+  std::vector<GgufTensorPlan> plan;
+  plan.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) {
+    DL_CHECK(t.defined(), "'", path, "': tensor '", name, "' is undefined");
+    plan.push_back({name, t.dtype(), t.shape()});
+  }
+  write_gguf_streaming(path, metadata, plan, [&](size_t i) { return tensors[i].second; }, alignment);
 }
 
 }  // namespace dl::io

@@ -4,6 +4,7 @@
 // every count, length and offset is bounds-checked against the file so a lying header fails cleanly.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -172,5 +173,16 @@ GgufFile parse_gguf(std::shared_ptr<Storage> bytes, const std::string& what);
 // `general.alignment` already in the metadata must be a u32 equal to `alignment`. Atomic (temp file + rename).
 void write_gguf(const std::string& path, const GgufMetadata& metadata,
                 const std::vector<std::pair<std::string, Tensor>>& tensors, uint32_t alignment = 32);
+// The same for files larger than memory: the header is written from `plan` (names, types and shapes known ahead),
+// then produce(i) is called once per tensor, in order, and its result written before the next is asked for, so only
+// one converted tensor need exist at a time. A produced tensor must match its plan entry.
+struct GgufTensorPlan {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;  // row-major
+};
+void write_gguf_streaming(const std::string& path, const GgufMetadata& metadata,
+                          const std::vector<GgufTensorPlan>& plan, const std::function<Tensor(size_t)>& produce,
+                          uint32_t alignment = 32);
 
 }  // namespace dl::io

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/gguf_model.h"
 #include "io/safetensors.h"
 
 namespace dl::io {
@@ -146,6 +147,7 @@ ModelDir ModelDir::open(const std::string& dir) {
     DL_CHECK(errno != ENOENT, "model path '", dir, "' does not exist");
     fail("model path '", dir, "': ", std::strerror(errno));  // e.g. a symbolic-link loop, no permission
   }
+  if (!S_ISDIR(st.st_mode) && is_gguf_model_path(dir)) return open_gguf(dir);
   DL_CHECK(S_ISDIR(st.st_mode), "model path '", dir, "' is not a directory");
   const std::string cfg = dir + "/config.json";
   DL_CHECK(file_exists(cfg), "model directory '", dir, "' has no config.json");
@@ -218,6 +220,7 @@ Layout ModelDir::expected(Component c) const {
 }
 
 std::vector<std::string> ModelDir::weight_files(Component c) const {
+  if (gguf_) return gguf_weight_files(*gguf_, c);
   std::string f;
   switch (c) {
     case kLLM:
@@ -243,8 +246,12 @@ std::vector<std::string> ModelDir::weight_files(Component c) const {
 }
 
 ClipPreprocessConfig clip_preprocess_config(const ModelDir& dir) {
+  if (dir.gguf()) {
+    if (auto text = dir.gguf()->embedded("preprocessor_config.json"))
+      return parse_clip_preprocess_config(*text, "'" + dir.gguf()->companion_path + "' preprocessor_config.json");
+  }
   const std::string path = dir.path() + "/preprocessor_config.json";
-  if (file_exists(path)) return read_clip_preprocess_config(path);
+  if (!dir.gguf() && file_exists(path)) return read_clip_preprocess_config(path);
   ClipPreprocessConfig cfg;
   const int64_t s = dir.clip_config().image_size;
   cfg.shortest_edge = s;
@@ -253,6 +260,7 @@ ClipPreprocessConfig clip_preprocess_config(const ModelDir& dir) {
 }
 
 StateDict ModelDir::load(unsigned mask) const {
+  if (gguf_) return load_gguf(mask);
   StateDict all;
   auto need = [&](const std::string& file, const char* component) {
     DL_CHECK(!file.empty(), "model directory '", dir_, "' has no ", component, " weights");

@@ -5,6 +5,7 @@
 // unexpected and mis-shaped name), and returns them under the full state-dict names of design.md section 3.
 #pragma once
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "io/torch_bin.h"
 
 namespace dl::io {
+
+struct GgufModel;  // io/gguf_model.h
 
 // kDiffusion is the UNet + VAE + condition projector; kConditionProjector alone reads just the projector from the
 // same file (what the LLM side needs to produce diffusion conditions).
@@ -29,6 +32,7 @@ enum Component : unsigned {
 
 class ModelDir {
  public:
+  // A model directory, or a converted model's NAME.gguf (its companion NAME.mmproj.gguf found beside it).
   static ModelDir open(const std::string& dir);
   // The texts of the directory's configs (std::nullopt: absent, defaults apply), as open() reads them.
   struct ConfigTexts {
@@ -55,8 +59,14 @@ class ModelDir {
   // The file(s) a component's weights are read from (the index and its shards for a sharded LLM); kDiffusion and
   // kConditionProjector share stable_diffusion_head.*. Throws when the component has no weight file.
   std::vector<std::string> weight_files(Component c) const;
+  // The GGUF pair a converted model was opened from; null for a directory.
+  const std::shared_ptr<const GgufModel>& gguf() const { return gguf_; }
 
  private:
+  // Defined in gguf_model.cpp.
+  static ModelDir open_gguf(const std::string& path);
+  StateDict load_gguf(unsigned mask) const;
+  std::shared_ptr<const GgufModel> gguf_;
   std::string dir_;
   DreamLLMConfig config_;
   ClipVisionConfig clip_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,8 @@
 
 #include "core/error.h"
 #include "core/file.h"
+#include "io/gguf.h"
+#include "io/gguf_model.h"
 
 namespace dl::text {
 
@@ -397,9 +400,155 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
+namespace {
+
+// Protocol-buffer wire format, enough to write a SentencePiece ModelProto.
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(char(uint8_t(v) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(char(v));
+}
+void put_key(std::string& out, int field, int wire) { put_varint(out, uint64_t(field) << 3 | uint64_t(wire)); }
+void put_bytes(std::string& out, int field, std::string_view b) {
+  put_key(out, field, 2);
+  put_varint(out, b.size());
+  out.append(b);
+}
+void put_int(std::string& out, int field, int64_t v) {
+  put_key(out, field, 0);
+  put_varint(out, uint64_t(v));  // negative int32 values take ten bytes, as protobuf writes them
+}
+void put_float(std::string& out, int field, float v) {
+  put_key(out, field, 5);
+  char b[4];
+  std::memcpy(b, &v, 4);
+  out.append(b, 4);
+}
+
+// llama.cpp's token types (gguf-py constants.py TokenType).
+constexpr int32_t kTypeNormal = 1, kTypeUnknown = 2, kTypeControl = 3, kTypeUnused = 5,
+                  kTypeByte = 6;
+
+Tokenizer load_gguf_tokenizer(const std::string& path) {
+  const std::shared_ptr<const io::GgufModel> g = io::open_gguf_model(path);
+  Tokenizer::Files files;
+  if (std::optional<std::string> model = g->embedded("tokenizer.model")) {
+    // Converted by dreamllm: the original files, so ids match the directory's exactly.
+    files.model = std::move(*model);
+    files.added_tokens = g->embedded("added_tokens.json");
+    files.tokenizer_config = g->embedded("tokenizer_config.json");
+    files.special_tokens_map = g->embedded("special_tokens_map.json");
+    return Tokenizer::from_files(files, g->companion_path);
+  }
+  return Tokenizer::from_files(Tokenizer::files_from_llama_cpp_vocab(g->llm.metadata, "'" + path + "'"), path);
+}
+
+}  // namespace
+
+Tokenizer::Files Tokenizer::files_from_llama_cpp_vocab(const io::GgufMetadata& m, const std::string& what) {
+  DL_CHECK(m.contains("tokenizer.ggml.model"), what, ": no tokenizer (metadata key 'tokenizer.ggml.model')");
+  const std::string& kind = m.get_string("tokenizer.ggml.model");
+  DL_CHECK(kind == "llama", what, ": tokenizer.ggml.model '", kind,
+           "' is not supported (only SentencePiece vocabularies, \"llama\")");
+  const std::vector<std::string>& tokens = m.get_string_array("tokenizer.ggml.tokens");
+  const size_t n = tokens.size();
+  DL_CHECK(n > 0, what, ": tokenizer.ggml.tokens is empty");
+  std::vector<float> scores(n, 0.f);
+  if (m.contains("tokenizer.ggml.scores")) {
+    scores = m.get_f32_array("tokenizer.ggml.scores");
+    DL_CHECK(scores.size() == n, what, ": ", scores.size(), " tokenizer.ggml.scores for ", n, " tokens");
+  }
+  std::vector<int32_t> types(n, kTypeNormal);
+  if (m.contains("tokenizer.ggml.token_type")) {
+    types = m.get_i32_array("tokenizer.ggml.token_type");
+    DL_CHECK(types.size() == n, what, ": ", types.size(), " tokenizer.ggml.token_type entries for ", n, " tokens");
+  }
+  // The SentencePiece vocabulary ends after its last normal, unknown or byte piece; what follows was added on top.
+  size_t sp = 0;
+  bool has_bytes = false;
+  for (size_t i = 0; i < n; ++i) {
+    DL_CHECK(types[i] >= kTypeNormal && types[i] <= kTypeByte, what, ": token ", i, " has type ", types[i]);
+    if (types[i] == kTypeNormal || types[i] == kTypeUnknown || types[i] == kTypeByte) sp = i + 1;
+    has_bytes = has_bytes || types[i] == kTypeByte;
+  }
+  DL_CHECK(sp > 0, what, ": the vocabulary has no normal pieces");
+  auto special_id = [&](const char* key, int64_t fallback) -> int64_t {
+    const std::string k = std::string("tokenizer.ggml.") + key;
+    if (!m.contains(k)) return fallback;
+    const uint64_t id = m.get_uint(k);
+    DL_CHECK(id < n, what, ": ", k, " ", id, " is outside the vocabulary of ", n);
+    return int64_t(id);
+  };
+  const int64_t unk = special_id("unknown_token_id", 0), bos = special_id("bos_token_id", 1),
+                eos = special_id("eos_token_id", 2), pad = special_id("padding_token_id", -1);
+
+  std::string proto;
+  for (size_t i = 0; i < sp; ++i) {
+    std::string piece;
+    put_bytes(piece, 1, tokens[i]);
+    put_float(piece, 2, scores[i]);
+    put_int(piece, 3, types[i]);
+    put_bytes(proto, 1, piece);
+  }
+  std::string trainer;
+  put_int(trainer, 3, 2);  // model_type BPE: llama.cpp's "llama" vocabularies are LLaMA's BPE SentencePiece models
+  if (has_bytes) put_int(trainer, 35, 1);  // byte_fallback
+  put_int(trainer, 40, unk < int64_t(sp) ? unk : 0);
+  put_int(trainer, 41, bos < int64_t(sp) ? bos : -1);
+  put_int(trainer, 42, eos < int64_t(sp) ? eos : -1);
+  put_int(trainer, 43, pad >= 0 && pad < int64_t(sp) ? pad : -1);
+  put_bytes(proto, 2, trainer);
+  std::string normalizer;
+  put_bytes(normalizer, 1, "identity");
+  const bool dummy_prefix = !m.contains("tokenizer.ggml.add_space_prefix") || m.get_bool("tokenizer.ggml.add_space_prefix");
+  put_int(normalizer, 3, dummy_prefix ? 1 : 0);
+  const bool remove_ws =
+      m.contains("tokenizer.ggml.remove_extra_whitespaces") && m.get_bool("tokenizer.ggml.remove_extra_whitespaces");
+  put_int(normalizer, 4, remove_ws ? 1 : 0);
+  put_bytes(proto, 3, normalizer);
+
+  Files files;
+  files.model = std::move(proto);
+  json added = json::object(), config = json::object(), additional = json::array();
+  // Padding rows llama.cpp's converter appends up to the embedding size ([PAD<n>], unused) are not tokens.
+  for (size_t i = sp; i < n && types[i] != kTypeUnused; ++i) {
+    added[tokens[i]] = int64_t(i);
+    if (types[i] == kTypeControl) additional.push_back(tokens[i]);
+  }
+  auto token_at = [&](int64_t id) { return tokens[size_t(id)]; };
+  config["unk_token"] = token_at(unk);
+  config["bos_token"] = token_at(bos);
+  config["eos_token"] = token_at(eos);
+  if (pad >= 0 && (size_t(pad) < sp || added.contains(token_at(pad)))) config["pad_token"] = token_at(pad);
+  if (m.contains("tokenizer.ggml.add_bos_token")) config["add_bos_token"] = m.get_bool("tokenizer.ggml.add_bos_token");
+  if (m.contains("tokenizer.ggml.add_eos_token")) config["add_eos_token"] = m.get_bool("tokenizer.ggml.add_eos_token");
+  if (!additional.empty()) config["additional_special_tokens"] = additional;
+  if (!added.empty()) files.added_tokens = added.dump();
+  files.tokenizer_config = config.dump();
+  return files;
+}
+
+std::vector<Tokenizer::Piece> Tokenizer::sp_pieces() const {
+  std::vector<Piece> out(size_t(impl_->sp_size));
+  for (int32_t i = 0; i < impl_->sp_size; ++i) {
+    Piece& p = out[size_t(i)];
+    p.text = impl_->sp->IdToPiece(i);
+    p.score = impl_->sp->GetScore(i);
+    p.type = impl_->sp->IsUnknown(i)   ? kTypeUnknown
+             : impl_->sp->IsControl(i) ? kTypeControl
+             : impl_->sp->IsUnused(i)  ? kTypeUnused
+             : impl_->sp->IsByte(i)    ? kTypeByte
+                                       : kTypeNormal;
+  }
+  return out;
+}
+
 Tokenizer Tokenizer::load(const std::string& model_dir) {
   const fs::path dir(model_dir);
   std::error_code ec;
+  if (io::is_gguf_model_path(model_dir) && fs::is_regular_file(dir, ec)) return load_gguf_tokenizer(model_dir);
   DL_CHECK(fs::is_directory(dir, ec), "tokenizer: '", model_dir, "' is not a directory");
   const fs::path model_path = dir / "tokenizer.model";
   const fs::path added_path = dir / "added_tokens.json";

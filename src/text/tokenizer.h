@@ -15,6 +15,10 @@
 #include <string_view>
 #include <vector>
 
+namespace dl::io {
+class GgufMetadata;
+}
+
 namespace dl::text {
 
 // Strings of the tokens that DreamLLM adds to the LLaMA vocabulary (omni/constants.py).
@@ -40,6 +44,8 @@ class Tokenizer {
   // Reads <dir>/tokenizer.model and, when present, added_tokens.json, tokenizer_config.json and
   // special_tokens_map.json, resolved the way transformers 4.35 from_pretrained does. Throws dl::Error naming the
   // file and the problem.
+  // `model_dir` may also be a converted model's NAME.gguf: the tokenizer files embedded in its companion
+  // (NAME.mmproj.gguf) are read, or, for a llama.cpp GGUF without one, the vocabulary in tokenizer.ggml.*.
   static Tokenizer load(const std::string& model_dir);
   // The same from file contents already in memory (the fuzzer's entry point): the tokenizer.model bytes and each
   // side file's text, std::nullopt for an absent one. `model_dir` only names the files in errors.
@@ -48,6 +54,11 @@ class Tokenizer {
     std::optional<std::string> added_tokens, tokenizer_config, special_tokens_map;
   };
   static Tokenizer from_files(const Files& files, const std::string& model_dir);
+  // The files of a llama.cpp SentencePiece vocabulary (tokenizer.ggml.model "llama": tokens, scores, token_type,
+  // special ids): a SentencePiece model written from the pieces before the first added token, the tokens after it
+  // as added tokens (control ones special), the special ids as tokenizer_config.json. `metadata_of` looks a key
+  // `what` names the file in errors.
+  static Files files_from_llama_cpp_vocab(const io::GgufMetadata& metadata, const std::string& what);
 
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -78,6 +89,14 @@ class Tokenizer {
   bool is_special(int32_t id) const;
   // The tokens appended after the SentencePiece vocabulary, by id.
   const std::vector<AddedToken>& added_tokens() const;
+  // The SentencePiece pieces with their scores and types as llama.cpp's token_type numbers them (1 normal,
+  // 2 unknown, 3 control, 5 unused, 6 byte; SentencePiece's own enum has the same values).
+  struct Piece {
+    std::string text;
+    float score = 0;
+    int32_t type = 1;
+  };
+  std::vector<Piece> sp_pieces() const;
 
  private:
   struct Impl;
