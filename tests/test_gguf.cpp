@@ -435,7 +435,7 @@ TEST(Gguf, RejectsHostileFiles) {
   expect_error(one_tensor({2}, 0, uint64_t(1) << 63, f32x2), "outside the data section");
   expect_error(one_tensor({3}, 0, 0, f32x2), "outside the data section");
   expect_error(one_tensor({2}, 0, 4, f32x2 + f32x2), "not a multiple of the alignment");
-  expect_error(one_tensor({2}, 12, 0, f32x2), "ggml type 12 (Q4_K)");
+  expect_error(one_tensor({2}, 13, 0, f32x2), "ggml type 13 (Q5_K)");
   expect_error(one_tensor({2}, 99, 0, f32x2), "ggml type 99 (#99)");
   expect_error(one_tensor({16}, 8, 0, std::string(34, '\0')), "not a multiple of the 32-element block");
   expect_error(one_tensor({uint64_t(1) << 40, uint64_t(1) << 40}, 0, 0, f32x2), "absurdly large");

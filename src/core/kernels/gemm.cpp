@@ -15,6 +15,7 @@
 
 #include "core/error.h"
 #include "core/kernels/vec.h"
+#include "core/kernels/quant_dot.h"
 #include "core/ops.h"
 #include "core/simd.h"
 #include "core/thread_pool.h"
@@ -97,9 +98,12 @@ void weight_rows_to_f32(DType dt, const void* w, int64_t r0, int64_t rows, int64
   for (int64_t r = 0; r < rows; ++r) {
     const void* src = base + size_t(r) * row_bytes;
     float* d = dst + r * k;
-    switch (dt) {
-      case DType::BF16: bf16_row_to_f32(static_cast<const uint16_t*>(src), d, k); break;
-      default: convert_to_f32(dt, src, d, k); break;
+    if (dt == DType::BF16) {
+      bf16_row_to_f32(static_cast<const uint16_t*>(src), d, k);
+    } else if (quant::has_int_dot(dt)) {
+      quant::dequantize_row(dt, src, d, k);
+    } else {
+      convert_to_f32(dt, src, d, k);
     }
   }
 }
@@ -271,7 +275,25 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   } else {
     blas_single_threaded();
     const bool direct16 = R <= 4 && (wc.dtype() == DType::BF16 || wc.dtype() == DType::F16);
-    if (direct16) {
+    if (R <= 4 && quant::has_int_dot(wc.dtype())) {
+      // Decoding on block-quantized weights: each activation row is quantized to 8 bits once, then every weight
+      // row is one integer dot product, reading the weights in their stored size. Rows are split over threads,
+      // each output computed whole by one thread, so the thread count never changes a bit.
+      const DType dt = wc.dtype();
+      const size_t act_bytes = quant::act_row_bytes(dt, K), row_bytes = dtype_bytes(dt, K);
+      std::vector<uint64_t> act((R * act_bytes + 7) / 8);  // 8-byte aligned for the blocks' floats
+      auto* ab = reinterpret_cast<char*>(act.data());
+      for (int64_t m = 0; m < R; ++m) quant::quantize_act_row(dt, xp + m * K, K, ab + m * act_bytes);
+      const char* wb = static_cast<const char*>(wc.raw());
+      parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+        // A few rows at a time, so that a second activation row finds them in cache.
+        for (int64_t t0 = n0; t0 < n1; t0 += 16) {
+          const int64_t t1 = std::min(n1, t0 + 16);
+          for (int64_t m = 0; m < R; ++m)
+            quant::dot_rows(dt, wb + size_t(t0) * row_bytes, t1 - t0, K, ab + m * act_bytes, yp + m * N + t0);
+        }
+      });
+    } else if (direct16) {
       // Decoding: memory bound on the weights, so read each 16-bit row once and widen it inside the dot product.
       const auto* w16 = static_cast<const uint16_t*>(wc.raw());
       const bool bf16 = wc.dtype() == DType::BF16;

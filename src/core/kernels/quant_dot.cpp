@@ -1,0 +1,432 @@
+#include "core/kernels/quant_dot.h"
+
+// GCC 12's AVX-512 intrinsic headers pass _mm512_undefined_*() as masked-off sources and warn about them
+// (a known false positive); the warnings concern the headers, not this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+
+namespace dl::quant {
+
+namespace {
+
+// Round to nearest (ties to even) for |v| < 2^22, the activations' range after scaling to +-127.
+inline int nearest_int(float v) {
+  const float t = v + 12582912.f;
+  int32_t i;
+  std::memcpy(&i, &t, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// The eight 6-bit scales and mins of a Q4_K block, four bytes at a time (the layout q4_k_scale_min reads).
+inline void unpack_q4_k_scales(const uint8_t* packed, uint8_t* sc, uint8_t* mn) {
+  uint32_t u[3];
+  std::memcpy(u, packed, 12);
+  const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, mn_lo = u[1] & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+  const uint32_t mn_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+  std::memcpy(sc, &sc_lo, 4);
+  std::memcpy(sc + 4, &sc_hi, 4);
+  std::memcpy(mn, &mn_lo, 4);
+  std::memcpy(mn + 4, &mn_hi, 4);
+}
+
+// sum_j min_j * (sum of the activation codes of sub-block j).
+inline int q4_k_min_sum(const uint8_t* mn, const BlockQ8_K& a) {
+  int s = 0;
+  for (int j = 0; j < 8; ++j) s += int(mn[j]) * (int(a.bsums[2 * j]) + int(a.bsums[2 * j + 1]));
+  return s;
+}
+
+// The float part shared by every level: value = d * sum(scale_j * q . x) - dmin * sum(min_j * sum x), both sums
+// exact integers, times the activation scale.
+inline float q4_k_tail(float acc, const BlockQ4_K& w, const BlockQ8_K& a, int sumi, int summ) {
+  acc += (f16_to_f32(w.d) * a.d) * float(sumi);
+  acc -= (f16_to_f32(w.dmin) * a.d) * float(summ);
+  return acc;
+}
+inline float q6_k_tail(float acc, const BlockQ6_K& w, const BlockQ8_K& a, int sumi) {
+  return acc + (f16_to_f32(w.d) * a.d) * float(sumi);
+}
+
+// For Q6_K: byte indices that spread scale 2k over eight int16 lanes and scale 2k+1 over the next eight.
+alignas(16) constexpr uint8_t kScalePairs[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13},
+    {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15}};
+
+// ---- scalar kernels (also the reference the SIMD levels are tested against) ----
+
+float dot_q8_0_scalar(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ8_0*>(wv);
+  const auto* a = static_cast<const ActQ8_0*>(av);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int s = 0;
+    for (int i = 0; i < kQK8_0; ++i) s += int(w[b].q[i]) * int(a[b].q[i]);
+    acc += (f16_to_f32(w[b].scale) * a[b].d) * float(s);
+  }
+  return acc;
+}
+
+float dot_q4_0_scalar(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ4_0*>(wv);
+  const auto* a = static_cast<const ActQ8_0*>(av);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int s = -8 * a[b].sum;
+    for (int i = 0; i < kQK4_0 / 2; ++i)
+      s += int(w[b].q[i] & 0x0f) * int(a[b].q[i]) + int(w[b].q[i] >> 4) * int(a[b].q[i + kQK4_0 / 2]);
+    acc += (f16_to_f32(w[b].scale) * a[b].d) * float(s);
+  }
+  return acc;
+}
+
+float dot_q4_k_scalar(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ4_K*>(wv);
+  const auto* a = static_cast<const BlockQ8_K*>(av);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t sc[8], mn[8];
+    unpack_q4_k_scales(w[b].scales, sc, mn);
+    int sumi = 0;
+    for (int c = 0; c < 4; ++c) {
+      const uint8_t* q = w[b].qs + 32 * c;
+      const int8_t* x = a[b].qs + 64 * c;
+      int lo = 0, hi = 0;
+      for (int l = 0; l < 32; ++l) {
+        lo += int(q[l] & 0x0f) * int(x[l]);
+        hi += int(q[l] >> 4) * int(x[32 + l]);
+      }
+      sumi += int(sc[2 * c]) * lo + int(sc[2 * c + 1]) * hi;
+    }
+    acc = q4_k_tail(acc, w[b], a[b], sumi, q4_k_min_sum(mn, a[b]));
+  }
+  return acc;
+}
+
+float dot_q6_k_scalar(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ6_K*>(wv);
+  const auto* a = static_cast<const BlockQ8_K*>(av);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int code[kQK_K];  // 0..63, the value plus 32
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = w[b].ql + 64 * h;
+      const uint8_t* qh = w[b].qh + 32 * h;
+      int* c = code + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        c[l] = (ql[l] & 0x0f) | (((qh[l] >> 0) & 3) << 4);
+        c[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+        c[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+        c[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+      }
+    }
+    int sumi = 0;
+    for (int g = 0; g < kQK_K / 16; ++g) {
+      int s = 0;
+      for (int i = 0; i < 16; ++i) s += code[16 * g + i] * int(a[b].qs[16 * g + i]);
+      sumi += int(w[b].scales[g]) * (s - 32 * int(a[b].bsums[g]));
+    }
+    acc = q6_k_tail(acc, w[b], a[b], sumi);
+  }
+  return acc;
+}
+
+}  // namespace
+
+#if defined(__x86_64__)
+#define QD_TARGET __attribute__((target("avx2,fma,f16c")))
+#define QD_NAME(name) name##_avx2
+#define QD_MADD(acc, p, s) _mm256_add_epi32(acc, _mm256_madd_epi16(p, s))
+#define QD_UBS(acc, u, s) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+#include "core/kernels/quant_dot_simd.inc"
+#undef QD_TARGET
+#undef QD_NAME
+#undef QD_MADD
+#undef QD_UBS
+
+#define QD_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define QD_NAME(name) name##_vnni
+#define QD_MADD(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
+#define QD_UBS(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#include "core/kernels/quant_dot_simd.inc"
+#undef QD_TARGET
+#undef QD_NAME
+#undef QD_MADD
+#undef QD_UBS
+
+namespace {
+
+// ---- vectorised dequantizers (AVX2; each value rounds exactly as the scalar code in dtype.cpp) ----
+#define DQ_TARGET __attribute__((target("avx2,fma,f16c")))
+
+// out[0..8) = float(bytes 0..7 of b, signed) * m
+DQ_TARGET inline void put8_mul(float* out, __m128i b, __m256 m) {
+  _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), m));
+}
+// out[0..32) = float(v's signed bytes) * m
+DQ_TARGET inline void put32_mul(float* out, __m256i v, __m256 m) {
+  const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+  put8_mul(out, lo, m);
+  put8_mul(out + 8, _mm_srli_si128(lo, 8), m);
+  put8_mul(out + 16, hi, m);
+  put8_mul(out + 24, _mm_srli_si128(hi, 8), m);
+}
+// out[0..32) = float(v's unsigned bytes) * m - s (two roundings, as d1 * q - m1)
+DQ_TARGET inline void put32_mul_sub(float* out, __m256i v, __m256 m, __m256 s) {
+  const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+  const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+  for (int i = 0; i < 4; ++i)
+    _mm256_storeu_ps(out + 8 * i,
+                     _mm256_sub_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i])), m), s));
+}
+
+DQ_TARGET void dequant_q8_0_avx2(const void* src, float* dst, int64_t nb) {
+  const auto* x = static_cast<const BlockQ8_0*>(src);
+  for (int64_t b = 0; b < nb; ++b)
+    put32_mul(dst + 32 * b, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].q)),
+              _mm256_set1_ps(_cvtsh_ss(x[b].scale)));
+}
+
+DQ_TARGET void dequant_q4_0_avx2(const void* src, float* dst, int64_t nb) {
+  const auto* x = static_cast<const BlockQ4_0*>(src);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].q));
+    const __m256i nib = _mm256_and_si256(
+        _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1), _mm256_set1_epi8(0x0f));
+    put32_mul(dst + 32 * b, _mm256_sub_epi8(nib, _mm256_set1_epi8(8)), _mm256_set1_ps(_cvtsh_ss(x[b].scale)));
+  }
+}
+
+DQ_TARGET void dequant_q4_k_avx2(const void* src, float* dst, int64_t nb) {
+  const auto* x = static_cast<const BlockQ4_K*>(src);
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = _cvtsh_ss(x[b].d), dmin = _cvtsh_ss(x[b].dmin);
+    uint8_t sc[8], mn[8];
+    unpack_q4_k_scales(x[b].scales, sc, mn);
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs + 32 * c));
+      float* out = dst + kQK_K * b + 64 * c;
+      put32_mul_sub(out, _mm256_and_si256(q, m4), _mm256_set1_ps(d * float(sc[2 * c])),
+                    _mm256_set1_ps(dmin * float(mn[2 * c])));
+      put32_mul_sub(out + 32, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_set1_ps(d * float(sc[2 * c + 1])),
+                    _mm256_set1_ps(dmin * float(mn[2 * c + 1])));
+    }
+  }
+}
+
+DQ_TARGET void dequant_q6_k_avx2(const void* src, float* dst, int64_t nb) {
+  const auto* x = static_cast<const BlockQ6_K*>(src);
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+  for (int64_t b = 0; b < nb; ++b) {
+    const float d = _cvtsh_ss(x[b].d);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].ql + 64 * h));
+      const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].ql + 64 * h + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qh + 32 * h));
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30)),
+          _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qh, m30)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30))};
+      for (int k = 0; k < 4; ++k) {
+        const __m256i v = _mm256_sub_epi8(q[k], off);
+        const int8_t* sc = x[b].scales + 8 * h + 2 * k;
+        float* out = dst + kQK_K * b + 128 * h + 32 * k;
+        const __m256 m0 = _mm256_set1_ps(d * float(sc[0])), m1 = _mm256_set1_ps(d * float(sc[1]));
+        const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+        put8_mul(out, lo, m0);
+        put8_mul(out + 8, _mm_srli_si128(lo, 8), m0);
+        put8_mul(out + 16, hi, m1);
+        put8_mul(out + 24, _mm_srli_si128(hi, 8), m1);
+      }
+    }
+  }
+}
+#undef DQ_TARGET
+
+}  // namespace
+#endif  // __x86_64__
+
+namespace {
+
+using DotFn = float (*)(const void*, const void*, int64_t);
+
+bool cpu_has(Isa level) {
+#if defined(__x86_64__)
+  switch (level) {
+    case Isa::Scalar: return true;
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::Avx512Vnni:
+      return cpu_has(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+#else
+  return level == Isa::Scalar;
+#endif
+}
+
+Isa detect_best() {
+  if (cpu_has(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
+  if (cpu_has(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+Isa parse_isa(const std::string& name) {
+  for (Isa level : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
+    if (name == isa_name(level)) return level;
+  fail("DL_QUANT_ISA='", name, "' is not one of scalar, avx2, avx512vnni");
+}
+
+Isa initial_isa() {
+  const char* env = std::getenv("DL_QUANT_ISA");
+  if (env == nullptr || *env == '\0') return detect_best();
+  const Isa want = parse_isa(env);
+  DL_CHECK(cpu_has(want), "DL_QUANT_ISA=", env, ": this CPU does not support it");
+  return want;
+}
+
+Isa& current() {
+  static Isa level = initial_isa();
+  return level;
+}
+
+DotFn dot_fn(DType w, Isa level) {
+#if defined(__x86_64__)
+  if (level == Isa::Avx512Vnni) {
+    switch (w) {
+      case DType::Q8_0: return dot_q8_0_vnni;
+      case DType::Q4_0: return dot_q4_0_vnni;
+      case DType::Q4_K: return dot_q4_k_vnni;
+      case DType::Q6_K: return dot_q6_k_vnni;
+      default: break;
+    }
+  } else if (level == Isa::Avx2) {
+    switch (w) {
+      case DType::Q8_0: return dot_q8_0_avx2;
+      case DType::Q4_0: return dot_q4_0_avx2;
+      case DType::Q4_K: return dot_q4_k_avx2;
+      case DType::Q6_K: return dot_q6_k_avx2;
+      default: break;
+    }
+  }
+#endif
+  switch (w) {
+    case DType::Q8_0: return dot_q8_0_scalar;
+    case DType::Q4_0: return dot_q4_0_scalar;
+    case DType::Q4_K: return dot_q4_k_scalar;
+    case DType::Q6_K: return dot_q6_k_scalar;
+    default: fail("no integer dot product for weight type ", dtype_name(w));
+  }
+}
+
+void quantize_act_q8_0(const float* x, int64_t k, ActQ8_0* out) {
+  for (int64_t b = 0; b < k / kQK8_0; ++b) {
+    const float* xb = x + b * kQK8_0;
+    float amax = 0.f;
+    for (int i = 0; i < kQK8_0; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+    int sum = 0;
+    for (int i = 0; i < kQK8_0; ++i) {
+      const int q = nearest_int(xb[i] * id);
+      out[b].q[i] = int8_t(q);
+      sum += q;
+    }
+    out[b].d = d;
+    out[b].sum = sum;
+  }
+}
+
+}  // namespace
+
+const char* isa_name(Isa level) {
+  switch (level) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512Vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+Isa best_isa() {
+  static const Isa best = detect_best();
+  return best;
+}
+
+Isa isa() { return current(); }
+
+void set_isa(Isa level) {
+  DL_CHECK(cpu_has(level), "quantized kernels: this CPU does not support ", isa_name(level));
+  current() = level;
+}
+
+bool has_int_dot(DType w) {
+  return w == DType::Q8_0 || w == DType::Q4_0 || w == DType::Q4_K || w == DType::Q6_K;
+}
+
+size_t act_row_bytes(DType w, int64_t k) {
+  switch (w) {
+    case DType::Q8_0:
+    case DType::Q4_0: return size_t(k / kQK8_0) * sizeof(ActQ8_0);
+    case DType::Q4_K:
+    case DType::Q6_K: return size_t(k / kQK_K) * sizeof(BlockQ8_K);
+    default: fail("no integer dot product for weight type ", dtype_name(w));
+  }
+}
+
+void quantize_act_row(DType w, const float* x, int64_t k, void* out) {
+  DL_CHECK(k % int64_t(dtype_info(w).block_elems) == 0, "quantized activations: row of ", k,
+           " is not a whole number of ", dtype_name(w), " blocks");
+  switch (w) {
+    case DType::Q8_0:
+    case DType::Q4_0: return quantize_act_q8_0(x, k, static_cast<ActQ8_0*>(out));
+    case DType::Q4_K:
+    case DType::Q6_K: return quantize_row_q8_k(x, static_cast<BlockQ8_K*>(out), k);
+    default: fail("no integer dot product for weight type ", dtype_name(w));
+  }
+}
+
+void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* act, float* out) {
+  const DotFn fn = dot_fn(w, current());
+  const int64_t nb = k / int64_t(dtype_info(w).block_elems);
+  const size_t row_bytes = dtype_bytes(w, k);
+  const char* p = static_cast<const char*>(w_rows);
+  for (int64_t r = 0; r < rows; ++r) out[r] = fn(p + size_t(r) * row_bytes, act, nb);
+}
+
+void dequantize_row(DType w, const void* src, float* dst, int64_t k) {
+#if defined(__x86_64__)
+  if (current() != Isa::Scalar) {
+    const int64_t nb = k / int64_t(dtype_info(w).block_elems);
+    switch (w) {
+      case DType::Q8_0: return dequant_q8_0_avx2(src, dst, nb);
+      case DType::Q4_0: return dequant_q4_0_avx2(src, dst, nb);
+      case DType::Q4_K: return dequant_q4_k_avx2(src, dst, nb);
+      case DType::Q6_K: return dequant_q6_k_avx2(src, dst, nb);
+      default: break;
+    }
+  }
+#endif
+  convert_to_f32(w, src, dst, k);
+}
+
+}  // namespace dl::quant

@@ -1,0 +1,43 @@
+// Integer dot products of block-quantized weight rows (Q8_0, Q4_0, Q4_K, Q6_K) with activations quantized once per
+// row to 8 bits (as llama.cpp does): 32-element blocks with an f32 scale and the block's sum for Q8_0/Q4_0 weights,
+// Q8_K super-blocks for the K types. The products run in integers (AVX-512 VNNI, AVX2 maddubs/madd, or scalar,
+// picked once per process by CPU) and each block's integer sum is scaled in float. Also vectorised dequantizers,
+// for panels that feed the F32 GEMM. Internal to src/core.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dl::quant {
+
+enum class Isa { Scalar, Avx2, Avx512Vnni };
+const char* isa_name(Isa isa);
+// The best level this CPU runs.
+Isa best_isa();
+// The level in use: best_isa(), or DL_QUANT_ISA=scalar|avx2|avx512vnni from the environment at first use.
+Isa isa();
+// For tests and benchmarks: switch the level for the whole process (throws when the CPU lacks it). Not
+// thread-safe against kernels running at the same time.
+void set_isa(Isa isa);
+
+// Weight types with an integer kernel.
+bool has_int_dot(DType w);
+// Bytes of one quantized activation row of k elements, for weights of type w (k a whole number of w's blocks).
+size_t act_row_bytes(DType w, int64_t k);
+// Quantizes x[0..k) into out (act_row_bytes(w, k) bytes, any alignment of 8 or more).
+void quantize_act_row(DType w, const float* x, int64_t k, void* out);
+// out[i] = dot(weight row i, activation row) for `rows` consecutive weight rows of k elements starting at w_rows.
+void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* act, float* out);
+// The F32 values of one quantized row: the same bits as convert_to_f32, vectorised.
+void dequantize_row(DType w, const void* src, float* dst, int64_t k);
+
+// The activation block for Q8_0/Q4_0 weights.
+struct ActQ8_0 {
+  float d;
+  int32_t sum;  // sum of q, so that offset weight codes (Q4_0's nibble - 8) cost no per-element work
+  int8_t q[kQK8_0];
+};
+static_assert(sizeof(ActQ8_0) == 40);
+
+}  // namespace dl::quant
