@@ -1,5 +1,6 @@
 // `dreamllm convert`: a model directory in the release layout -> NAME.gguf (the LLM as a llama.cpp LLaMA file) and
 // NAME.mmproj.gguf (everything else, configs and tokenizer files included). docs/gguf.md describes both files.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -133,6 +134,8 @@ int convert_main(int argc, char** argv) {
     return 2;
   }
   set_num_threads(threads);
+  // A file-size limit is a full disk for the writer: a failed write and a message, not death by SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   const std::string companion = io::companion_path(out);
   if (diffusion_type.empty()) diffusion_type = type == "f32" ? "f32" : "f16";
   const DType companion_type = parse_dtype(diffusion_type);

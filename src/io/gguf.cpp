@@ -624,7 +624,8 @@ void write_gguf_streaming(const std::string& path, const GgufMetadata& metadata,
                plan[i].name, "' was announced as ", dtype_name(plan[i].dtype), shape_str(plan[i].shape), " but is ",
                t.defined() ? t.describe() : std::string("undefined"));
       f.write(static_cast<const char*>(t.raw()), std::streamsize(sizes[i]));
-      DL_CHECK(f.good(), what, ": writing tensor '", plan[i].name, "' failed (disk full?)");
+      // Stop at the first failed write rather than converting the rest of a large model for nothing.
+      DL_CHECK(f.good(), "failed writing ", what, " at tensor '", plan[i].name, "' (is the disk full?)");
       pad(f, align_up(offsets[i] + sizes[i], alignment) - (offsets[i] + sizes[i]));
     }
   });
