@@ -13,6 +13,7 @@ namespace dl::app {
 int demo_main(int argc, char** argv);
 int run_main(int argc, char** argv);
 int inspect_main(int argc, char** argv);
+int bench_main(int argc, char** argv);
 int ask_main(int argc, char** argv);
 int chat_main(int argc, char** argv);
 int create_main(int argc, char** argv);
@@ -31,6 +32,8 @@ void usage(FILE* out) {
                "commands:\n"
                "  inspect show a model's components, sizes and the memory each weight type needs (headers only):\n"
                "                                                dreamllm inspect -m MODEL [--json]\n"
+               "  bench   speed of the LLM, vision tower, UNet or VAE (llama-bench style, --json):\n"
+               "                                                dreamllm bench llm -m MODEL -p 512 -n 64 -t 1,2\n"
                "  ask     answer a question about images:       dreamllm ask -m MODEL -i photo.png -p \"What is it?\"\n"
                "  chat    chat, attaching images with /image:   dreamllm chat -m MODEL\n"
                "  create  draw images from a prompt:            dreamllm create -m MODEL -p \"a red circle\" -o out.png\n"
@@ -63,6 +66,7 @@ int main(int argc, char** argv) {
     if (cmd == "demo") return dl::app::demo_main(argc - 1, argv + 1);
     if (cmd == "run") return dl::app::run_main(argc - 1, argv + 1);
     if (cmd == "inspect") return dl::app::inspect_main(argc - 1, argv + 1);
+    if (cmd == "bench") return dl::app::bench_main(argc - 1, argv + 1);
     if (cmd == "ask") return dl::app::ask_main(argc - 1, argv + 1);
     if (cmd == "chat") return dl::app::chat_main(argc - 1, argv + 1);
     if (cmd == "create") return dl::app::create_main(argc - 1, argv + 1);

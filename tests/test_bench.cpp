@@ -1,0 +1,124 @@
+// `dreamllm bench`: its JSON is an array of records in llama-bench's shape with consistent values on the tiny models
+// (small -p/-n; these check the tool's output, not speed), its table is llama-bench's Markdown, and bad options exit 2.
+#include <cmath>
+#include <string>
+#include <vector>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace dl {
+namespace {
+
+using json = nlohmann::json;
+using test::cli;
+using test::CliResult;
+const std::string kLlama = std::string(DL_FIXTURE_DIR) + "/tiny_llama";
+const std::string kFull = std::string(DL_FIXTURE_DIR) + "/tiny_full";
+
+json bench_json(const std::string& args) {
+  const CliResult r = cli("bench " + args + " --json");
+  EXPECT_EQ(r.code, 0) << r.err;
+  return json::parse(r.out);
+}
+
+// Every field llama-bench's JSON printer writes (test::get_fields plus samples_ns / samples_ts), with the type it
+// gives each.
+void expect_llama_bench_shape(const json& rec) {
+  for (const char* k : {"build_commit", "cpu_info", "gpu_info", "backends", "model_filename", "model_type", "cpu_mask",
+                        "type_k", "type_v", "split_mode", "devices", "tensor_split", "tensor_buft_overrides",
+                        "test_time"})
+    EXPECT_TRUE(rec.contains(k) && rec[k].is_string()) << k;
+  for (const char* k : {"build_number", "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads", "poll",
+                        "n_gpu_layers", "n_cpu_moe", "main_gpu", "flash_attn", "no_op_offload", "fit_target",
+                        "fit_min_ctx", "n_prompt", "n_gen", "n_depth", "avg_ns", "stddev_ns"})
+    EXPECT_TRUE(rec.contains(k) && rec[k].is_number_integer()) << k;
+  for (const char* k : {"cpu_strict", "no_kv_offload", "embeddings", "no_host"})
+    EXPECT_TRUE(rec.contains(k) && rec[k].is_boolean()) << k;
+  for (const char* k : {"avg_ts", "stddev_ts"}) EXPECT_TRUE(rec.contains(k) && rec[k].is_number()) << k;
+  ASSERT_TRUE(rec["samples_ns"].is_array() && rec["samples_ts"].is_array());
+  ASSERT_EQ(rec["samples_ns"].size(), rec["samples_ts"].size());
+  // avg_ts is the mean of the per-repetition rates, each items / seconds of its repetition.
+  double sum = 0;
+  for (size_t i = 0; i < rec["samples_ns"].size(); ++i) {
+    const double ns = rec["samples_ns"][i].get<double>(), ts = rec["samples_ts"][i].get<double>();
+    EXPECT_GT(ns, 0);
+    sum += ts;
+  }
+  EXPECT_NEAR(rec["avg_ts"].get<double>(), sum / double(rec["samples_ts"].size()), 1e-6 * sum);
+  EXPECT_GE(rec["stddev_ts"].get<double>(), 0);
+  EXPECT_GT(rec["peak_rss_bytes"].get<double>(), 1e6);
+  EXPECT_GE(rec["load_ms"].get<double>(), 0);
+}
+
+TEST(Bench, LlmRecordsHaveLlamaBenchsFieldsAndConsistentValues) {
+  const json recs = bench_json("llm -m " + kLlama + " -p 16 -n 4 -t 1,2 -r 3");
+  ASSERT_TRUE(recs.is_array());
+  ASSERT_EQ(recs.size(), 4u);  // pp and tg for each thread count
+  const int threads[] = {1, 1, 2, 2};
+  for (size_t i = 0; i < recs.size(); ++i) {
+    const json& r = recs[i];
+    expect_llama_bench_shape(r);
+    EXPECT_EQ(r["n_threads"], threads[i]);
+    EXPECT_EQ(r["samples_ns"].size(), 3u);
+    EXPECT_EQ(r["model_n_params"], 42912);  // counts.json: tiny_llama's LLM parameters
+    EXPECT_EQ(r["model_size"], 171648);     // their F32 bytes
+    EXPECT_EQ(r["model_type"], "llama 43K F32");
+    EXPECT_EQ(r["type_k"], "f16");
+    const bool prefill = i % 2 == 0;
+    EXPECT_EQ(r["n_prompt"], prefill ? 16 : 0);
+    EXPECT_EQ(r["n_gen"], prefill ? 0 : 4);
+    EXPECT_EQ(r["n_depth"], prefill ? 0 : 16);
+    EXPECT_EQ(r["test"], prefill ? "pp16" : "tg4 @ d16");
+    // One sample's rate is its tokens over its time.
+    const double ns = r["samples_ns"][0].get<double>();
+    EXPECT_NEAR(r["samples_ts"][0].get<double>(), 1e9 * (prefill ? 16 : 4) / ns, 1e-6 * 1e9 * 16 / ns);
+  }
+  // The KV cache type options are llama-bench's too.
+  EXPECT_EQ(bench_json("llm -m " + kLlama + " -p 8 -n 0 -t 1 -r 1 --cache-type-k bf16")[0]["type_k"], "bf16");
+  // The table: llama-bench's columns and test names.
+  const CliResult table = cli("bench llm -m " + kLlama + " -p 8 -n 2 -t 1 -r 1");
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.out.find("| model"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("pp8"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("tg2 @ d8"), std::string::npos) << table.out;
+}
+
+TEST(Bench, ClipUnetAndVaeRecords) {
+  const json clip = bench_json("clip -m " + kFull + " -b 2 -t 1 -r 2");
+  ASSERT_EQ(clip.size(), 1u);
+  expect_llama_bench_shape(clip[0]);
+  EXPECT_EQ(clip[0]["unit"], "images/s");
+  EXPECT_EQ(clip[0]["batch"], 2);
+  const json unet = bench_json("unet -m " + kFull + " -W 32 -H 32 --cfg -t 1 -r 2");
+  ASSERT_EQ(unet.size(), 1u);
+  expect_llama_bench_shape(unet[0]);
+  EXPECT_EQ(unet[0]["batch"], 2);
+  EXPECT_EQ(unet[0]["width"], 32);
+  EXPECT_NEAR(unet[0]["avg_seconds"].get<double>(), unet[0]["avg_ns"].get<double>() / 1e9, 1e-6);
+  const json vae = bench_json("vae -m " + kFull + " -W 32 -H 32 --tiled -t 1 -r 1");
+  expect_llama_bench_shape(vae[0]);
+  EXPECT_EQ(vae[0]["tiled"], true);
+  // A text-only model has no vision tower or diffusion head to measure.
+  const CliResult no_clip = cli("bench clip -m " + kLlama + " -t 1 -r 1");
+  EXPECT_EQ(no_clip.code, 1);
+  EXPECT_NE(no_clip.err.find("no vision tower"), std::string::npos) << no_clip.err;
+  EXPECT_EQ(cli("bench unet -m " + kLlama + " -t 1 -r 1").code, 1);
+}
+
+TEST(Bench, BadOptionsAreUsageErrors) {
+  for (const std::string& args : std::vector<std::string>{"", "nothing", "llm", "llm -m " + kLlama + " -p -1", "llm -m " + kLlama + " -t 0",
+        "llm -m " + kLlama + " -t 1,x", "llm -m " + kLlama + " -p 0 -n 0", "llm -m " + kLlama + " -r 0",
+        "unet -m " + kFull + " --tiled", "vae -m " + kFull + " --cfg", "llm -m " + kLlama + " --cache-type-k q2"}) {
+    const CliResult r = cli("bench " + args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
+    EXPECT_FALSE(r.err.empty()) << args;
+  }
+  // A prompt longer than the model's context is an input error, named.
+  const CliResult r = cli("bench llm -m " + kLlama + " -p 600 -n 0 -t 1 -r 1");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("supports 512"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace dl
