@@ -8,8 +8,12 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <cctype>
 #include <cstdint>
+#include <map>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "core/ops.h"
 #include "core/tensor.h"
@@ -135,7 +139,49 @@ void register_conv(int64_t C, int64_t O, int64_t HW, int64_t ksize, double min_t
          min_time);
 }
 
+// Linear layers on stored weight types at LLaMA-7B widths: decode (M=1) is bound by reading the weights once per
+// call, so besides GFLOP/s each case reports GB/s of weight bytes streamed (the stored size: 2 bytes per weight for
+// F16, 34/32 for Q8_0, 18/32 for Q4_0, 144/256 for Q4_K, 210/256 for Q6_K). Quantizing 45M weights takes
+// seconds, so each weight is made once per process.
+const dl::Tensor& stored_weight(dl::DType dt, int64_t N, int64_t K) {
+  static std::map<std::tuple<int, int64_t, int64_t>, dl::Tensor> cache;
+  auto key = std::make_tuple(int(dt), N, K);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    // Scaled like trained weights (std ~0.02) so quantizers see ordinary magnitudes.
+    it = cache.emplace(key, dl::ops::scale(random_tensor({N, K}, 2), 0.035f).to(dt)).first;
+  }
+  return it->second;
+}
+
+void register_typed_linear(dl::DType dt, int64_t M, int64_t K, int64_t N, double min_time) {
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  std::string type(dl::dtype_name(dt));
+  for (char& c : type) c = char(std::tolower(static_cast<unsigned char>(c)));
+  const std::string name = "ours/linear_" + type + "/M" + std::to_string(M) + "_K" + std::to_string(K) + "_N" +
+                           std::to_string(N);
+  common(benchmark::RegisterBenchmark(name.c_str(),
+                                      [=](benchmark::State& state) {
+                                        const dl::Tensor& w = stored_weight(dt, N, K);
+                                        dl::set_num_threads(int(state.range(0)));
+                                        dl::Tensor x = random_tensor({M, K}, 1);
+                                        benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        for (auto _ : state) benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        report_flops(state, flops);
+                                        state.counters["weights_GB"] = benchmark::Counter(
+                                            double(w.nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+                                      }),
+         min_time);
+}
+
 void register_all() {
+  // Stored weight types: decode and prefill at the three LLaMA-7B projection shapes (q/k/v/o 4096x4096, MLP
+  // gate/up 11008x4096, MLP down 4096x11008).
+  for (dl::DType dt : {dl::DType::F16, dl::DType::Q8_0, dl::DType::Q4_0, dl::DType::Q4_K, dl::DType::Q6_K})
+    for (int64_t M : {1, 64, 512})
+      for (auto [N, K] : {std::pair<int64_t, int64_t>{4096, 4096}, {11008, 4096}, {4096, 11008}})
+        register_typed_linear(dt, M, K, N, M == 1 ? 0.3 : 0.5);
+
   // LLaMA-7B: attention/output projections (4096 -> 4096) and the MLP up/gate projections (4096 -> 11008).
   // Decode (M=1) streams the whole weight per call, hence the BF16-weight variant that halves the bytes.
   for (int64_t M : {1, 512})

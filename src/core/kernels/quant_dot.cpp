@@ -51,15 +51,29 @@ inline int q4_k_min_sum(const uint8_t* mn, const BlockQ8_K& a) {
 }
 
 // The float part shared by every level: value = d * sum(scale_j * q . x) - dmin * sum(min_j * sum x), both sums
-// exact integers, times the activation scale.
-inline float q4_k_tail(float acc, const BlockQ4_K& w, const BlockQ8_K& a, int sumi, int summ) {
-  acc += (f16_to_f32(w.d) * a.d) * float(sumi);
-  acc -= (f16_to_f32(w.dmin) * a.d) * float(summ);
+// exact integers, times the activation scale. The SIMD levels convert the halves with F16C, to the same values.
+inline float q4_k_tail(float acc, float d, float dmin, float ad, int sumi, int summ) {
+  acc += (d * ad) * float(sumi);
+  acc -= (dmin * ad) * float(summ);
   return acc;
 }
-inline float q6_k_tail(float acc, const BlockQ6_K& w, const BlockQ8_K& a, int sumi) {
-  return acc + (f16_to_f32(w.d) * a.d) * float(sumi);
-}
+inline float q6_k_tail(float acc, float d, float ad, int sumi) { return acc + (d * ad) * float(sumi); }
+
+// For Q4_K: byte indices that spread int16 lane j of a 128-bit vector over all sixteen lanes of a 256-bit one.
+alignas(32) constexpr uint8_t kBroadcastW[8][32] = {
+    {0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1},
+    {2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3},
+    {4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5},
+    {6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7},
+    {8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9},
+    {10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11,
+     10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11},
+    {12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13,
+     12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13},
+    {14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15,
+     14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15}};
+// Byte indices that turn eight bytes m0..m7 into m0 m0 m1 m1 ... m7 m7.
+alignas(16) constexpr uint8_t kDupBytes[16] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
 
 // For Q6_K: byte indices that spread scale 2k over eight int16 lanes and scale 2k+1 over the next eight.
 alignas(16) constexpr uint8_t kScalePairs[8][16] = {
@@ -114,7 +128,7 @@ float dot_q4_k_scalar(const void* wv, const void* av, int64_t nb) {
       }
       sumi += int(sc[2 * c]) * lo + int(sc[2 * c + 1]) * hi;
     }
-    acc = q4_k_tail(acc, w[b], a[b], sumi, q4_k_min_sum(mn, a[b]));
+    acc = q4_k_tail(acc, f16_to_f32(w[b].d), f16_to_f32(w[b].dmin), a[b].d, sumi, q4_k_min_sum(mn, a[b]));
   }
   return acc;
 }
@@ -142,7 +156,7 @@ float dot_q6_k_scalar(const void* wv, const void* av, int64_t nb) {
       for (int i = 0; i < 16; ++i) s += code[16 * g + i] * int(a[b].qs[16 * g + i]);
       sumi += int(w[b].scales[g]) * (s - 32 * int(a[b].bsums[g]));
     }
-    acc = q6_k_tail(acc, w[b], a[b], sumi);
+    acc = q6_k_tail(acc, f16_to_f32(w[b].d), a[b].d, sumi);
   }
   return acc;
 }
