@@ -14,6 +14,7 @@
 #include "core/ops.h"
 #include "io/checkpoint_layout.h"
 #include "io/gguf.h"
+#include "io/image_file.h"
 #include "io/gguf_model.h"
 #include "io/model_dir.h"
 #include "io/safetensors.h"
@@ -289,6 +290,30 @@ TEST_F(Convert, PlainLlamaCppFileRunsTextOnly) {
   // ask answers text-only from it through the CLI.
   const auto r = cli("ask -m " + alone + " -p 'what shapes?' -n 4");
   EXPECT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(Convert, TrainsFromAConvertedModelIntoADirectory) {
+  // Stage II trains the LLM side (made F32 for training) with CLIP, UNet and VAE frozen in their converted types.
+  io::Image img(32, 32);
+  for (size_t i = 0; i < img.rgb.size(); ++i) img.rgb[i] = uint8_t((i * 29) % 253);
+  io::write_png(path("img0.png"), img);
+  io::write_png(path("img1.png"), img);
+  std::ofstream(path("pairs.jsonl")) << R"({"image": "img0.png", "caption": "a red circle"})" << "\n"
+                                     << R"({"image": "img1.png", "caption": "a blue square"})" << "\n";
+  const std::string out = path("trained");
+  const auto r = cli("train --stage II -m " + converted("q8_0") + " --data " + path("pairs.jsonl") + " -o " + out +
+                     " --max-steps 1 -b 2 -t 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(test::slurp(out + "/config.json"), test::slurp(kModel + "/config.json"));
+  EXPECT_EQ(test::slurp(out + "/tokenizer.model"), test::slurp(kModel + "/tokenizer.model"));
+  EXPECT_EQ(test::slurp(out + "/unet/config.json"), test::slurp(kModel + "/unet/config.json"));
+  const io::ModelDir trained = io::ModelDir::open(out);
+  const io::StateDict t = trained.load(io::kClip | io::kLLM);
+  const io::StateDict g = io::ModelDir::open(converted("q8_0")).load(io::kClip);
+  const std::string w = "model.clip_vision_embedding.clip_vision_model.vision_model.encoder.layers.0.mlp.fc1.weight";
+  EXPECT_TRUE(test::bit_equal(t.at(w), g.at(w)));  // frozen: the converted values, unchanged
+  EXPECT_EQ(t.at("model.layers.0.mlp.up_proj.weight").dtype(), DType::F32);
+  EXPECT_EQ(cli("ask -m " + out + " -p hi -n 2").code, 0);
 }
 
 // A model whose rows are 256 wide, so Q4_K and Q6_K are used as such (the tiny model's rows fall back).

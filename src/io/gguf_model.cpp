@@ -148,6 +148,15 @@ std::optional<std::string> GgufModel::embedded(const std::string& rel) const {
   fail("'", companion_path, "': embedded file '", rel, "' is ", v->type_name(), ", expected a string or bytes");
 }
 
+std::vector<std::string> GgufModel::embedded_files() const {
+  std::vector<std::string> out;
+  if (!companion) return out;
+  const std::string prefix = kEmbeddedFilePrefix;
+  for (const auto& [key, v] : companion->metadata.entries())
+    if (starts_with(key, prefix) && key.size() > prefix.size()) out.push_back(key.substr(prefix.size()));
+  return out;
+}
+
 bool GgufModel::companion_has(const std::string& prefix) const {
   if (!companion) return false;
   for (const GgufTensorInfo& info : companion->tensor_infos)

@@ -47,6 +47,8 @@ struct GgufModel {
   std::optional<GgufFile> companion;
   // An embedded file of the companion (text or bytes), std::nullopt when absent (or without a companion).
   std::optional<std::string> embedded(const std::string& rel) const;
+  // The relative paths of every embedded file.
+  std::vector<std::string> embedded_files() const;
   // Whether the companion holds a tensor whose name starts with `prefix`.
   bool companion_has(const std::string& prefix) const;
 };

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/config.h"
+#include "io/gguf_model.h"
 #include "io/safetensors.h"
 
 namespace dl::train {
@@ -91,18 +92,38 @@ io::Component component_of(const std::string& n) {
 void write_model_files(const std::string& dir, const io::ModelDir& source, const ModelWeights& weights,
                        unsigned rewrite) {
   DL_CHECK(weights.model && weights.head, "write_model_files: no weights");
+  if (source.gguf()) {
+    // A converted model (NAME.gguf + companion) trains into a model directory: the configs and tokenizer files
+    // embedded in the companion come out as files, and every component is written, since there is no weight file
+    // in the directory layout to link. Quantized frozen weights are stored as F32, which holds their values exactly.
+    const io::GgufModel& g = *source.gguf();
+    DL_CHECK(g.companion, "'", source.path(), "' has no companion file ('", io::companion_path(source.path()),
+             "'): training needs the configs and tokenizer files it holds");
+    for (const std::string& rel : g.embedded_files()) {
+      DL_CHECK(rel.find("..") == std::string::npos && !rel.starts_with("/"), "'", g.companion_path,
+               "': embedded file name '", rel, "' leaves the model directory");
+      const fs::path to = fs::path(dir) / rel;
+      fs::create_directories(to.parent_path());
+      const std::string text = *g.embedded(rel);
+      io::write_file_atomically(to.string(), [&](std::ostream& f) { f << text; }, false);
+    }
+    for (io::Component c : {io::kLLM, io::kClip, io::kDream, io::kDiffusion})
+      if (source.has(c)) rewrite |= c;
+  }
   // Configs, tokenizer and base configs: everything in the source that is not a weight file or a checkpoint.
-  for (const auto& e : fs::directory_iterator(source.path())) {
-    const std::string name = e.path().filename().string();
-    // A run's own files (its metrics, a checkpoint's state, locks and other hidden files) are not the model's.
-    const bool run_file = name == "metrics.jsonl" || name == "trainer_state.json" || name.starts_with(".");
-    if (e.is_regular_file() && !is_weight_file(name) && !run_file) {
-      copy_file_to(e.path(), fs::path(dir) / name, false);
-    } else if (e.is_directory() && (name == "clip_vision" || name == "unet" || name == "vae" || name == "scheduler")) {
-      fs::create_directories(fs::path(dir) / name);
-      for (const auto& f : fs::directory_iterator(e.path()))
-        if (f.is_regular_file() && !is_weight_file(f.path().filename().string()))
-          copy_file_to(f.path(), fs::path(dir) / name / f.path().filename(), false);
+  if (!source.gguf()) {
+    for (const auto& e : fs::directory_iterator(source.path())) {
+      const std::string name = e.path().filename().string();
+      // A run's own files (its metrics, a checkpoint's state, locks and other hidden files) are not the model's.
+      const bool run_file = name == "metrics.jsonl" || name == "trainer_state.json" || name.starts_with(".");
+      if (e.is_regular_file() && !is_weight_file(name) && !run_file) {
+        copy_file_to(e.path(), fs::path(dir) / name, false);
+      } else if (e.is_directory() && (name == "clip_vision" || name == "unet" || name == "vae" || name == "scheduler")) {
+        fs::create_directories(fs::path(dir) / name);
+        for (const auto& f : fs::directory_iterator(e.path()))
+          if (f.is_regular_file() && !is_weight_file(f.path().filename().string()))
+            copy_file_to(f.path(), fs::path(dir) / name / f.path().filename(), false);
+      }
     }
   }
   std::map<io::Component, std::map<std::string, Tensor>> files;
@@ -112,7 +133,8 @@ void write_model_files(const std::string& dir, const io::ModelDir& source, const
       if (!(rewrite & c)) continue;
       // Both sides hold the condition projector; the LLM side's copy is the one that trains.
       if (head_side && n == "stable_diffusion_head.projector.projector.weight" && weights.model->contains(n)) continue;
-      files[c][name_in_file(n)] = v.value();
+      const Tensor& t = v.value();
+      files[c][name_in_file(n)] = dtype_info(t.dtype()).is_quantized ? t.to(DType::F32) : t;
     }
   };
   add(*weights.model, false);
