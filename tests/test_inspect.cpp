@@ -142,9 +142,10 @@ TEST(Inspect, AReleaseShapedModelReadsHeadersAndBuiltInConfigs) {
   const json r = inspect_json(dir.string());
   std::map<std::string, json> parts;
   for (const json& p : r["components"]) parts[p["name"]] = p;
-  // Published parameter counts: LLaMA-7B 6,738,415,616; SD 2.1's UNet 865,910,724 and VAE (AutoencoderKL)
-  // 83,653,863; DreamLLM's 64 dream queries x 4096.
+  // Published parameter counts: LLaMA-7B 6,738,415,616; CLIP ViT-L/14's vision model 303,179,776; SD 2.1's UNet
+  // 865,910,724 and VAE (AutoencoderKL) 83,653,863; DreamLLM's 64 dream queries x 4096.
   EXPECT_EQ(parts["llm"]["params"], 6738415616);
+  EXPECT_EQ(parts["vision_tower"]["params"], 303179776);
   EXPECT_EQ(parts["unet"]["params"], 865910724);
   EXPECT_EQ(parts["vae"]["params"], 83653863);
   EXPECT_EQ(parts["dream_queries"]["params"], 64 * 4096);
@@ -155,13 +156,14 @@ TEST(Inspect, AReleaseShapedModelReadsHeadersAndBuiltInConfigs) {
   EXPECT_EQ(r["other_configs"]["scheduler"].get<std::string>().rfind("built-in default", 0), 0u);
   EXPECT_EQ(r["context"], 2048);
   // LLaMA-7B weight sizes as llama.cpp's quantize table gives them (GiB): Q4_0 3.56, Q4_K_M 3.80, Q8_0 6.67,
-  // F16 12.55.
+  // F16 12.55, Q6_K 5.15.
   std::map<std::string, double> gib;
   for (const json& m : r["memory"]) gib[m["type"]] = m["llm_weights"].get<double>() / double(1 << 30);
   EXPECT_NEAR(gib["q4_0"], 3.56, 0.01);
   EXPECT_NEAR(gib["q4_k_m"], 3.80, 0.01);
   EXPECT_NEAR(gib["q8_0"], 6.67, 0.01);
   EXPECT_NEAR(gib["f16"], 12.55, 0.01);
+  EXPECT_NEAR(gib["q6_k"], 5.15, 0.01);
   // KV cache F16 at 2048 positions: 2 x 32 layers x 4096 x 2048 x 2 bytes = 1 GiB.
   EXPECT_EQ(r["memory"][1]["kv_cache"], uint64_t(1) << 30);
   fs::remove_all(dir);

@@ -173,7 +173,7 @@ Report inspect_model(const std::string& path) {
     if (!parts.at(s.key).files.empty()) r.parts.push_back(parts.at(s.key));
   if (dir.has(io::kDiffusion))
     r.other_configs.emplace_back(
-        "scheduler", config_source(dir, "scheduler/scheduler_config.json", sd_default + " scheduler (PNDMScheduler)") +
+        "scheduler", config_source(dir, "scheduler/scheduler_config.json", sd_default + " scheduler") +
                          " -> " + dir.scheduler_config().class_name + ", " +
                          std::to_string(dir.scheduler_config().num_train_timesteps) + " training timesteps");
   // The tokenizer is small (kilobytes to a megabyte): reading it costs nothing next to the weights.
