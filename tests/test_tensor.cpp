@@ -1,5 +1,6 @@
 // Tensor core: views, dtype conversion against PyTorch's rounding, block quantisation, storage, thread pool,
 // and the error messages of bad shapes.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -294,6 +295,44 @@ TEST(Storage, MappedFileIsZeroCopyAndReadOnly) {
   std::remove(path);
   EXPECT_THROW(Storage::map_file("/nonexistent/file.bin"), Error);
   EXPECT_THROW(Storage::map_file("/tmp"), Error);
+}
+
+// VmHWM (peak resident set) of this process in bytes.
+size_t peak_resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return size_t(std::stoull(line.substr(6))) * 1024;
+  return 0;
+}
+
+TEST(Storage, CopyingAWeightFileHoldsItAboutOnceAtThePeak) {
+  char path[] = "/tmp/dl_weights_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const size_t size = size_t(160) << 20;
+  std::vector<uint8_t> bytes(size);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = uint8_t((i * 2654435761u) >> 13);
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()), ssize_t(bytes.size()));
+  close(fd);
+  bytes = {};
+  // In a child, whose peak can be reset (clear_refs 5) without the rest of the suite's allocations in it.
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    unsetenv("DREAMLLM_MMAP");
+    std::ofstream("/proc/self/clear_refs") << "5";
+    const size_t before = peak_resident_bytes();
+    auto copied = Storage::read_weights_file(path);
+    const size_t grown = peak_resident_bytes() - before;
+    // Copied (the machine has the memory) and held about once: the copy plus one chunk of the mapping, where a
+    // plain copy of the whole mapping holds the file twice.
+    _exit(copied->is_mapped() ? 2 : grown < size + size / 2 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  std::remove(path);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: not copied; 1: the peak grew by 1.5 times the file or more";
 }
 
 TEST(Storage, LargeWeightFilesAreCopiedSmallOnesAndDreamllmMmapStayMapped) {

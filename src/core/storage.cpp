@@ -57,17 +57,45 @@ std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
   return std::shared_ptr<Storage>(new Storage(p, size, Kind::Mapped));
 }
 
+namespace {
+
+// MemAvailable of /proc/meminfo in bytes, or 0 when it cannot be read.
+size_t available_memory() {
+  const int fd = ::open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[4096];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* line = std::strstr(buf, "MemAvailable:");
+  if (!line) return 0;
+  return size_t(std::strtoull(line + 13, nullptr, 10)) * 1024;
+}
+
+}  // namespace
+
 std::shared_ptr<Storage> Storage::read_weights_file(const std::string& path) {
   std::shared_ptr<Storage> mapped = map_file(path);
   const char* keep_mapped = std::getenv("DREAMLLM_MMAP");
   if ((keep_mapped && std::strcmp(keep_mapped, "1") == 0) || mapped->size() < kCopyAtLeast) return mapped;
   constexpr size_t kHugePage = size_t(2) << 20;
   const size_t size = mapped->size(), rounded = (size + kHugePage - 1) / kHugePage * kHugePage;
+  // A copy the machine cannot hold would only push the rest of the model (or the copy itself) into swap: then the
+  // mapping, which the kernel pages in and out on its own, is the faster of the two.
+  if (rounded + kCopyHeadroom > available_memory()) return mapped;
   void* p = std::aligned_alloc(kHugePage, rounded);
   if (p == nullptr) return mapped;  // no memory for a copy: the mapping still works, only slower
   ::madvise(p, rounded, MADV_HUGEPAGE);  // where transparent huge pages are opt-in ("madvise" mode)
   ::madvise(mapped->data(), size, MADV_SEQUENTIAL);
-  std::memcpy(p, mapped->data(), size);
+  // Chunk by chunk, each copied chunk of the mapping released at once: the process then holds the file about once
+  // (the copy plus one chunk), not twice, at its peak. The page cache keeps the file, reclaimable, outside it.
+  constexpr size_t kChunk = size_t(32) << 20;  // a multiple of every page size
+  for (size_t off = 0; off < size; off += kChunk) {
+    const size_t n = std::min(kChunk, size - off);
+    std::memcpy(static_cast<char*>(p) + off, static_cast<const char*>(mapped->data()) + off, n);
+    ::madvise(static_cast<char*>(mapped->data()) + off, n, MADV_DONTNEED);
+  }
   return std::shared_ptr<Storage>(new Storage(p, size, Kind::Owned));
 }
 

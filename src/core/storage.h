@@ -17,9 +17,12 @@ class Storage {
   // A weight file's bytes for the life of a model. Files of kCopyAtLeast bytes or more are copied out of the page
   // cache into memory of 2 MiB pages: decoding streams every weight once per token, and through a mapping of
   // 4 KiB page-cache pages it ran about 1.3x slower than from such a copy (docs/benchmarks.md). DREAMLLM_MMAP=1
-  // keeps every file mapped instead (no copy: for machines without the memory for one), as do smaller files.
+  // keeps every file mapped instead, as do smaller files and a file the machine's available memory (MemAvailable)
+  // cannot hold with kCopyHeadroom to spare. The copy is made chunk by chunk, releasing each copied chunk of the
+  // mapping, so the process holds the file about once at its peak, not twice.
   static std::shared_ptr<Storage> read_weights_file(const std::string& path);
   static constexpr size_t kCopyAtLeast = size_t(64) << 20;
+  static constexpr size_t kCopyHeadroom = size_t(1) << 30;
   // A byte range of another storage (kept alive by the view), e.g. one entry of a mapped archive. Inherits the
   // parent's mapped/read-only nature.
   static std::shared_ptr<Storage> view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes);
