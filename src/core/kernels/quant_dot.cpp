@@ -50,8 +50,8 @@ inline int q4_k_min_sum(const uint8_t* mn, const BlockQ8_K& a) {
   return s;
 }
 
-// The float part shared by every level: value = d * sum(scale_j * q . x) - dmin * sum(min_j * sum x), both sums
-// exact integers, times the activation scale. The SIMD levels convert the halves with F16C, to the same values.
+// value = d * sum(scale_j * q . x) - dmin * sum(min_j * sum x), both sums exact integers, times the activation
+// scale (the SIMD levels scale their integer lanes the same way before one final horizontal sum).
 inline float q4_k_tail(float acc, float d, float dmin, float ad, int sumi, int summ) {
   acc += (d * ad) * float(sumi);
   acc -= (dmin * ad) * float(summ);
@@ -72,8 +72,8 @@ alignas(32) constexpr uint8_t kBroadcastW[8][32] = {
      12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13},
     {14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15,
      14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15}};
-// Byte indices that turn eight bytes m0..m7 into m0 m0 m1 m1 ... m7 m7.
-alignas(16) constexpr uint8_t kDupBytes[16] = {0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7};
+// Byte indices that turn bytes 8..15 (a Q4_K block's mins m0..m7) into m0 m0 m1 m1 ... m7 m7.
+alignas(16) constexpr uint8_t kDupMins[16] = {8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15};
 
 // For Q6_K: byte indices that spread scale 2k over eight int16 lanes and scale 2k+1 over the next eight.
 alignas(16) constexpr uint8_t kScalePairs[8][16] = {
@@ -178,13 +178,108 @@ float dot_q6_k_scalar(const void* wv, const void* av, int64_t nb) {
 #define QD_NAME(name) name##_vnni
 #define QD_MADD(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
 #define QD_UBS(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#define QD_SKIP_K_TYPES
 #include "core/kernels/quant_dot_simd.inc"
+#undef QD_SKIP_K_TYPES
 #undef QD_TARGET
 #undef QD_NAME
 #undef QD_MADD
 #undef QD_UBS
 
 namespace {
+
+// ---- 512-bit VNNI kernels for the K types: the nibbles (or 6-bit codes) of 64 consecutive elements in one zmm,
+// which lines up with 64 contiguous activation bytes, so each 64 elements cost one maddubs and one vpdpwssd. ----
+#define QZ_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// Byte indices into four copies of the eight int16 scales: 128-bit lanes 0-1 get scale 2c, lanes 2-3 scale 2c+1.
+alignas(64) constexpr uint8_t kPairW512[4][64] = {
+#define DL_W(j) uint8_t(2 * (j)), uint8_t(2 * (j) + 1)
+#define DL_LANE(j) DL_W(j), DL_W(j), DL_W(j), DL_W(j), DL_W(j), DL_W(j), DL_W(j), DL_W(j)
+    {DL_LANE(0), DL_LANE(0), DL_LANE(1), DL_LANE(1)},
+    {DL_LANE(2), DL_LANE(2), DL_LANE(3), DL_LANE(3)},
+    {DL_LANE(4), DL_LANE(4), DL_LANE(5), DL_LANE(5)},
+    {DL_LANE(6), DL_LANE(6), DL_LANE(7), DL_LANE(7)},
+#undef DL_LANE
+#undef DL_W
+};
+
+QZ_TARGET float dot_q4_k_vnni512(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ4_K*>(wv);
+  const auto* a = static_cast<const BlockQ8_K*>(av);
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  __m256 facc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m128i sm = q4_k_scales_mins_vnni(w[b].scales);
+    const __m512i scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+    const __m256i mins =
+        _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, _mm_load_si128(reinterpret_cast<const __m128i*>(kDupMins))));
+    const __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].bsums)), mins);
+    __m512i s = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * c));
+      const __m512i nib =
+          _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
+      const __m512i x = _mm512_loadu_si512(a[b].qs + 64 * c);
+      const __m512i sv = _mm512_shuffle_epi8(scales, _mm512_load_si512(kPairW512[c]));
+      s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(nib, x), sv);
+    }
+    const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+    const __m128 dd = k_scales_vnni(&w[b].d, a[b].d);
+    facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_broadcastss_ps(dd), facc);
+    facc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), facc);
+  }
+  return hsum_ps_vnni(facc);
+}
+
+// For Q6_K: 32 bytes of scale indices, 2p and 2p+1 (8 each) in the low 128-bit lane, 2p+2 and 2p+3 in the high one.
+alignas(32) constexpr uint8_t kQuadScales[4][32] = {
+#define DL_Q(j) uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j)
+    {DL_Q(0), DL_Q(1), DL_Q(2), DL_Q(3)},
+    {DL_Q(4), DL_Q(5), DL_Q(6), DL_Q(7)},
+    {DL_Q(8), DL_Q(9), DL_Q(10), DL_Q(11)},
+    {DL_Q(12), DL_Q(13), DL_Q(14), DL_Q(15)},
+#undef DL_Q
+};
+
+QZ_TARGET float dot_q6_k_vnni512(const void* wv, const void* av, int64_t nb) {
+  const auto* w = static_cast<const BlockQ6_K*>(wv);
+  const auto* a = static_cast<const BlockQ8_K*>(av);
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+  // Shift counts that move qh's bit pairs 0-1 (low half) and 2-3 (high half) to bits 4-5, and 4-5 (low) and 6-7
+  // (high) likewise.
+  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+  const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  __m256 facc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
+    const __m256i sc8x2 = _mm256_broadcastsi128_si256(sc8);
+    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[b].bsums));
+    const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(bs, _mm256_cvtepi8_epi16(sc8)), 5);
+    __m512i s = _mm512_setzero_si512();
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(w[b].ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh + 32 * h)));
+      // Elements 128h + 0..63 (codes q1 | q2) and 128h + 64..127 (q3 | q4).
+      const __m512i c01 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+      const __m512i c23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                          _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
+      const __m512i x01 = _mm512_loadu_si512(a[b].qs + 128 * h);
+      const __m512i x23 = _mm512_loadu_si512(a[b].qs + 128 * h + 64);
+      const __m512i s01 = _mm512_cvtepi8_epi16(
+          _mm256_shuffle_epi8(sc8x2, _mm256_load_si256(reinterpret_cast<const __m256i*>(kQuadScales[2 * h]))));
+      const __m512i s23 = _mm512_cvtepi8_epi16(
+          _mm256_shuffle_epi8(sc8x2, _mm256_load_si256(reinterpret_cast<const __m256i*>(kQuadScales[2 * h + 1]))));
+      s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(c01, x01), s01);
+      s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(c23, x23), s23);
+    }
+    const __m256i s8 =
+        _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)), corr);
+    facc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_set1_ps(_cvtsh_ss(w[b].d) * a[b].d), facc);
+  }
+  return hsum_ps_vnni(facc);
+}
+#undef QZ_TARGET
 
 // ---- vectorised dequantizers (AVX2; each value rounds exactly as the scalar code in dtype.cpp) ----
 #define DQ_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -330,8 +425,8 @@ DotFn dot_fn(DType w, Isa level) {
     switch (w) {
       case DType::Q8_0: return dot_q8_0_vnni;
       case DType::Q4_0: return dot_q4_0_vnni;
-      case DType::Q4_K: return dot_q4_k_vnni;
-      case DType::Q6_K: return dot_q6_k_vnni;
+      case DType::Q4_K: return dot_q4_k_vnni512;
+      case DType::Q6_K: return dot_q6_k_vnni512;
       default: break;
     }
   } else if (level == Isa::Avx2) {
