@@ -96,6 +96,10 @@ TEST(Bench, ClipUnetAndVaeRecords) {
   EXPECT_EQ(unet[0]["batch"], 2);
   EXPECT_EQ(unet[0]["width"], 32);
   EXPECT_NEAR(unet[0]["avg_seconds"].get<double>(), unet[0]["avg_ns"].get<double>() / 1e9, 1e-6);
+  const CliResult unet_table = cli("bench unet -m " + kFull + " -W 32 -H 32 -t 1 -r 1");
+  ASSERT_EQ(unet_table.code, 0) << unet_table.err;
+  EXPECT_NE(unet_table.out.find("s/step"), std::string::npos) << unet_table.out;
+  EXPECT_NE(unet_table.out.find("unet 32x32"), std::string::npos) << unet_table.out;
   const json vae = bench_json("vae -m " + kFull + " -W 32 -H 32 --tiled -t 1 -r 1");
   expect_llama_bench_shape(vae[0]);
   EXPECT_EQ(vae[0]["tiled"], true);

@@ -292,6 +292,8 @@ int run_main(int argc, char** argv) {
   if (component != "loss") inference.emplace();
   const io::SafetensorsFile in = io::read_safetensors(in_path);
   const io::ModelDir dir = io::ModelDir::open(model);
+  // A text-only model has no diffusion head: say so by name rather than as a missing file.
+  if (component != "llm" && component != "clip") require_creation(dir, "run " + component);
   std::map<std::string, Tensor> out;
   if (component == "llm") {
     const models::DreamLLM m = models::DreamLLM::load(dir);
