@@ -3,7 +3,9 @@
 // Each function throws what the code under test throws (dl::Error for a bad input: run() swallows it) and traps on a
 // broken invariant that the callers of the code rely on.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -12,6 +14,7 @@
 
 #include "fuzz_common.h"
 #include "io/image.h"
+#include "io/gguf_model.h"
 #include "io/image_file.h"
 #include "io/model_dir.h"
 #include "nn/optim.h"
@@ -97,6 +100,49 @@ inline void model_dir_input(const uint8_t* data, size_t size) {
   const io::ClipPreprocessConfig cfg = io::parse_clip_preprocess_config(parts[6], "fuzz preprocessor_config.json");
   for (const auto& size_wh : {std::pair<int64_t, int64_t>{1, 1}, {640, 480}, {3, 32768}})
     run([&] { (void)io::clip_resize_output_size(size_wh.first, size_wh.second, cfg); });
+}
+
+// A converted model held in memory: a little-endian u64 n, then n bytes of the LLM GGUF file, then the companion's
+// bytes (none: a plain llama.cpp file). What opens as a ModelDir loads every component it reports present (all
+// tensors touched), and its tokenizer (the companion's embedded files, or tokenizer.ggml.*) encodes and decodes.
+inline void gguf_model_input(const uint8_t* data, size_t size) {
+  uint64_t n = 0;
+  if (size >= 8) std::memcpy(&n, data, 8);
+  const size_t rest = size >= 8 ? size - 8 : 0;
+  n = std::min<uint64_t>(n, rest);
+  const uint8_t* body = size >= 8 ? data + 8 : data;
+  io::GgufFile llm = io::parse_gguf(bytes_storage(body, size_t(n)), "fuzz.gguf");
+  std::optional<io::GgufFile> companion;
+  if (rest > n) companion = io::parse_gguf(bytes_storage(body + n, rest - size_t(n)), "fuzz.mmproj.gguf");
+  const auto g = io::gguf_model_from(std::move(llm), std::move(companion), "fuzz.gguf", "fuzz.mmproj.gguf");
+  const io::ModelDir dir = io::ModelDir::from_gguf(g);
+  if (!dir.has(io::kLLM)) __builtin_trap();
+  for (auto c : {io::kLLM, io::kClip, io::kDream, io::kDiffusion, io::kConditionProjector}) {
+    if (!dir.has(c)) continue;
+    run([&] {
+      for (const auto& [name, t] : dir.load(c)) {
+        // What the models rely on: every returned tensor has the shape the config expects for it.
+        bool expected = false;
+        for (const auto& [en, shape] : dir.expected(c)) expected = expected || (en == name && shape == t.shape());
+        if (!expected) __builtin_trap();
+        (void)t.to_vector();
+      }
+    });
+  }
+  run([&] {
+    text::Tokenizer::Files files;
+    if (auto model = g->embedded("tokenizer.model")) {
+      files.model = *model;
+      files.added_tokens = g->embedded("added_tokens.json");
+      files.tokenizer_config = g->embedded("tokenizer_config.json");
+      files.special_tokens_map = g->embedded("special_tokens_map.json");
+    } else {
+      files = text::Tokenizer::files_from_llama_cpp_vocab(g->llm.metadata, "fuzz.gguf");
+    }
+    const text::Tokenizer tok = text::Tokenizer::from_files(files, "fuzz");
+    const std::vector<int32_t> ids = tok.encode("Hello <s> world</s>, a red circle");
+    (void)tok.decode(ids, false);
+  });
 }
 
 // A checkpoint's trainer state: trainer_state.json text, then the optimizer.safetensors bytes (cut at the first

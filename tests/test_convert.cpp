@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "../fuzz/fuzz_targets.h"
 #include "core/ops.h"
 #include "io/checkpoint_layout.h"
 #include "io/gguf.h"
@@ -514,6 +515,40 @@ TEST_F(Convert, BadConvertInvocations) {
   r = cli("convert -m " + converted("f32") + " -o " + path("again.gguf"));
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("already a converted model"), std::string::npos) << r.err;
+}
+
+// The fuzz target's seeds and a few hundred deterministic mutations of them (cut short, bytes overwritten where the
+// metadata and tensor infos lie) go through the fuzz target's code: each loads or fails with a dl::Error.
+TEST(GgufModelFuzz, SeedsAndMutationsLoadOrFailCleanly) {
+  int loaded = 0, refused = 0;
+  auto feed = [&](const std::string& b) {
+    try {
+      fuzz::gguf_model_input(reinterpret_cast<const uint8_t*>(b.data()), b.size());
+      ++loaded;
+    } catch (const Error&) {
+      ++refused;
+    }
+  };
+  for (const char* seed : {"llm_only.bin", "pair.bin"}) {
+    const std::string b = test::slurp(kFixtures + "/fuzz_seeds/gguf_model/" + seed);
+    ASSERT_GT(b.size(), 1000u);
+    feed(b);
+    uint64_t state = 12345;
+    auto next = [&] {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      return state >> 33;
+    };
+    for (int i = 0; i < 40; ++i) feed(b.substr(0, size_t(next() % b.size())));
+    for (int i = 0; i < 200; ++i) {
+      std::string m = b;
+      const size_t limit = std::min<size_t>(m.size(), 16384);  // header, metadata and infos
+      for (int k = 0; k < 1 + int(next() % 4); ++k) m[size_t(next() % limit)] = char(next());
+      feed(m);
+    }
+  }
+  std::printf("  %d inputs loaded, %d refused\n", loaded, refused);
+  EXPECT_GE(loaded, 2);  // the seeds themselves
+  EXPECT_GT(refused, 0);
 }
 
 }  // namespace

@@ -164,22 +164,20 @@ bool GgufModel::companion_has(const std::string& prefix) const {
   return false;
 }
 
-std::shared_ptr<const GgufModel> open_gguf_model(const std::string& path) {
+std::shared_ptr<const GgufModel> gguf_model_from(GgufFile llm, std::optional<GgufFile> companion,
+                                                 const std::string& path, const std::string& cpath) {
   auto m = std::make_shared<GgufModel>();
   m->path = path;
   const std::string what = "'" + path + "'";
-  // Mapped, never copied: the tensors are used where they lie, and pages a command never touches (the vision tower
-  // during text chat) are never read.
-  m->llm = parse_gguf(Storage::map_file(path), what);
+  m->llm = std::move(llm);
   const std::string arch = architecture_of(m->llm, what);
   DL_CHECK(arch == "llama", what, ": architecture '", arch, "' is not supported (this engine runs LLaMA models: ",
            "general.architecture must be \"llama\")");
   check_float(m->llm, what);
-  const std::string cpath = companion_path(path);
-  if (file_exists(cpath)) {
+  if (companion) {
     const std::string cwhat = "'" + cpath + "'";
     m->companion_path = cpath;
-    m->companion = parse_gguf(Storage::map_file(cpath), cwhat);
+    m->companion = std::move(companion);
     const std::string carch = architecture_of(*m->companion, cwhat);
     DL_CHECK(carch == kCompanionArchitecture, cwhat, ": architecture '", carch, "' is not '", kCompanionArchitecture,
              "' (the companion of ", what, " must come from dreamllm convert)");
@@ -188,6 +186,16 @@ std::shared_ptr<const GgufModel> open_gguf_model(const std::string& path) {
              "config.json')");
   }
   return m;
+}
+
+std::shared_ptr<const GgufModel> open_gguf_model(const std::string& path) {
+  // Mapped, never copied: the tensors are used where they lie, and pages a command never touches (the vision tower
+  // during text chat) are never read.
+  GgufFile llm = parse_gguf(Storage::map_file(path), "'" + path + "'");
+  const std::string cpath = companion_path(path);
+  std::optional<GgufFile> companion;
+  if (file_exists(cpath)) companion = parse_gguf(Storage::map_file(cpath), "'" + cpath + "'");
+  return gguf_model_from(std::move(llm), std::move(companion), path, cpath);
 }
 
 LlamaConfig llama_config_from_gguf(const GgufFile& f, const std::string& what) {
@@ -291,8 +299,10 @@ TensorTypeChoice llm_tensor_type(const std::string& type, const std::string& nam
 
 // ---- ModelDir over a GGUF pair ----
 
-ModelDir ModelDir::open_gguf(const std::string& path) {
-  std::shared_ptr<const GgufModel> g = open_gguf_model(path);
+ModelDir ModelDir::open_gguf(const std::string& path) { return from_gguf(open_gguf_model(path)); }
+
+ModelDir ModelDir::from_gguf(std::shared_ptr<const GgufModel> g) {
+  const std::string& path = g->path;
   const std::string what = "'" + path + "'";
   const LlamaConfig from_llm = llama_config_from_gguf(g->llm, what);
   ConfigTexts texts;

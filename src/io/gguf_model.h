@@ -56,6 +56,9 @@ struct GgufModel {
 // Opens NAME.gguf and, when present, its companion. Throws dl::Error naming the file when either is not a GGUF
 // file, the LLM file's architecture is not llama, or the companion's is not dreamllm.
 std::shared_ptr<const GgufModel> open_gguf_model(const std::string& path);
+// The same checks over files already parsed (the fuzzer's entry point); the paths name them in errors.
+std::shared_ptr<const GgufModel> gguf_model_from(GgufFile llm, std::optional<GgufFile> companion,
+                                                 const std::string& path, const std::string& companion_path);
 
 // The LLaMA hyperparameters of a llama.cpp GGUF (llama.* keys; the vocabulary size from token_embd.weight).
 LlamaConfig llama_config_from_gguf(const GgufFile& f, const std::string& what);

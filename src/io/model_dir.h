@@ -41,6 +41,8 @@ class ModelDir {
   };
   // open() from texts already in memory (the fuzzer's entry point); `dir` names the files in errors.
   static ModelDir from_configs(const std::string& dir, const ConfigTexts& texts);
+  // A converted model already opened (open() of NAME.gguf; the fuzzer's entry point).
+  static ModelDir from_gguf(std::shared_ptr<const GgufModel> gguf);
 
   const std::string& path() const { return dir_; }
   const DreamLLMConfig& config() const { return config_; }

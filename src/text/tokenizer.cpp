@@ -525,8 +525,13 @@ Tokenizer::Files Tokenizer::files_from_llama_cpp_vocab(const io::GgufMetadata& m
   if (m.contains("tokenizer.ggml.add_bos_token")) config["add_bos_token"] = m.get_bool("tokenizer.ggml.add_bos_token");
   if (m.contains("tokenizer.ggml.add_eos_token")) config["add_eos_token"] = m.get_bool("tokenizer.ggml.add_eos_token");
   if (!additional.empty()) config["additional_special_tokens"] = additional;
-  if (!added.empty()) files.added_tokens = added.dump();
-  files.tokenizer_config = config.dump();
+  // The side files are JSON, which holds only valid UTF-8 (as does a SentencePiece vocabulary).
+  try {
+    if (!added.empty()) files.added_tokens = added.dump();
+    files.tokenizer_config = config.dump();
+  } catch (const json::exception&) {
+    fail(what, ": an added or special token of tokenizer.ggml.tokens is not valid UTF-8");
+  }
   return files;
 }
 
