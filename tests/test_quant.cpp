@@ -177,18 +177,6 @@ Tensor random_weight_bytes(DType dt, int64_t rows, int64_t k, uint64_t seed) {
   return w;
 }
 
-// The activation row as the kernel sees it (dequantized from its 8-bit form).
-std::vector<float> act_values(DType dt, const std::vector<char>& act, int64_t k) {
-  std::vector<float> v(static_cast<size_t>(k));
-  if (dt == DType::Q8_0 || dt == DType::Q4_0) {
-    const auto* a = reinterpret_cast<const quant::ActQ8_0*>(act.data());
-    for (int64_t i = 0; i < k; ++i) v[size_t(i)] = a[i / 32].d * float(a[i / 32].q[i % 32]);
-  } else {
-    dequantize_row_q8_k(reinterpret_cast<const BlockQ8_K*>(act.data()), v.data(), k);
-  }
-  return v;
-}
-
 TEST(QuantKernels, DotMatchesDoubleReferenceAtEveryLevel) {
   IsaGuard guard;
   std::mt19937_64 gen(11);
@@ -206,7 +194,8 @@ TEST(QuantKernels, DotMatchesDoubleReferenceAtEveryLevel) {
       x.f32()[k - 1] = -40.f;
       std::vector<char> act(quant::act_row_bytes(dt, k) + 8);
       quant::quantize_act_row(dt, x.f32(), k, act.data());
-      const std::vector<float> av = act_values(dt, act, k);
+      std::vector<float> av(static_cast<size_t>(k));
+      quant::dequantize_act_row(dt, act.data(), k, av.data());
       for (quant::Isa level : levels()) {
         SCOPED_TRACE(quant::isa_name(level));
         quant::set_isa(level);

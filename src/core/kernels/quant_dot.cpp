@@ -99,13 +99,15 @@ float dot_q8_0_scalar(const void* wv, const void* av, int64_t nb) {
 
 float dot_q4_0_scalar(const void* wv, const void* av, int64_t nb) {
   const auto* w = static_cast<const BlockQ4_0*>(wv);
-  const auto* a = static_cast<const ActQ8_0*>(av);
+  const auto* a = static_cast<const ActQ4_0Pair*>(av);
   float acc = 0.f;
   for (int64_t b = 0; b < nb; ++b) {
-    int s = -8 * a[b].sum;
+    const ActQ4_0Pair& pair = a[b / 2];
+    const int h = int(b % 2);
+    int s = pair.init[4 * h];
     for (int i = 0; i < kQK4_0 / 2; ++i)
-      s += int(w[b].q[i] & 0x0f) * int(a[b].q[i]) + int(w[b].q[i] >> 4) * int(a[b].q[i + kQK4_0 / 2]);
-    acc += (f16_to_f32(w[b].scale) * a[b].d) * float(s);
+      s += int(w[b].q[i] & 0x0f) * int(pair.q[16 * h + i]) + int(w[b].q[i] >> 4) * int(pair.q[32 + 16 * h + i]);
+    acc += (f16_to_f32(w[b].scale) * pair.d[h]) * float(s);
   }
   return acc;
 }
@@ -448,20 +450,37 @@ DotFn dot_fn(DType w, Isa level) {
   }
 }
 
+// Q8_0 quantization of one block of activations (f32 scale, round to nearest); returns the sum of the codes.
+int quantize_act_block(const float* xb, int8_t* q, float* d_out) {
+  float amax = 0.f;
+  for (int i = 0; i < kQK8_0; ++i) amax = std::max(amax, std::fabs(xb[i]));
+  const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+  int sum = 0;
+  for (int i = 0; i < kQK8_0; ++i) {
+    const int v = nearest_int(xb[i] * id);
+    q[i] = int8_t(v);
+    sum += v;
+  }
+  *d_out = d;
+  return sum;
+}
+
 void quantize_act_q8_0(const float* x, int64_t k, ActQ8_0* out) {
-  for (int64_t b = 0; b < k / kQK8_0; ++b) {
-    const float* xb = x + b * kQK8_0;
-    float amax = 0.f;
-    for (int i = 0; i < kQK8_0; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
-    int sum = 0;
-    for (int i = 0; i < kQK8_0; ++i) {
-      const int q = nearest_int(xb[i] * id);
-      out[b].q[i] = int8_t(q);
-      sum += q;
+  for (int64_t b = 0; b < k / kQK8_0; ++b) out[b].sum = quantize_act_block(x + b * kQK8_0, out[b].q, &out[b].d);
+}
+
+void quantize_act_q4_0(const float* x, int64_t k, ActQ4_0Pair* out) {
+  const int64_t nb = k / kQK4_0;
+  for (int64_t p = 0; p < (nb + 1) / 2; ++p) {
+    ActQ4_0Pair& pair = out[p];
+    std::memset(&pair, 0, sizeof pair);
+    for (int h = 0; h < 2 && 2 * p + h < nb; ++h) {
+      int8_t q[kQK4_0];
+      const int sum = quantize_act_block(x + (2 * p + h) * kQK4_0, q, &pair.d[h]);
+      std::memcpy(pair.q + 16 * h, q, 16);
+      std::memcpy(pair.q + 32 + 16 * h, q + 16, 16);
+      pair.init[4 * h] = -8 * sum;
     }
-    out[b].d = d;
-    out[b].sum = sum;
   }
 }
 
@@ -494,8 +513,8 @@ bool has_int_dot(DType w) {
 
 size_t act_row_bytes(DType w, int64_t k) {
   switch (w) {
-    case DType::Q8_0:
-    case DType::Q4_0: return size_t(k / kQK8_0) * sizeof(ActQ8_0);
+    case DType::Q8_0: return size_t(k / kQK8_0) * sizeof(ActQ8_0);
+    case DType::Q4_0: return size_t((k / kQK4_0 + 1) / 2) * sizeof(ActQ4_0Pair);
     case DType::Q4_K:
     case DType::Q6_K: return size_t(k / kQK_K) * sizeof(BlockQ8_K);
     default: fail("no integer dot product for weight type ", dtype_name(w));
@@ -506,10 +525,32 @@ void quantize_act_row(DType w, const float* x, int64_t k, void* out) {
   DL_CHECK(k % int64_t(dtype_info(w).block_elems) == 0, "quantized activations: row of ", k,
            " is not a whole number of ", dtype_name(w), " blocks");
   switch (w) {
-    case DType::Q8_0:
-    case DType::Q4_0: return quantize_act_q8_0(x, k, static_cast<ActQ8_0*>(out));
+    case DType::Q8_0: return quantize_act_q8_0(x, k, static_cast<ActQ8_0*>(out));
+    case DType::Q4_0: return quantize_act_q4_0(x, k, static_cast<ActQ4_0Pair*>(out));
     case DType::Q4_K:
     case DType::Q6_K: return quantize_row_q8_k(x, static_cast<BlockQ8_K*>(out), k);
+    default: fail("no integer dot product for weight type ", dtype_name(w));
+  }
+}
+
+void dequantize_act_row(DType w, const void* act, int64_t k, float* out) {
+  switch (w) {
+    case DType::Q8_0: {
+      const auto* a = static_cast<const ActQ8_0*>(act);
+      for (int64_t i = 0; i < k; ++i) out[i] = a[i / 32].d * float(a[i / 32].q[i % 32]);
+      return;
+    }
+    case DType::Q4_0: {
+      const auto* a = static_cast<const ActQ4_0Pair*>(act);
+      for (int64_t i = 0; i < k; ++i) {
+        const ActQ4_0Pair& pair = a[i / 64];
+        const int h = int(i / 32 % 2), j = int(i % 32);
+        out[i] = pair.d[h] * float(pair.q[(j < 16 ? 16 * h + j : 32 + 16 * h + j - 16)]);
+      }
+      return;
+    }
+    case DType::Q4_K:
+    case DType::Q6_K: return dequantize_row_q8_k(static_cast<const BlockQ8_K*>(act), out, k);
     default: fail("no integer dot product for weight type ", dtype_name(w));
   }
 }

@@ -32,12 +32,24 @@ void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* 
 // The F32 values of one quantized row: the same bits as convert_to_f32, vectorised.
 void dequantize_row(DType w, const void* src, float* dst, int64_t k);
 
-// The activation block for Q8_0/Q4_0 weights.
+// The activation values as the kernels see them (for tests): k floats from quantize_act_row's output.
+void dequantize_act_row(DType w, const void* act, int64_t k, float* out);
+
+// The activation block for Q8_0 weights.
 struct ActQ8_0 {
   float d;
-  int32_t sum;  // sum of q, so that offset weight codes (Q4_0's nibble - 8) cost no per-element work
+  int32_t sum;
   int8_t q[kQK8_0];
 };
 static_assert(sizeof(ActQ8_0) == 40);
+// For Q4_0 weights, blocks go in pairs (A, B) with the bytes in the order one 256-bit load of the two weight blocks'
+// nibbles produces (A's elements 0-15, B's 0-15, then A's 16-31, B's 16-31), so a pair costs two integer products
+// and one scaling. An odd last block is paired with zeros.
+struct ActQ4_0Pair {
+  int8_t q[2 * kQK4_0];
+  int32_t init[8];  // -8 * sum(A's q) in lane 0, -8 * sum(B's q) in lane 4, else 0: the nibbles' offset of 8
+  float d[2];
+};
+static_assert(sizeof(ActQ4_0Pair) == 104);
 
 }  // namespace dl::quant
