@@ -70,6 +70,10 @@ TEST(Bench, LlmRecordsHaveLlamaBenchsFieldsAndConsistentValues) {
     EXPECT_EQ(r["n_gen"], prefill ? 0 : 4);
     EXPECT_EQ(r["n_depth"], prefill ? 0 : 16);
     EXPECT_EQ(r["test"], prefill ? "pp16" : "tg4 @ d16");
+    // The first prompt's logits come after the model is loaded.
+    if (prefill) {
+      EXPECT_GE(r["first_token_ms"].get<double>(), r["load_ms"].get<double>());
+    }
     // One sample's rate is its tokens over its time.
     const double ns = r["samples_ns"][0].get<double>();
     EXPECT_NEAR(r["samples_ts"][0].get<double>(), 1e9 * (prefill ? 16 : 4) / ns, 1e-6 * 1e9 * 16 / ns);

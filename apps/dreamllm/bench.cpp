@@ -1,7 +1,8 @@
 // `dreamllm bench llm|clip|unet|vae`: speed of one part of a model on its real weights with random inputs (fixed
 // seed), in the spirit of llama.cpp's llama-bench. Plain output is a Markdown table like llama-bench's; --json prints
 // an array of records in llama-bench's JSON shape (its field names and types, samples_ns / samples_ts per
-// repetition) so tools written for llama-bench read them, plus load_ms and peak_rss_bytes.
+// repetition) so tools written for llama-bench read them, plus load_ms, peak_rss_bytes and (llm prompt tests)
+// first_token_ms.
 //   llm:  pp<P>: P prompt tokens into an empty KV cache (one forward, the last position's logits), as llama-bench's
 //         prompt test; tg<N> @ d<P>: N one-token steps after that prompt (each with its logits), as llama-bench's
 //         generation test at depth P. tokens/s = tokens / time.
@@ -225,9 +226,12 @@ void print_markdown(const std::vector<Record>& records, const std::string& value
                 human_bytes(double(r.model.size)).c_str(), human_params(double(r.model.n_params)).c_str(), "CPU",
                 r.threads, r.test.c_str(), value);
   }
-  if (!records.empty())
-    std::printf("\nload %.2f s, peak RSS %s, CPU: %s\n", records.front().load_ms / 1000.0,
-                human_bytes(double(peak_rss_bytes())).c_str(), cpu_info().c_str());
+  if (records.empty()) return;
+  std::printf("\nload %.2f s", records.front().load_ms / 1000.0);
+  if (records.front().extra.contains("first_token_ms"))
+    std::printf(", first prompt's logits %.2f s after opening the model",
+                records.front().extra["first_token_ms"].get<double>() / 1000.0);
+  std::printf(", peak RSS %s, CPU: %s\n", human_bytes(double(peak_rss_bytes())).c_str(), cpu_info().c_str());
 }
 
 std::string now_rfc3339() {
@@ -300,6 +304,9 @@ std::vector<Record> bench_llm(const Common& c, int64_t P, int64_t N) {
     return llm.logits(nn::Var(hidden.value().slice(1, T - 1, T).contiguous())).value();
   };
 
+  // From opening the model to the first prompt's logits (the first test's warm-up run): what a user waits for
+  // before the first generated token, page faults of mapped weights included.
+  double first_token_ms = -1;
   std::vector<Record> out;
   for (int threads : c.thread_list()) {
     set_num_threads(threads);
@@ -322,8 +329,11 @@ std::vector<Record> bench_llm(const Common& c, int64_t P, int64_t N) {
       Record r = record("pp" + std::to_string(P), P, 0, 0);
       r.samples_ns = time_reps(c.reps, [&] {
         models::KVCache cache;
-        return timed([&] { last_logits(llm.forward(llm.embed(prompt_ids), Tensor(), &cache)); });
+        const uint64_t ns = timed([&] { last_logits(llm.forward(llm.embed(prompt_ids), Tensor(), &cache)); });
+        if (first_token_ms < 0) first_token_ms = seconds_since(t0) * 1000;
+        return ns;
       });
+      r.extra["first_token_ms"] = first_token_ms;
       out.push_back(std::move(r));
     }
     if (N > 0) {
