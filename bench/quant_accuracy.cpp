@@ -3,17 +3,18 @@
 // `dreamllm convert` stores it, over the same token sequences; per position the KL divergence of the next-token
 // distribution from the reference's and whether the most likely token is the same are collected.
 //
-//   dl_quant_accuracy --model=PATH (--text=FILE | --random=N) [--types=q8_0,q4_0,q4_k,q6_k,q4_k_m]
+//   dl_quant_accuracy --model=PATH (--text=FILE | --random=N) [--types=q8_0,q4_0,q4_k,q6_k,q4_k_m,q8_mix]
 //                     [--context=128] [--positions=512] [--mode=decode|prefill] [--threads=N]
 //
 // --text: a UTF-8 file whose lines are documents (tokenized with the model's tokenizer, cut into --context-token
 // chunks); --random=N: N sequences of random ids (for random-weight models, which have no meaningful text).
 // --mode=decode feeds one token at a time through an F32 KV cache (ops::linear's single-row kernels: what a user
-// generating text runs); prefill runs each chunk in one forward (the multi-row kernels). Quantized types apply to
-// the 2-D matrices of the decoder layers and lm_head; embeddings and norms stay F32; a matrix whose rows are not a
-// whole number of the type's blocks stays F16 (llama-quantize's fallback, counted in the table). q4_k_m gives
-// lm_head, and v_proj/down_proj in llama.cpp's "more bits" layers, Q6_K.
-// Prints a Markdown table: type, bits per quantized weight, fallbacks, positions, mean/p99/max KLD, top-1 agreement.
+// generating text runs); prefill runs each chunk in one forward (the multi-row kernels). Types are assigned as
+// `dreamllm convert` assigns them (docs/gguf.md): every matrix at the type, norms F32; q4_k_m puts lm_head, and
+// v_proj/down_proj in llama.cpp's "more bits" layers, in Q6_K; q8_mix keeps the embeddings and lm_head F16; a
+// matrix whose rows are not a whole number of the type's blocks falls back to Q8_0 (K types, when the rows fit
+// 32-blocks) or F16, counted in the table.
+// Prints a Markdown table: type, bits per weight of the matrices, fallbacks, positions, mean/p99/max KLD, top-1 agreement.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -39,7 +40,7 @@ using dl::DType;
 using dl::Tensor;
 
 struct Options {
-  std::string model, text, types = "q8_0,q4_0,q4_k,q6_k,q4_k_m", mode = "decode";
+  std::string model, text, types = "q8_0,q4_0,q4_k,q6_k,q4_k_m,q8_mix", mode = "decode";
   int64_t random = 0, context = 128, positions = 512, threads = 0;
 };
 
@@ -58,8 +59,9 @@ int64_t layer_of(const std::string& name) {
 
 // The storage type of one LLM tensor under `type` (F32 when it stays unquantized).
 DType type_for(const std::string& name, const Tensor& t, const std::string& type, int64_t layers) {
-  if (t.dim() != 2 || name.find("embed_tokens") != std::string::npos || name.find("norm") != std::string::npos)
-    return DType::F32;
+  if (t.dim() != 2) return DType::F32;
+  if (type == "q8_mix")
+    return name == "lm_head.weight" || name.find("embed_tokens") != std::string::npos ? DType::F16 : DType::Q8_0;
   if (type == "q4_k_m") {
     const int64_t l = layer_of(name);
     const bool bump = name == "lm_head.weight" || ((ends_with(name, "v_proj.weight") ||
@@ -81,7 +83,7 @@ Quantized quantize(const dl::io::StateDict& ref, const std::string& type, int64_
   for (const auto& [name, t] : ref) {
     DType dt = type_for(name, t, type, layers);
     if (dt != DType::F32 && t.size(1) % int64_t(dl::dtype_info(dt).block_elems) != 0) {
-      dt = DType::F16;
+      dt = dl::dtype_info(dt).block_elems > 32 && t.size(1) % 32 == 0 ? DType::Q8_0 : DType::F16;
       ++q.fallbacks;
     }
     q.weights[name] = dt == DType::F32 ? t : t.to(dt);
@@ -175,7 +177,7 @@ int run(const Options& o) {
   std::printf("model: %s (%lld layers, hidden %lld, vocabulary %lld); %zu positions, %s mode; reference: F32\n\n",
               o.model.c_str(), (long long)config.num_hidden_layers, (long long)config.hidden_size,
               (long long)config.vocab_size, reference.size(), o.mode.c_str());
-  std::printf("| type | bits/weight | F16 fallbacks | mean KLD | p99 KLD | max KLD | top-1 agreement |\n");
+  std::printf("| type | bits/weight | fallbacks | mean KLD | p99 KLD | max KLD | top-1 agreement |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
   for (const std::string& type : split(o.types, ',')) {
     const Quantized q = quantize(ref, type, config.num_hidden_layers);
