@@ -201,6 +201,10 @@ TEST(QuantKernels, DotMatchesDoubleReferenceAtEveryLevel) {
         quant::set_isa(level);
         std::vector<float> out(static_cast<size_t>(rows));
         quant::dot_rows(dt, w.raw(), rows, k, act.data(), out.data());
+        // The same rows through the multi-row entry (five copies of the activation row: one group of four and a
+        // single row) must meet the same bound.
+        std::vector<float> multi(static_cast<size_t>(5 * rows));
+        quant::dot_rows_multi(dt, w.raw(), rows, k, act.data(), 0, 5, multi.data(), rows);
         for (int64_t r = 0; r < rows; ++r) {
           double ref = 0, mag = 0;
           for (int64_t i = 0; i < k; ++i) {
@@ -210,6 +214,7 @@ TEST(QuantKernels, DotMatchesDoubleReferenceAtEveryLevel) {
           // Integer sums are exact; only the per-block float products and their sum round: a few float ulps of
           // the sum of magnitudes.
           EXPECT_NEAR(out[size_t(r)], ref, 1e-6 * mag + 1e-30) << "row " << r;
+          for (int64_t m = 0; m < 5; ++m) EXPECT_NEAR(multi[size_t(m * rows + r)], ref, 1e-6 * mag + 1e-30) << m;
         }
       }
     }
@@ -227,7 +232,7 @@ TEST(QuantKernels, LinearWithinActivationQuantizationErrorOfDequantizedProduct) 
   for (const auto& [name, dt] : kTypes) {
     const Tensor wq = wf32.to(dt), wd = wq.to(DType::F32);
     const int64_t blk = (dt == DType::Q4_K || dt == DType::Q6_K) ? 256 : 32;
-    for (int64_t R : {1, 3, 4, 9}) {
+    for (int64_t R : {1, 3, 4, 9, 70}) {
       SCOPED_TRACE(std::string(name) + " R=" + std::to_string(R));
       const Tensor x = test::randn({R, K}, 100 + uint64_t(R));
       for (quant::Isa level : levels()) {
@@ -246,7 +251,10 @@ TEST(QuantKernels, LinearWithinActivationQuantizationErrorOfDequantizedProduct) 
               bound += std::fabs(double(wp[n * K + i])) * amax[size_t(i / blk)] / 254.0;
               mag += std::fabs(double(wp[n * K + i]) * xp[m * K + i]);
             }
-            const double tol = (R <= 4 ? bound : 0.0) + 1e-5 * mag;
+            // Prefill through dequantized panels is exact up to float rounding; the multi-row integer kernels
+            // (Q4_0, Q4_K at the VNNI level) quantize activations as decoding does.
+            const bool int_rows = R <= 4 || quant::has_multi_row(dt);
+            const double tol = (int_rows ? bound : 0.0) + 1e-5 * mag;
             ASSERT_NEAR(y.f32()[m * N + n], yd.f32()[m * N + n], tol) << "row " << m << " col " << n;
           }
         }

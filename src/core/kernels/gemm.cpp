@@ -293,6 +293,25 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
             quant::dot_rows(dt, wb + size_t(t0) * row_bytes, t1 - t0, K, ab + m * act_bytes, yp + m * N + t0);
         }
       });
+    } else if (quant::has_multi_row(wc.dtype())) {
+      // Prefill on weights with a multi-row integer kernel: all activation rows quantized once, then tiles of
+      // 16 weight rows (kept in cache) against blocks of 64 activation rows, four at a time in registers.
+      const DType dt = wc.dtype();
+      const size_t act_bytes = quant::act_row_bytes(dt, K), row_bytes = dtype_bytes(dt, K);
+      std::vector<uint64_t> act((size_t(R) * act_bytes + 7) / 8);
+      auto* ab = reinterpret_cast<char*>(act.data());
+      parallel_for(R, 4, [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) quant::quantize_act_row(dt, xp + m * K, K, ab + m * act_bytes);
+      });
+      const char* wb = static_cast<const char*>(wc.raw());
+      parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t t0 = n0; t0 < n1; t0 += 16) {
+          const int64_t t1 = std::min(n1, t0 + 16);
+          for (int64_t m0 = 0; m0 < R; m0 += 64)
+            quant::dot_rows_multi(dt, wb + size_t(t0) * row_bytes, t1 - t0, K, ab + size_t(m0) * act_bytes, act_bytes,
+                                  std::min<int64_t>(64, R - m0), yp + m0 * N + t0, N);
+        }
+      });
     } else if (direct16) {
       // Decoding: memory bound on the weights, so read each 16-bit row once and widen it inside the dot product.
       const auto* w16 = static_cast<const uint16_t*>(wc.raw());

@@ -234,6 +234,71 @@ QZ_TARGET float dot_q4_k_vnni512(const void* wv, const void* av, int64_t nb) {
   return hsum_ps_vnni(facc);
 }
 
+// Four activation rows against one weight row (prefill): the weight's unpacking and scales are done once and
+// reused from registers for each row.
+QZ_TARGET void dot4_q4_k_vnni512(const void* wv, const void* const* av, int64_t nb, float* out) {
+  const auto* w = static_cast<const BlockQ4_K*>(wv);
+  const BlockQ8_K* a[4];
+  for (int m = 0; m < 4; ++m) a[m] = static_cast<const BlockQ8_K*>(av[m]);
+  const __m512i m4 = _mm512_set1_epi8(0x0f);
+  __m256 facc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m128i sm = q4_k_scales_mins_vnni(w[b].scales);
+    const __m512i scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+    const __m256i mins =
+        _mm256_cvtepu8_epi16(_mm_shuffle_epi8(sm, _mm_load_si128(reinterpret_cast<const __m128i*>(kDupMins))));
+    __m512i nib[4], sv[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * c));
+      nib[c] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1), m4);
+      sv[c] = _mm512_shuffle_epi8(scales, _mm512_load_si512(kPairW512[c]));
+    }
+    int32_t both;
+    std::memcpy(&both, &w[b].d, 4);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(both));
+    for (int m = 0; m < 4; ++m) {
+      const BlockQ8_K& x = a[m][b];
+      __m512i s = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(nib[c], _mm512_loadu_si512(x.qs + 64 * c)), sv[c]);
+      const __m256i msum = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)), mins);
+      const __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+      const __m128 dd = _mm_mul_ps(dw, _mm_set1_ps(x.d));
+      facc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_broadcastss_ps(dd), facc[m]);
+      facc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_broadcastss_ps(_mm_movehdup_ps(dd)), facc[m]);
+    }
+  }
+  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(facc[m]);
+}
+
+QZ_TARGET void dot4_q4_0_vnni(const void* wv, const void* const* av, int64_t nb, float* out) {
+  const auto* w = static_cast<const BlockQ4_0*>(wv);
+  const ActQ4_0Pair* a[4];
+  for (int m = 0; m < 4; ++m) a[m] = static_cast<const ActQ4_0Pair*>(av[m]);
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  const __m256i spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
+  __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t p = 0; 2 * p < nb; ++p) {
+    const BlockQ4_0* wa = w + 2 * p;
+    const bool has_b = 2 * p + 1 < nb;
+    const __m128i qa = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wa->q));
+    const __m256i q = has_b ? _mm256_inserti128_si256(_mm256_castsi128_si256(qa),
+                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(wa[1].q)), 1)
+                            : _mm256_zextsi128_si256(qa);
+    const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    const uint32_t halves = uint32_t(wa->scale) | (has_b ? uint32_t(wa[1].scale) << 16 : 0u);
+    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(int32_t(halves)));
+    for (int m = 0; m < 4; ++m) {
+      const ActQ4_0Pair& x = a[m][p];
+      __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.init));
+      acc = _mm256_dpbusd_epi32(acc, lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)));
+      acc = _mm256_dpbusd_epi32(acc, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32)));
+      const __m128 ds = _mm_mul_ps(dw, _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x.d))));
+      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(ds), spread), f[m]);
+    }
+  }
+  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(f[m]);
+}
+
 // For Q6_K: 32 bytes of scale indices, 2p and 2p+1 (8 each) in the low 128-bit lane, 2p+2 and 2p+3 in the high one.
 alignas(32) constexpr uint8_t kQuadScales[4][32] = {
 #define DL_Q(j) uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j)
@@ -561,6 +626,41 @@ void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* 
   const size_t row_bytes = dtype_bytes(w, k);
   const char* p = static_cast<const char*>(w_rows);
   for (int64_t r = 0; r < rows; ++r) out[r] = fn(p + size_t(r) * row_bytes, act, nb);
+}
+
+bool has_multi_row(DType w) {
+#if defined(__x86_64__)
+  return current() == Isa::Avx512Vnni && (w == DType::Q4_0 || w == DType::Q4_K);
+#else
+  return false;
+#endif
+}
+
+void dot_rows_multi(DType w, const void* w_rows, int64_t rows, int64_t k, const void* act, size_t act_stride,
+                    int64_t nact, float* out, int64_t ldo) {
+  const int64_t nb = k / int64_t(dtype_info(w).block_elems);
+  const size_t row_bytes = dtype_bytes(w, k);
+  const char* wp = static_cast<const char*>(w_rows);
+  const char* ap = static_cast<const char*>(act);
+  using Dot4 = void (*)(const void*, const void* const*, int64_t, float*);
+  Dot4 dot4 = nullptr;
+#if defined(__x86_64__)
+  if (current() == Isa::Avx512Vnni) dot4 = w == DType::Q4_K ? dot4_q4_k_vnni512 : w == DType::Q4_0 ? dot4_q4_0_vnni : nullptr;
+#endif
+  const DotFn one = dot_fn(w, current());
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* wr = wp + size_t(r) * row_bytes;
+    int64_t m = 0;
+    if (dot4 != nullptr)
+      for (; m + 4 <= nact; m += 4) {
+        const void* rows4[4] = {ap + size_t(m) * act_stride, ap + size_t(m + 1) * act_stride,
+                                ap + size_t(m + 2) * act_stride, ap + size_t(m + 3) * act_stride};
+        float o[4];
+        dot4(wr, rows4, nb, o);
+        for (int i = 0; i < 4; ++i) out[(m + i) * ldo + r] = o[i];
+      }
+    for (; m < nact; ++m) out[m * ldo + r] = one(wr, ap + size_t(m) * act_stride, nb);
+  }
 }
 
 void dequantize_row(DType w, const void* src, float* dst, int64_t k) {
