@@ -115,9 +115,19 @@ TEST(Bench, ClipUnetAndVaeRecords) {
 }
 
 TEST(Bench, BadOptionsAreUsageErrors) {
-  for (const std::string& args : std::vector<std::string>{"", "nothing", "llm", "llm -m " + kLlama + " -p -1", "llm -m " + kLlama + " -t 0",
-        "llm -m " + kLlama + " -t 1,x", "llm -m " + kLlama + " -p 0 -n 0", "llm -m " + kLlama + " -r 0",
-        "unet -m " + kFull + " --tiled", "vae -m " + kFull + " --cfg", "llm -m " + kLlama + " --cache-type-k q2"}) {
+  const std::string llm = "llm -m " + kLlama;
+  const std::vector<std::string> bad = {"",
+                                       "nothing",
+                                       "llm",
+                                       llm + " -p -1",
+                                       llm + " -t 0",
+                                       llm + " -t 1,x",
+                                       llm + " -p 0 -n 0",
+                                       llm + " -r 0",
+                                       llm + " --cache-type-k q2",
+                                       "unet -m " + kFull + " --tiled",
+                                       "vae -m " + kFull + " --cfg"};
+  for (const std::string& args : bad) {
     const CliResult r = cli("bench " + args);
     EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
     EXPECT_FALSE(r.err.empty()) << args;

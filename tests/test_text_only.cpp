@@ -79,7 +79,8 @@ TEST(TextOnly, RunLlmGivesTheFullModelsLogits) {
   const CliResult d = cli("run clip -m " + kLlama + " --in " + (s / "px.safetensors") + " --out " + (s / "d.out"));
   EXPECT_EQ(d.code, 1);
   EXPECT_NE(d.err.find("no vision tower"), std::string::npos) << d.err;
-  const CliResult e = cli("run vae_decode -m " + kLlama + " --in " + (s / "px.safetensors") + " --out " + (s / "e.out"));
+  const CliResult e =
+      cli("run vae_decode -m " + kLlama + " --in " + (s / "px.safetensors") + " --out " + (s / "e.out"));
   EXPECT_EQ(e.code, 1);
   EXPECT_NE(e.err.find("cannot create images"), std::string::npos) << e.err;
 }

@@ -253,7 +253,8 @@ struct Common {
     app.add_option("-t,--threads", threads, "thread counts to run, comma-separated (default: all cores)")
         ->delimiter(',')
         ->check(CLI::Range(1, 1 << 16));
-    app.add_option("-r,--repetitions", reps, "timed repetitions per test")->check(CLI::Range(int64_t(1), int64_t(1000)));
+    app.add_option("-r,--repetitions", reps, "timed repetitions per test")
+        ->check(CLI::Range(int64_t(1), int64_t(1000)));
     app.add_option("--seed", seed, "seed of the random inputs")->check(CLI::Range(int64_t(0), INT64_MAX));
     app.add_flag("--json", json, "print llama-bench JSON records instead of a table");
   }
