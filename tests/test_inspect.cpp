@@ -7,11 +7,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "io/checkpoint_layout.h"
 #include "io/config.h"
 #include "io/model_dir.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace dl {
@@ -93,6 +95,40 @@ TEST(Inspect, AConvertedModelCountsAsItsSourceDirectory) {
   EXPECT_EQ(plain["kind"], "converted (GGUF) text-only LLaMA model");
   ASSERT_EQ(plain["components"].size(), 1u);
   EXPECT_EQ(plain["components"][0]["params"], counts["llm"]["params"]);
+  fs::remove_all(dir);
+}
+
+TEST(Inspect, AShardedCheckpointCountsItsShards) {
+  const fs::path dir = fs::temp_directory_path() / ("dl_inspect_shards_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  for (const char* f : {"config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
+    fs::copy_file(kFixtures + "/tiny_llama/" + f, dir / f);
+  // tiny_llama's LLM split in two shards with the Hugging Face index.
+  const io::SafetensorsFile whole = io::read_safetensors(kFixtures + "/tiny_llama/model.safetensors");
+  std::map<std::string, Tensor> shard[2];
+  json index = {{"metadata", json::object()}, {"weight_map", json::object()}};
+  int i = 0;
+  for (const auto& [name, t] : whole.tensors) {
+    const int s = i++ % 2;
+    shard[s].emplace(name, t);
+    index["weight_map"][name] = "model-0000" + std::to_string(s + 1) + "-of-00002.safetensors";
+  }
+  for (int s = 0; s < 2; ++s)
+    io::write_safetensors((dir / ("model-0000" + std::to_string(s + 1) + "-of-00002.safetensors")).string(), shard[s]);
+  std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+  std::ifstream f(kFixtures + "/tiny_llama/counts.json");
+  const json llm = json::parse(f)["tiny_llama"]["parts"]["llm"];
+  const json r = inspect_json(dir.string());
+  ASSERT_EQ(r["components"].size(), 1u);
+  EXPECT_EQ(r["components"][0]["params"], llm["params"]);
+  EXPECT_EQ(r["components"][0]["tensors"], llm["tensors"]);
+  EXPECT_EQ(r["components"][0]["files"].size(), 2u);  // the shards
+  EXPECT_EQ(r["files"].size(), 3u);                   // and the index
+  // The sharded model answers as the single file does.
+  const std::string q = " -p 'What shape is a ball?' -n 6 -t 1";
+  const CliResult a = cli("ask -m " + dir.string() + q);
+  ASSERT_EQ(a.code, 0) << a.err;
+  EXPECT_EQ(a.out, cli("ask -m " + kFixtures + "/tiny_llama" + q).out);
   fs::remove_all(dir);
 }
 
