@@ -1,5 +1,8 @@
 // `dreamllm convert`: a model directory in the release layout -> NAME.gguf (the LLM as a llama.cpp LLaMA file) and
 // NAME.mmproj.gguf (everything else, configs and tokenizer files included). docs/gguf.md describes both files.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +41,16 @@ Tensor convert_tensor(const Tensor& src_in, DType to) {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Drops the pages of a mapped source tensor once it is converted: each is read once, and without this the whole
+// model would stay resident (as reclaimable page cache, but counted in the process's memory) until the end.
+void release_source(const Tensor& t) {
+  if (!t.defined() || !t.storage()->is_mapped()) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.raw()) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.raw()) + t.nbytes()) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 std::string base_name(const std::string& path) {
@@ -198,13 +211,18 @@ int convert_main(int argc, char** argv) {
   std::printf("writing %s (%zu tensors, %s)\n", companion.c_str(), cplan.size(), diffusion_type.c_str());
   std::fflush(stdout);
   io::write_gguf_streaming(companion, m, cplan,
-                           [&](size_t i) { return convert_tensor(rest.at(cplan[i].name), cplan[i].dtype); });
+                           [&](size_t i) {
+                             // The previous tensor has been written by now.
+                             if (i > 0) release_source(rest.at(cplan[i - 1].name));
+                             return convert_tensor(rest.at(cplan[i].name), cplan[i].dtype);
+                           });
 
   std::printf("writing %s (%zu tensors, %s)\n", out.c_str(), plan.size(), type.c_str());
   std::fflush(stdout);
   // The LLM file last: should it fail (a full disk), the companion just written goes too, so no half pair is left.
   try {
     io::write_gguf_streaming(out, llm_metadata(dir, tok, type, name), plan, [&](size_t i) {
+      if (i > 0) release_source(llm.at(sources[i - 1]));  // written by now
       Tensor t = llm.at(sources[i]);
       const std::string& gg = plan[i].name;
       if (ends_with(gg, ".attn_q.weight")) t = io::permute_qk_rows(t, c.num_attention_heads, true);
