@@ -346,6 +346,62 @@ QZ_TARGET float dot_q6_k_vnni512(const void* wv, const void* av, int64_t nb) {
   }
   return hsum_ps_vnni(facc);
 }
+QZ_TARGET void dot4_q6_k_vnni512(const void* wv, const void* const* av, int64_t nb, float* out) {
+  const auto* w = static_cast<const BlockQ6_K*>(wv);
+  const BlockQ8_K* a[4];
+  for (int m = 0; m < 4; ++m) a[m] = static_cast<const BlockQ8_K*>(av[m]);
+  const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+  const __m512i shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+  const __m512i shr = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  __m256 facc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
+    const __m256i sc8x2 = _mm256_broadcastsi128_si256(sc8);
+    const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    __m512i codes[4], sv[4];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(w[b].ql + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qh + 32 * h)));
+      codes[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30));
+      codes[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                         _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30));
+      for (int k = 0; k < 2; ++k)
+        sv[2 * h + k] = _mm512_cvtepi8_epi16(_mm256_shuffle_epi8(
+            sc8x2, _mm256_load_si256(reinterpret_cast<const __m256i*>(kQuadScales[2 * h + k]))));
+    }
+    const float dw = _cvtsh_ss(w[b].d);
+    for (int m = 0; m < 4; ++m) {
+      const BlockQ8_K& x = a[m][b];
+      __m512i s = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(codes[j], _mm512_loadu_si512(x.qs + 64 * j)), sv[j]);
+      const __m256i corr =
+          _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)), sc16), 5);
+      const __m256i s8 =
+          _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1)), corr);
+      facc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_set1_ps(dw * x.d), facc[m]);
+    }
+  }
+  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(facc[m]);
+}
+
+QZ_TARGET void dot4_q8_0_vnni(const void* wv, const void* const* av, int64_t nb, float* out) {
+  const auto* w = static_cast<const BlockQ8_0*>(wv);
+  const ActQ8_0* a[4];
+  for (int m = 0; m < 4; ++m) a[m] = static_cast<const ActQ8_0*>(av[m]);
+  __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].q));
+    const __m256i u = _mm256_sign_epi8(wq, wq);
+    const float dw = _cvtsh_ss(w[b].scale);
+    for (int m = 0; m < 4; ++m) {
+      const ActQ8_0& x = a[m][b];
+      const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)), wq);
+      const __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xs);
+      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(dw * x.d), f[m]);
+    }
+  }
+  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(f[m]);
+}
 #undef QZ_TARGET
 
 // ---- vectorised dequantizers (AVX2; each value rounds exactly as the scalar code in dtype.cpp) ----
@@ -630,7 +686,7 @@ void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* 
 
 bool has_multi_row(DType w) {
 #if defined(__x86_64__)
-  return current() == Isa::Avx512Vnni && (w == DType::Q4_0 || w == DType::Q4_K);
+  return current() == Isa::Avx512Vnni && has_int_dot(w);
 #else
   return false;
 #endif
@@ -645,7 +701,15 @@ void dot_rows_multi(DType w, const void* w_rows, int64_t rows, int64_t k, const 
   using Dot4 = void (*)(const void*, const void* const*, int64_t, float*);
   Dot4 dot4 = nullptr;
 #if defined(__x86_64__)
-  if (current() == Isa::Avx512Vnni) dot4 = w == DType::Q4_K ? dot4_q4_k_vnni512 : w == DType::Q4_0 ? dot4_q4_0_vnni : nullptr;
+  if (current() == Isa::Avx512Vnni) {
+    switch (w) {
+      case DType::Q8_0: dot4 = dot4_q8_0_vnni; break;
+      case DType::Q4_0: dot4 = dot4_q4_0_vnni; break;
+      case DType::Q4_K: dot4 = dot4_q4_k_vnni512; break;
+      case DType::Q6_K: dot4 = dot4_q6_k_vnni512; break;
+      default: break;
+    }
+  }
 #endif
   const DotFn one = dot_fn(w, current());
   for (int64_t r = 0; r < rows; ++r) {

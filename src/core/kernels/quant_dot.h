@@ -29,7 +29,7 @@ size_t act_row_bytes(DType w, int64_t k);
 void quantize_act_row(DType w, const float* x, int64_t k, void* out);
 // out[i] = dot(weight row i, activation row) for `rows` consecutive weight rows of k elements starting at w_rows.
 void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* act, float* out);
-// Whether dot_rows_multi has a kernel that reuses each unpacked weight block for several activation rows at the
+// Whether dot_rows_multi has kernels that reuse each unpacked weight block for several activation rows at the
 // level in use (otherwise prefill is faster through dequantized panels and the F32 GEMM).
 bool has_multi_row(DType w);
 // out[m * ldo + i] = dot(weight row i, activation row m) for `rows` weight rows and `nact` activation rows stored
