@@ -254,8 +254,10 @@ struct Common {
         ->delimiter(',')
         ->check(CLI::Range(1, 1 << 16));
     app.add_option("-r,--repetitions", reps, "timed repetitions per test")
-        ->check(CLI::Range(int64_t(1), int64_t(1000)));
-    app.add_option("--seed", seed, "seed of the random inputs")->check(CLI::Range(int64_t(0), INT64_MAX));
+        ->check(CLI::Range(int64_t(1), int64_t(1000)))
+        ->capture_default_str();
+    app.add_option("--seed", seed, "seed of the random inputs")->check(CLI::Range(int64_t(0), INT64_MAX))
+        ->capture_default_str();
     app.add_flag("--json", json, "print llama-bench JSON records instead of a table");
   }
   std::vector<int> thread_list() const {
@@ -475,13 +477,16 @@ int bench_main(int argc, char** argv) {
   CLI::App* llm = app.add_subcommand("llm", "prefill (pp) and decode (tg) tokens/s of the LLM");
   llm_opts.add_to(*llm);
   llm->add_option("-p,--n-prompt", n_prompt, "prompt tokens read into an empty KV cache (0: no prefill test)")
-      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20))
+      ->capture_default_str();
   llm->add_option("-n,--n-gen", n_gen, "tokens generated after the prompt (0: no decode test)")
-      ->check(CLI::Range(int64_t(0), int64_t(1) << 20));
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 20))
+      ->capture_default_str();
   add_kv_cache_options(*llm);
   CLI::App* clip = app.add_subcommand("clip", "images/s through the vision tower and its projector");
   clip_opts.add_to(*clip);
-  clip->add_option("-b,--batch", batch, "images per forward")->check(CLI::Range(int64_t(1), int64_t(256)));
+  clip->add_option("-b,--batch", batch, "images per forward")->check(CLI::Range(int64_t(1), int64_t(256)))
+      ->capture_default_str();
   CLI::App* unet = app.add_subcommand("unet", "seconds per denoising step (one UNet forward)");
   unet_opts.add_to(*unet);
   unet->add_option("-W,--width", width, "image width in pixels (default: the model's)")->check(kPositiveNumber);
