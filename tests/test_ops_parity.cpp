@@ -70,14 +70,15 @@ TEST(OpsParity, LinearLowPrecisionWeights) {
 }
 
 TEST(OpsParity, LinearQuantizedWeightsApproximate) {
-  // Q8_0 / Q4_0 weights: the product must equal the product with the dequantised weights exactly (same kernel
-  // math), and stay near the F32 product within the format's error.
+  // Q8_0 / Q4_0 weights: the integer kernels quantize the activations to 8 bits per 32-element block, so the
+  // product stays within that rounding of the product with the dequantised weights (the exact per-element bound is
+  // tested in test_quant.cpp; here 5% of the largest output), and near the F32 product within the format's error.
   Tensor x = fx("linear_bf16_9", "x"), w = fx("linear_bf16_9", "w").to(DType::F32);
   Tensor exact = ops::linear(x, w);
   for (DType q : {DType::Q8_0, DType::Q4_0}) {
     SCOPED_TRACE(dtype_name(q));
     Tensor wq = w.to(q);
-    EXPECT_TRUE(close_rel(ops::linear(x, wq), ops::linear(x, wq.to(DType::F32)), 1e-5f));
+    EXPECT_TRUE(close_rel(ops::linear(x, wq), ops::linear(x, wq.to(DType::F32)), 0.05f));
     EXPECT_TRUE(close_rel(ops::linear(x, wq), exact, q == DType::Q8_0 ? 0.02f : 0.15f));
   }
 }
