@@ -511,6 +511,14 @@ TEST_F(Convert, BadConvertInvocations) {
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("full.mmproj.gguf"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(path("full.gguf")) || fs::exists(path("full.mmproj.gguf")));
+  // The LLM file failing after its companion was written (a text-only model's companion is a few KB, its LLM file
+  // MBs): the companion goes too.
+  const std::string wide = wide_model(dir() / "wide_for_full");
+  r = cli("convert -m " + wide + " -o " + path("full2.gguf") + " --type f16", "", "ulimit -f 200; ");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("full2.gguf"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("writing " + path("full2.mmproj.gguf")), std::string::npos) << r.out;  // it was written
+  EXPECT_FALSE(fs::exists(path("full2.gguf")) || fs::exists(path("full2.mmproj.gguf")));
   // Converting a converted model is refused (convert reads directories).
   r = cli("convert -m " + converted("f32") + " -o " + path("again.gguf"));
   EXPECT_EQ(r.code, 1);
