@@ -121,8 +121,11 @@ io::ModelDir open_model(const std::string& path) {
   const fs::file_status st = fs::status(path, ec);
   DL_CHECK(st.type() != fs::file_type::not_found, "model '", path, "' does not exist");
   DL_CHECK(!ec, "model '", path, "': ", ec.message());
-  DL_CHECK(fs::is_directory(st) || (fs::is_regular_file(st) && io::is_gguf_model_path(path)), "model '", path,
+  DL_CHECK(fs::is_directory(st) || fs::is_regular_file(st), "model '", path,
            "' is neither a model directory (official DreamLLM release layout) nor a converted model (NAME.gguf)");
+  DL_CHECK(fs::is_directory(st) || io::is_gguf_model_path(path), "model '", path,
+           "' is a file but not a converted model (NAME.gguf); a model is that or a directory in the official "
+           "DreamLLM release layout");
   return io::ModelDir::open(path);
 }
 }  // namespace
