@@ -263,6 +263,26 @@ TEST(QuantKernels, LinearWithinActivationQuantizationErrorOfDequantizedProduct) 
   }
 }
 
+TEST(QuantKernels, NonFiniteActivationsStayNonFinite) {
+  // A NaN in the input must not be laundered into finite outputs by the 8-bit rounding of activations.
+  const Tensor w = test::randn({40, 512}, 4, 0.05f);
+  for (DType dt : {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Tensor wq = w.to(dt);
+    for (int64_t R : {1, 6}) {
+      Tensor x = test::randn({R, 512}, 5);
+      x.f32()[(R - 1) * 512 + 300] = NAN;
+      const Tensor y = ops::linear(x, wq);
+      for (int64_t n = 0; n < 40; ++n) {
+        EXPECT_TRUE(std::isnan(y.f32()[(R - 1) * 40 + n])) << "R " << R << " col " << n;
+        if (R > 1) {
+          EXPECT_TRUE(std::isfinite(y.f32()[n])) << "R " << R << " col " << n;
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantKernels, LinearIndependentOfThreadCount) {
   const Tensor x = test::randn({2, 2048}, 8);
   const Tensor w = test::randn({333, 2048}, 9, 0.05f);

@@ -408,14 +408,18 @@ void dequantize_row_q6_k(const BlockQ6_K* x, float* y, int64_t n) {
 void quantize_row_q8_k(const float* x, BlockQ8_K* y, int64_t n) {
   DL_CHECK(n % kQK_K == 0, "quantize_row_q8_k: row length ", n, " is not a multiple of ", kQK_K);
   for (int64_t b = 0; b < n / kQK_K; ++b, x += kQK_K) {
-    float amax = 0, mx = 0;
-    for (int i = 0; i < kQK_K; ++i)
+    float amax = 0, mx = 0, probe = 0;  // x * 0 is NaN exactly for NaN and infinite x
+    for (int i = 0; i < kQK_K; ++i) {
+      probe += x[i] * 0.f;
       if (std::fabs(x[i]) > amax) {
         amax = std::fabs(x[i]);
         mx = x[i];
       }
-    if (amax == 0.f) {
+    }
+    if (amax == 0.f || probe != 0.f) {
+      // All zero, or non-finite values: then a NaN scale keeps products with the block NaN, as in F32.
       std::memset(&y[b], 0, sizeof y[b]);
+      if (probe != 0.f) y[b].d = NAN;
       continue;
     }
     // The signed extreme maps to -127 (not -128), so negating a level never overflows.

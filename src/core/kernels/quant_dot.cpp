@@ -574,8 +574,14 @@ DotFn dot_fn(DType w, Isa level) {
 // Q8_0 quantization of one block of activations (f32 scale, round to nearest); returns the sum of the codes.
 int quantize_act_block(const float* xb, int8_t* q, float* d_out) {
   float amax = 0.f;
-  for (int i = 0; i < kQK8_0; ++i) amax = std::max(amax, std::fabs(xb[i]));
-  const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
+  float probe = 0.f;  // x * 0 is NaN exactly for NaN and infinite x
+  for (int i = 0; i < kQK8_0; ++i) {
+    amax = std::max(amax, std::fabs(xb[i]));
+    probe += xb[i] * 0.f;
+  }
+  // A non-finite input makes the block's scale NaN, so every product with it stays NaN as in the F32 path, instead
+  // of turning into arbitrary integer codes.
+  const float d = probe == 0.f ? amax / 127.f : NAN, id = probe == 0.f && d != 0.f ? 1.f / d : 0.f;
   int sum = 0;
   for (int i = 0; i < kQK8_0; ++i) {
     const int v = nearest_int(xb[i] * id);
