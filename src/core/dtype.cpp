@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/thread_pool.h"
 
 namespace dl {
 
@@ -551,8 +552,20 @@ void convert_from_f32(DType to, const float* src, void* dst, int64_t n) {
     }
     case DType::Q8_0: quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n); return;
     case DType::Q4_0: quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n); return;
-    case DType::Q4_K: quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n); return;
-    case DType::Q6_K: quantize_row_q6_k(src, static_cast<BlockQ6_K*>(dst), n); return;
+    // The K types' scale searches cost about 0.1 us a weight: spread the super-blocks over the pool (each block is
+    // quantized alone, so the bytes do not depend on the split).
+    case DType::Q4_K:
+      DL_CHECK(n % kQK_K == 0, "quantize_row_q4_k: row length ", n, " is not a multiple of ", kQK_K);
+      parallel_for(n / kQK_K, 16, [&](int64_t b0, int64_t b1) {
+        quantize_row_q4_k(src + b0 * kQK_K, static_cast<BlockQ4_K*>(dst) + b0, (b1 - b0) * kQK_K);
+      });
+      return;
+    case DType::Q6_K:
+      DL_CHECK(n % kQK_K == 0, "quantize_row_q6_k: row length ", n, " is not a multiple of ", kQK_K);
+      parallel_for(n / kQK_K, 16, [&](int64_t b0, int64_t b1) {
+        quantize_row_q6_k(src + b0 * kQK_K, static_cast<BlockQ6_K*>(dst) + b0, (b1 - b0) * kQK_K);
+      });
+      return;
   }
   fail("convert_from_f32: unsupported dtype ", int(to));
 }
