@@ -270,35 +270,6 @@ QZ_TARGET void dot4_q4_k_vnni512(const void* wv, const void* const* av, int64_t 
   for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(facc[m]);
 }
 
-QZ_TARGET void dot4_q4_0_vnni(const void* wv, const void* const* av, int64_t nb, float* out) {
-  const auto* w = static_cast<const BlockQ4_0*>(wv);
-  const ActQ4_0Pair* a[4];
-  for (int m = 0; m < 4; ++m) a[m] = static_cast<const ActQ4_0Pair*>(av[m]);
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
-  const __m256i spread = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0);
-  __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t p = 0; 2 * p < nb; ++p) {
-    const BlockQ4_0* wa = w + 2 * p;
-    const bool has_b = 2 * p + 1 < nb;
-    const __m128i qa = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wa->q));
-    const __m256i q = has_b ? _mm256_inserti128_si256(_mm256_castsi128_si256(qa),
-                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(wa[1].q)), 1)
-                            : _mm256_zextsi128_si256(qa);
-    const __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-    const uint32_t halves = uint32_t(wa->scale) | (has_b ? uint32_t(wa[1].scale) << 16 : 0u);
-    const __m128 dw = _mm_cvtph_ps(_mm_cvtsi32_si128(int32_t(halves)));
-    for (int m = 0; m < 4; ++m) {
-      const ActQ4_0Pair& x = a[m][p];
-      __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.init));
-      acc = _mm256_dpbusd_epi32(acc, lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)));
-      acc = _mm256_dpbusd_epi32(acc, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + 32)));
-      const __m128 ds = _mm_mul_ps(dw, _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x.d))));
-      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_permutevar8x32_ps(_mm256_castps128_ps256(ds), spread), f[m]);
-    }
-  }
-  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(f[m]);
-}
-
 // For Q6_K: 32 bytes of scale indices, 2p and 2p+1 (8 each) in the low 128-bit lane, 2p+2 and 2p+3 in the high one.
 alignas(32) constexpr uint8_t kQuadScales[4][32] = {
 #define DL_Q(j) uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j), uint8_t(j)
@@ -384,24 +355,6 @@ QZ_TARGET void dot4_q6_k_vnni512(const void* wv, const void* const* av, int64_t 
   for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(facc[m]);
 }
 
-QZ_TARGET void dot4_q8_0_vnni(const void* wv, const void* const* av, int64_t nb, float* out) {
-  const auto* w = static_cast<const BlockQ8_0*>(wv);
-  const ActQ8_0* a[4];
-  for (int m = 0; m < 4; ++m) a[m] = static_cast<const ActQ8_0*>(av[m]);
-  __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t b = 0; b < nb; ++b) {
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].q));
-    const __m256i u = _mm256_sign_epi8(wq, wq);
-    const float dw = _cvtsh_ss(w[b].scale);
-    for (int m = 0; m < 4; ++m) {
-      const ActQ8_0& x = a[m][b];
-      const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q)), wq);
-      const __m256i acc = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xs);
-      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc), _mm256_set1_ps(dw * x.d), f[m]);
-    }
-  }
-  for (int m = 0; m < 4; ++m) out[m] = hsum_ps_vnni(f[m]);
-}
 #undef QZ_TARGET
 
 // ---- vectorised dequantizers (AVX2; each value rounds exactly as the scalar code in dtype.cpp) ----
@@ -692,7 +645,7 @@ void dot_rows(DType w, const void* w_rows, int64_t rows, int64_t k, const void* 
 
 bool has_multi_row(DType w) {
 #if defined(__x86_64__)
-  return current() == Isa::Avx512Vnni && has_int_dot(w);
+  return current() != Isa::Scalar && has_int_dot(w);
 #else
   return false;
 #endif
@@ -713,6 +666,14 @@ void dot_rows_multi(DType w, const void* w_rows, int64_t rows, int64_t k, const 
       case DType::Q4_0: dot4 = dot4_q4_0_vnni; break;
       case DType::Q4_K: dot4 = dot4_q4_k_vnni512; break;
       case DType::Q6_K: dot4 = dot4_q6_k_vnni512; break;
+      default: break;
+    }
+  } else if (current() == Isa::Avx2) {
+    switch (w) {
+      case DType::Q8_0: dot4 = dot4_q8_0_avx2; break;
+      case DType::Q4_0: dot4 = dot4_q4_0_avx2; break;
+      case DType::Q4_K: dot4 = dot4_q4_k_avx2; break;
+      case DType::Q6_K: dot4 = dot4_q6_k_avx2; break;
       default: break;
     }
   }
