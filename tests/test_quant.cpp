@@ -252,7 +252,7 @@ TEST(QuantKernels, LinearWithinActivationQuantizationErrorOfDequantizedProduct) 
               mag += std::fabs(double(wp[n * K + i]) * xp[m * K + i]);
             }
             // Prefill through dequantized panels is exact up to float rounding; the multi-row integer kernels
-            // (the VNNI level) quantize activations as decoding does.
+            // (AVX2 and VNNI levels) quantize activations as decoding does.
             const bool int_rows = R <= 4 || quant::has_multi_row(dt);
             const double tol = (int_rows ? bound : 0.0) + 1e-5 * mag;
             ASSERT_NEAR(y.f32()[m * N + n], yd.f32()[m * N + n], tol) << "row " << m << " col " << n;
