@@ -618,7 +618,7 @@ int world_main(int argc, char** argv) {
   ec_draw.cfg_scale = kWorldCfgScale;
   CLI::App* ec = app.add_subcommand("eval-create", "draw every held-out scene from its caption and score the "
                                                    "pictures against it (by number of shapes)");
-  ec->add_option("-m,--model", ec_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ec->add_option("-m,--model", ec_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ec->add_option("--scenes", ec_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
   ec->add_option("-n,--limit", ec_limit, "scenes to draw (0: all)")->capture_default_str();
@@ -630,7 +630,7 @@ int world_main(int argc, char** argv) {
   std::string eq_model, eq_file;
   int64_t eq_limit = 100;
   CLI::App* eq = app.add_subcommand("eval-vqa", "answer the held-out VQA conversations; exact match by type");
-  eq->add_option("-m,--model", eq_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  eq->add_option("-m,--model", eq_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   eq->add_option("--vqa", eq_file, "a vqa.json (e.g. DATA/test/vqa.json)")->required()->check(CLI::ExistingFile);
   eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
   int64_t eq_show = 0;
@@ -644,7 +644,7 @@ int world_main(int argc, char** argv) {
   ew_draw.cfg_scale = kWorldCfgScale;
   CLI::App* ew = app.add_subcommand("eval-write", "write documents for held-out instructions and check every image "
                                                   "against the text before it");
-  ew->add_option("-m,--model", ew_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ew->add_option("-m,--model", ew_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ew->add_option("--instruct", ew_file, "an instruct.jsonl (e.g. DATA/test/instruct.jsonl)")->required()
       ->check(CLI::ExistingFile);
   ew->add_option("-n,--limit", ew_limit, "documents (0: all)")->capture_default_str();
@@ -657,7 +657,7 @@ int world_main(int argc, char** argv) {
   int64_t ecap_limit = 100;
   CLI::App* ecap = app.add_subcommand("eval-caption", "caption held-out pictures and score the pictures against "
                                                       "the captions, attribute by attribute");
-  ecap->add_option("-m,--model", ecap_model, "model directory")->required()->check(CLI::ExistingDirectory);
+  ecap->add_option("-m,--model", ecap_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ecap->add_option("--scenes", ecap_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
   ecap->add_option("-n,--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
