@@ -468,6 +468,33 @@ TEST_F(Convert, ArchitectureOtherThanLlamaIsRefused) {
   EXPECT_NE(r.err.find("arch.gguf"), std::string::npos) << r.err;
 }
 
+TEST_F(Convert, HyperparametersDisagreeingWithTheCompanionAreRefused) {
+  const std::string p = rewrite(converted("f32"), path("ffn.gguf"),
+                                [](auto& m, auto&) { m.set("llama.feed_forward_length", uint32_t(64)); });
+  const auto r = cli("ask -m " + p + " -p hi -n 2");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("feed-forward 64"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("disagree with the config.json of '" + io::companion_path(p) + "'"), std::string::npos)
+      << r.err;
+}
+
+TEST_F(Convert, TiedEmbeddingsWithoutOutputWeight) {
+  // A llama.cpp file without output.weight (llama.cpp then uses token_embd for the head), without companion.
+  const std::string p = rewrite(converted("f32"), path("tied.gguf"), [](auto&, auto& ts) {
+    std::erase_if(ts, [](const auto& nt) { return nt.first == "output.weight"; });
+  });
+  fs::remove(io::companion_path(p));
+  nn::NoGradGuard inference;
+  const io::ModelDir dir = io::ModelDir::open(p);
+  EXPECT_TRUE(dir.config().llm.tie_word_embeddings);
+  const models::DreamLLM m = models::DreamLLM::load(dir);
+  const Tensor ids = ref("llm/input_ids").slice(1, 0, 6).contiguous();
+  const Tensor logits = m.forward(ids, Tensor(), Tensor()).logits.value();
+  const Tensor hidden = m.forward(ids, Tensor(), Tensor()).hidden.value();
+  const Tensor embed = io::read_gguf(p).tensors.at("token_embd.weight");
+  EXPECT_TRUE(test::close_rel(logits, ops::matmul(hidden, embed.transpose(0, 1))));
+}
+
 TEST_F(Convert, UnknownTensorTypeFailsByName) {
   const std::string p = copy_pair(converted("f32"), path("type.gguf"));
   // Patch the type id of the first tensor info ("token_embd.weight", 2 dims) to 99.
