@@ -89,6 +89,42 @@ TEST(QuantFormats, Q8_0AndQ4_0QuantizationMatchNumpyReferenceBytes) {
   }
 }
 
+// Bytes and values written by ggml itself (libggml-base.so of the llama.cpp peer, through
+// tools/fixtures/make_ggml_quant_fixture.py): our quantizers must produce ggml's bytes, our dequantizers its floats.
+TEST(QuantFormats, QuantizersWriteGgmlsBytesAndDequantizersItsValues) {
+  static const io::SafetensorsFile f =
+      io::read_safetensors(std::string(DL_FIXTURE_DIR) + "/quant_ggml.safetensors");
+  IsaGuard guard;
+  for (const auto& [name, dt] : kTypes) {
+    SCOPED_TRACE(name);
+    const Tensor x = f.tensors.at(std::string(name) + "/input");
+    const Tensor want = f.tensors.at(std::string(name) + "/bytes");
+    const Tensor values = f.tensors.at(std::string(name) + "/values");
+    const Tensor q = x.to(dt);
+    ASSERT_EQ(q.nbytes(), size_t(want.numel()));
+    const auto* got = static_cast<const uint8_t*>(q.raw());
+    const auto* exp = static_cast<const uint8_t*>(want.raw());
+    const size_t row_bytes = dtype_bytes(dt, x.size(1));
+    size_t first = q.nbytes(), count = 0;
+    for (size_t i = 0; i < q.nbytes(); ++i)
+      if (got[i] != exp[i]) {
+        first = std::min(first, i);
+        ++count;
+      }
+    EXPECT_EQ(count, 0u) << "first differing byte " << first << " (row " << first / row_bytes << ", byte "
+                         << first % row_bytes << ")";
+    const Tensor ours = from_bytes(want, dt, x.size(1)).to(DType::F32);
+    EXPECT_TRUE(test::bit_equal(ours, values));
+    for (quant::Isa level : levels()) {
+      quant::set_isa(level);
+      Tensor fast = Tensor::empty(values.shape());
+      for (int64_t r = 0; r < x.size(0); ++r)
+        quant::dequantize_row(dt, exp + r * row_bytes, fast.f32() + r * x.size(1), x.size(1));
+      EXPECT_TRUE(test::bit_equal(fast, values)) << quant::isa_name(level);
+    }
+  }
+}
+
 double rms(const std::vector<float>& a, const std::vector<float>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += double(a[i] - b[i]) * double(a[i] - b[i]);
