@@ -43,8 +43,9 @@ Tensor from_bytes(const Tensor& bytes, DType dt, int64_t k) {
 
 std::vector<quant::Isa> levels() {
   std::vector<quant::Isa> v{quant::Isa::Scalar};
-  if (quant::best_isa() != quant::Isa::Scalar) v.push_back(quant::Isa::Avx2);
-  if (quant::best_isa() == quant::Isa::Avx512Vnni) v.push_back(quant::Isa::Avx512Vnni);
+  // Every level this CPU runs (AVX-512 VNNI CPUs may lack the VEX-encoded AVX-VNNI, and the reverse).
+  for (quant::Isa level : {quant::Isa::Avx2, quant::Isa::AvxVnni, quant::Isa::Avx512Vnni})
+    if (quant::isa_supported(level)) v.push_back(level);
   return v;
 }
 

@@ -176,6 +176,16 @@ float dot_q6_k_scalar(const void* wv, const void* av, int64_t nb) {
 #undef QD_MADD
 #undef QD_UBS
 
+#define QD_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define QD_NAME(name) name##_avxvnni
+#define QD_MADD(acc, p, s) _mm256_dpwssd_avx_epi32(acc, p, s)
+#define QD_UBS(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#include "core/kernels/quant_dot_simd.inc"
+#undef QD_TARGET
+#undef QD_NAME
+#undef QD_MADD
+#undef QD_UBS
+
 #define QD_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define QD_NAME(name) name##_vnni
 #define QD_MADD(acc, p, s) _mm256_dpwssd_epi32(acc, p, s)
@@ -460,6 +470,7 @@ bool cpu_has(Isa level) {
     case Isa::Scalar: return true;
     case Isa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    case Isa::AvxVnni: return cpu_has(Isa::Avx2) && __builtin_cpu_supports("avxvnni");
     case Isa::Avx512Vnni:
       return cpu_has(Isa::Avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -472,14 +483,15 @@ bool cpu_has(Isa level) {
 
 Isa detect_best() {
   if (cpu_has(Isa::Avx512Vnni)) return Isa::Avx512Vnni;
+  if (cpu_has(Isa::AvxVnni)) return Isa::AvxVnni;
   if (cpu_has(Isa::Avx2)) return Isa::Avx2;
   return Isa::Scalar;
 }
 
 Isa parse_isa(const std::string& name) {
-  for (Isa level : {Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni})
+  for (Isa level : {Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni})
     if (name == isa_name(level)) return level;
-  fail("DL_QUANT_ISA='", name, "' is not one of scalar, avx2, avx512vnni");
+  fail("DL_QUANT_ISA='", name, "' is not one of scalar, avx2, avxvnni, avx512vnni");
 }
 
 Isa initial_isa() {
@@ -503,6 +515,14 @@ DotFn dot_fn(DType w, Isa level) {
       case DType::Q4_0: return dot_q4_0_vnni;
       case DType::Q4_K: return dot_q4_k_vnni512;
       case DType::Q6_K: return dot_q6_k_vnni512;
+      default: break;
+    }
+  } else if (level == Isa::AvxVnni) {
+    switch (w) {
+      case DType::Q8_0: return dot_q8_0_avxvnni;
+      case DType::Q4_0: return dot_q4_0_avxvnni;
+      case DType::Q4_K: return dot_q4_k_avxvnni;
+      case DType::Q6_K: return dot_q6_k_avxvnni;
       default: break;
     }
   } else if (level == Isa::Avx2) {
@@ -570,6 +590,7 @@ const char* isa_name(Isa level) {
   switch (level) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
+    case Isa::AvxVnni: return "avxvnni";
     case Isa::Avx512Vnni: return "avx512vnni";
   }
   return "?";
@@ -579,6 +600,8 @@ Isa best_isa() {
   static const Isa best = detect_best();
   return best;
 }
+
+bool isa_supported(Isa level) { return cpu_has(level); }
 
 Isa isa() { return current(); }
 
@@ -666,6 +689,14 @@ void dot_rows_multi(DType w, const void* w_rows, int64_t rows, int64_t k, const 
       case DType::Q4_0: dot4 = dot4_q4_0_vnni; break;
       case DType::Q4_K: dot4 = dot4_q4_k_vnni512; break;
       case DType::Q6_K: dot4 = dot4_q6_k_vnni512; break;
+      default: break;
+    }
+  } else if (current() == Isa::AvxVnni) {
+    switch (w) {
+      case DType::Q8_0: dot4 = dot4_q8_0_avxvnni; break;
+      case DType::Q4_0: dot4 = dot4_q4_0_avxvnni; break;
+      case DType::Q4_K: dot4 = dot4_q4_k_avxvnni; break;
+      case DType::Q6_K: dot4 = dot4_q6_k_avxvnni; break;
       default: break;
     }
   } else if (current() == Isa::Avx2) {

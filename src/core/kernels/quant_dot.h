@@ -11,11 +11,13 @@
 
 namespace dl::quant {
 
-enum class Isa { Scalar, Avx2, Avx512Vnni };
+// AvxVnni: the 256-bit VEX-encoded VNNI of CPUs without AVX-512 (Alder Lake and later).
+enum class Isa { Scalar, Avx2, AvxVnni, Avx512Vnni };
 const char* isa_name(Isa isa);
-// The best level this CPU runs.
+// The best level this CPU runs, and whether it runs a given one.
 Isa best_isa();
-// The level in use: best_isa(), or DL_QUANT_ISA=scalar|avx2|avx512vnni from the environment at first use.
+bool isa_supported(Isa isa);
+// The level in use: best_isa(), or DL_QUANT_ISA=scalar|avx2|avxvnni|avx512vnni from the environment at first use.
 Isa isa();
 // For tests and benchmarks: switch the level for the whole process (throws when the CPU lacks it). Not
 // thread-safe against kernels running at the same time.
