@@ -14,6 +14,7 @@
 #include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "core/ops.h"
 #include "core/tensor.h"
@@ -141,15 +142,20 @@ void register_conv(int64_t C, int64_t O, int64_t HW, int64_t ksize, double min_t
 
 // Linear layers on stored weight types at LLaMA-7B widths: decode (M=1) is bound by reading the weights once per
 // call, so besides GFLOP/s each case reports GB/s of weight bytes streamed (the stored size: 2 bytes per weight for
-// F16, 34/32 for Q8_0, 18/32 for Q4_0, 144/256 for Q4_K, 210/256 for Q6_K). Quantizing 45M weights takes
-// seconds, so each weight is made once per process.
-const dl::Tensor& stored_weight(dl::DType dt, int64_t N, int64_t K) {
-  static std::map<std::tuple<int, int64_t, int64_t>, dl::Tensor> cache;
-  auto key = std::make_tuple(int(dt), N, K);
+// F16, 34/32 for Q8_0, 18/32 for Q4_0, 144/256 for Q4_K, 210/256 for Q6_K). A model's decode step streams gigabytes,
+// while one 4096x4096 Q4_0 matrix (9.4 MB) would stay in a 32 MB L3 between calls: decode cases therefore rotate
+// over copies of the weight totalling at least 128 MB, so every call reads from memory as in a model. Quantizing
+// 45M weights takes seconds, so each weight is made once per process and copied.
+const std::vector<dl::Tensor>& stored_weights(dl::DType dt, int64_t N, int64_t K, bool rotate) {
+  static std::map<std::tuple<int, int64_t, int64_t, bool>, std::vector<dl::Tensor>> cache;
+  auto key = std::make_tuple(int(dt), N, K, rotate);
   auto it = cache.find(key);
   if (it == cache.end()) {
     // Scaled like trained weights (std ~0.02) so quantizers see ordinary magnitudes.
-    it = cache.emplace(key, dl::ops::scale(random_tensor({N, K}, 2), 0.035f).to(dt)).first;
+    std::vector<dl::Tensor> ws{dl::ops::scale(random_tensor({N, K}, 2), 0.035f).to(dt)};
+    const size_t bytes = ws[0].nbytes();
+    while (rotate && ws.size() * bytes < (size_t(128) << 20)) ws.push_back(ws[0].clone());
+    it = cache.emplace(key, std::move(ws)).first;
   }
   return it->second;
 }
@@ -162,14 +168,18 @@ void register_typed_linear(dl::DType dt, int64_t M, int64_t K, int64_t N, double
                            std::to_string(N);
   common(benchmark::RegisterBenchmark(name.c_str(),
                                       [=](benchmark::State& state) {
-                                        const dl::Tensor& w = stored_weight(dt, N, K);
+                                        const std::vector<dl::Tensor>& ws = stored_weights(dt, N, K, M == 1);
                                         dl::set_num_threads(int(state.range(0)));
                                         dl::Tensor x = random_tensor({M, K}, 1);
-                                        benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
-                                        for (auto _ : state) benchmark::DoNotOptimize(dl::ops::linear(x, w).raw());
+                                        size_t i = 0;
+                                        benchmark::DoNotOptimize(dl::ops::linear(x, ws[0]).raw());
+                                        for (auto _ : state) {
+                                          benchmark::DoNotOptimize(dl::ops::linear(x, ws[i]).raw());
+                                          i = (i + 1) % ws.size();
+                                        }
                                         report_flops(state, flops);
                                         state.counters["weights_GB"] = benchmark::Counter(
-                                            double(w.nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+                                            double(ws[0].nbytes()) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
                                       }),
          min_time);
 }
