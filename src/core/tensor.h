@@ -88,6 +88,12 @@ class Tensor {
   Shape shape_, strides_;
 };
 
+// Drops the resident pages of a tensor that views a read-only file mapping; its next use reads them again from the
+// page cache. What a model part that is idle for a while gives back (the UNet while its picture is decoded and read,
+// a mapped matrix once a reordered copy replaced it). Only whole pages inside the tensor's bytes are dropped; owned
+// memory is left alone.
+void release_mapped_pages(const Tensor& t);
+
 // Shape of broadcasting a and b (numpy rules); throws naming `op` and both shapes when incompatible.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 

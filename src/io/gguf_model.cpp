@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -188,13 +189,24 @@ std::shared_ptr<const GgufModel> gguf_model_from(GgufFile llm, std::optional<Ggu
   return m;
 }
 
+namespace {
+
+// Mapped by default: the tensors are used where they lie in the page cache (an instant start, memory shared with
+// other processes reading the model, and pages a command never touches, such as the vision tower during text chat,
+// never read). DREAMLLM_MMAP=0 copies a large file into huge-page memory instead, as model directories' weight
+// files are (Storage::read_weights_file); docs/benchmarks.md compares the two for decoding.
+std::shared_ptr<Storage> gguf_storage(const std::string& path) {
+  const char* mode = std::getenv("DREAMLLM_MMAP");
+  return mode && std::strcmp(mode, "0") == 0 ? Storage::read_weights_file(path) : Storage::map_file(path);
+}
+
+}  // namespace
+
 std::shared_ptr<const GgufModel> open_gguf_model(const std::string& path) {
-  // Mapped, never copied: the tensors are used where they lie, and pages a command never touches (the vision tower
-  // during text chat) are never read.
-  GgufFile llm = parse_gguf(Storage::map_file(path), "'" + path + "'");
+  GgufFile llm = parse_gguf(gguf_storage(path), "'" + path + "'");
   const std::string cpath = companion_path(path);
   std::optional<GgufFile> companion;
-  if (file_exists(cpath)) companion = parse_gguf(Storage::map_file(cpath), "'" + cpath + "'");
+  if (file_exists(cpath)) companion = parse_gguf(gguf_storage(cpath), "'" + cpath + "'");
   return gguf_model_from(std::move(llm), std::move(companion), path, cpath);
 }
 
@@ -365,10 +377,15 @@ StateDict ModelDir::load_gguf(unsigned mask) const {
     // matrices per layer; every other tensor stays a view of the mapping).
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+      // The mapped originals are read once for the copies; their pages go back at once (0.56 GiB for the 7B).
       Tensor& q = sd.at(p + "q_proj.weight");
+      const Tensor q_file = q;
       q = permute_qk_rows(q, c.num_attention_heads, false);
+      release_mapped_pages(q_file);
       Tensor& k = sd.at(p + "k_proj.weight");
+      const Tensor k_file = k;
       k = permute_qk_rows(k, kv, false);
+      release_mapped_pages(k_file);
     }
     all.merge(sd);
   }

@@ -90,6 +90,11 @@ Tensor prompt_conditions(const models::DreamLLM& model, const Tensor& ids_in, co
   return model.conditions(nn::concat(rows, 0)).value();
 }
 
+void DiffusionHead::release_unet_pages() const {
+  for (const auto& [name, var] : params.all())
+    if (name.rfind("unet.", 0) == 0) release_mapped_pages(var.value());
+}
+
 Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& scheduler_config, const Tensor& cond,
                       const Tensor& uncond, const Tensor& noise, const SamplingOptions& options,
                       const StepNoise& step_noise, const StepCallback& on_step) {

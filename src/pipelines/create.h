@@ -20,6 +20,11 @@ namespace dl::pipelines {
 // lives with the LLM, in models::DreamLLM).
 struct DiffusionHead {
   explicit DiffusionHead(const io::ModelDir& dir);
+  // Gives back the resident pages of UNet weights mapped from the model file (release_mapped_pages), for the time
+  // between one picture's sampling and the next: decoding and reading the picture back do not need them, and the
+  // 7B system's peak memory is then sampling's, not sampling's plus decoding's. The next step reads them again
+  // from the page cache.
+  void release_unet_pages() const;
   models::ParameterSet params;
   models::UNet unet;
   models::Vae vae;

@@ -99,6 +99,7 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
         [&](size_t s, size_t n) {
           if (events.on_diffusion_step) events.on_diffusion_step(s, n);
         });
+    head.release_unet_pages();
     const Tensor image = decode_latents(head.vae, latents, options.tiled_decode);
     io::Image picture(image.size(3), image.size(2), to_rgb8(image)[0]);
     if (events.on_image) events.on_image(index, picture);
