@@ -5,7 +5,7 @@
 //                                       logits; the time is per token
 // --check=FILE writes what the peer's check writes (the 8 most likely next tokens after the first 16 prompt ids,
 // and 16 greedy tokens), so scripts/bench_llm.sh can tell whether both engines compute the same model.
-//   dl_bench_llm --model=DIR --prompt=prompt.json [--prefill=64,512] [--decode=32] [--check=FILE] [benchmark flags]
+//   dl_bench_llm --model=PATH --prompt=prompt.json [--prefill=64,512] [--decode=32] [--check=FILE] [benchmark flags]
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -33,13 +33,13 @@ struct LoadedLlama {
   std::unique_ptr<dl::models::Llama> llm;
 };
 
-LoadedLlama load(const std::string& dir) {
+// Any model the commands open: a Hugging Face LLaMA directory, a DreamLLM directory or a GGUF file (a llama.cpp
+// one included), its LLM weights in their stored types (quantized ones stay quantized).
+LoadedLlama load(const std::string& path) {
   LoadedLlama m;
-  const dl::io::LlamaConfig config = dl::io::read_dreamllm_config(dir + "/config.json").llm;
-  dl::io::StateDict weights = dl::io::read_weights(dir + "/model.safetensors");
-  dl::io::check_against_layout(weights, dl::io::llama_layout(config), {"rotary_emb.inv_freq"}, dir);
-  m.params.adopt(weights, "");
-  m.llm = std::make_unique<dl::models::Llama>(config, m.params);
+  const dl::io::ModelDir dir = dl::io::ModelDir::open(path);
+  m.params.adopt(dir.load(dl::io::kLLM), "");
+  m.llm = std::make_unique<dl::models::Llama>(dir.config().llm, m.params);
   return m;
 }
 
@@ -130,6 +130,30 @@ void decode(benchmark::State& state, int64_t N) {
   state.counters["tokens/s"] = benchmark::Counter(double(N), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Memory read bandwidth, the bound of decoding (each weight is read once per token): the sum of a 1 GiB buffer,
+// split over the threads as the kernels split their rows.
+void memory_read(benchmark::State& state) {
+  dl::set_num_threads(int(state.range(0)));
+  static const std::vector<float> buffer(size_t(1) << 28, 1.f);
+  const int64_t chunk = int64_t(1) << 16;
+  const int64_t chunks = int64_t(buffer.size()) / chunk;
+  std::vector<float> partial(static_cast<size_t>(chunks));
+  for (auto _ : state) {
+    dl::parallel_for(chunks, 16, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* p = buffer.data() + c * chunk;
+        float s = 0.f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < chunk; ++i) s += p[i];
+        partial[size_t(c)] = s;
+      }
+    });
+    benchmark::DoNotOptimize(partial.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(double(buffer.size() * sizeof(float)) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void write_check(const std::string& path) {
   dl::nn::NoGradGuard no_grad;
   const dl::models::Llama& llm = *g_bench->model.llm;
@@ -172,7 +196,7 @@ int main(int argc, char** argv) {
     else rest.push_back(argv[i]);
   }
   if (model.empty() || prompt.empty()) {
-    std::fprintf(stderr, "usage: dl_bench_llm --model=DIR --prompt=prompt.json [--prefill=64,512] [--decode=32] "
+    std::fprintf(stderr, "usage: dl_bench_llm --model=PATH --prompt=prompt.json [--prefill=64,512] [--decode=32] "
                          "[--check=FILE] [benchmark flags]\n");
     return 2;
   }
@@ -192,6 +216,8 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("ours/llm_decode/N" + std::to_string(decode_tokens[0])).c_str(), decode,
                                  decode_tokens[0])
         ->ArgName("t")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(2.0);
+    benchmark::RegisterBenchmark("ours/memory_read/1GiB", memory_read)
+        ->ArgName("t")->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond)->MinTime(1.0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dl_bench_llm: %s\n", e.what());
     return 1;
