@@ -27,6 +27,7 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
             echo '{"vocab_size":40,"hidden_size":16,"intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4}' > "$dir/llama.json" ;;
     gguf) find tests/fixtures -name '*.gguf' -size -256k -exec cp {} "$dir"/ \; 2>/dev/null || true ;;
     webdataset) cp tests/fixtures/webdataset/*.tar "$dir"/ ;;
+    gguf_model) cp tests/fixtures/fuzz_seeds/gguf_model/* "$dir"/ ;;  # tools/fixtures/make_gguf_model_seeds.py
     jsonl) cp tests/fixtures/documents/*.json* "$dir"/ ;;
     chat) printf 'hello\n/image x\nwhat is in <image>?\n/reset\nagain\n' > "$dir/conversation"
           printf 'look at <image>\n/bogus\n/help\n<im_start><im_patch><im_end>\nhi\n/quit\nafter\n' > "$dir/bad_lines" ;;
