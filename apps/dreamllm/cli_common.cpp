@@ -163,25 +163,21 @@ void TextOptions::add_to(CLI::App& app) {
 }
 
 void add_kv_cache_options(CLI::App& app) {
-  const auto types = CLI::IsMember({"f32", "f16", "bf16", "q8_0"});
-  app.add_option_function<std::string>(
-         "--cache-type-k",
-         [](const std::string& name) {
-           models::KVCacheTypes t = models::default_kv_cache_types();
-           t.key = parse_dtype(name);
-           models::set_default_kv_cache_types(t);
-         },
-         "storage type of the attention keys kept while generating: f16 (default), q8_0 (half of it), bf16, f32")
-      ->check(types);
-  app.add_option_function<std::string>(
-         "--cache-type-v",
-         [](const std::string& name) {
-           models::KVCacheTypes t = models::default_kv_cache_types();
-           t.value = parse_dtype(name);
-           models::set_default_kv_cache_types(t);
-         },
-         "storage type of the attention values kept while generating (as --cache-type-k)")
-      ->check(types);
+  auto add = [&](const char* name, DType models::KVCacheTypes::*part, const char* help) {
+    app.add_option_function<std::string>(
+           name,
+           [part](const std::string& type) {
+             models::KVCacheTypes t = models::default_kv_cache_types();
+             t.*part = parse_dtype(type);
+             models::set_default_kv_cache_types(t);
+           },
+           help)
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0"}));
+  };
+  add("--cache-type-k", &models::KVCacheTypes::key,
+      "storage type of the attention keys kept while generating: f16 (default), q8_0 (half of it), bf16, f32");
+  add("--cache-type-v", &models::KVCacheTypes::value,
+      "storage type of the attention values kept while generating (as --cache-type-k)");
 }
 
 pipelines::GenerationConfig TextOptions::config(int32_t eos) const {

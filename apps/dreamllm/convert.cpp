@@ -1,7 +1,5 @@
 // `dreamllm convert`: a model directory in the release layout -> NAME.gguf (the LLM as a llama.cpp LLaMA file) and
 // NAME.mmproj.gguf (everything else, configs and tokenizer files included). docs/gguf.md describes both files.
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
@@ -45,13 +43,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 // Drops the pages of a mapped source tensor once it is converted: each is read once, and without this the whole
 // model would stay resident (as reclaimable page cache, but counted in the process's memory) until the end.
-void release_source(const Tensor& t) {
-  if (!t.defined() || !t.storage()->is_mapped()) return;
-  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.raw()) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.raw()) + t.nbytes()) / page * page;
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
+void release_source(const Tensor& t) { release_mapped_pages(t); }
 
 std::string base_name(const std::string& path) {
   std::filesystem::path p(path);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/kernels/vec.h"
 #include "core/thread_pool.h"
 
 namespace dl {
@@ -150,14 +151,7 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t n) {
 
 namespace {
 
-// Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in the low mantissa bits.
-// ggml's K-quant search rounds this way; lrintf would agree but is a library call in the inner loops.
-inline int nearest_int(float v) {
-  const float t = v + 12582912.f;
-  int32_t i;
-  std::memcpy(&i, &t, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
+using vec::nearest_int;
 
 // Scale and min for n values with levels 0..nmax (value ~ scale * l - min), minimising the weighted squared
 // error over a sweep of nstep+1 trial scales around nmax / (max - min); each trial refits scale and min by

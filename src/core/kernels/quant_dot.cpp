@@ -18,18 +18,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/kernels/vec.h"
 
 namespace dl::quant {
 
 namespace {
 
-// Round to nearest (ties to even) for |v| < 2^22, the activations' range after scaling to +-127.
-inline int nearest_int(float v) {
-  const float t = v + 12582912.f;
-  int32_t i;
-  std::memcpy(&i, &t, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
+using vec::nearest_int;  // activations scaled to +-127 are well inside its range
 
 // The eight 6-bit scales and mins of a Q4_K block, four bytes at a time (the layout q4_k_scale_min reads).
 inline void unpack_q4_k_scales(const uint8_t* packed, uint8_t* sc, uint8_t* mn) {

@@ -7,6 +7,13 @@
 #include <cstdint>
 
 namespace dl::vec {
+// Round to nearest, ties to even, for |v| < 2^22: adding 1.5 * 2^23 leaves the integer in the low mantissa bits.
+// ggml's quantizers round this way; lrintf would agree but is a library call in the inner loops.
+inline int nearest_int(float v) {
+  const int32_t i = std::bit_cast<int32_t>(v + 12582912.f);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
 float dot(const float* a, const float* b, int64_t n);
 // x (F32) . w where w holds bfloat16 / IEEE half values, widened on the fly (no temporary buffer).
 float dot_bf16(const float* x, const uint16_t* w, int64_t n);
