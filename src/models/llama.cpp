@@ -153,9 +153,6 @@ Var Llama::forward(const Var& embeds, const Tensor& key_keep, KVCache* cache, co
     Var a;  // [B, H, T, hd]
     if (cache) {
       // Inference: the new keys and values join the cache, and attention reads them from there (no gradient).
-      if (index < cache->keys.size() && cache->keys[index].defined())
-        DL_CHECK(cache->keys[index].size(0) == B, "llama: cache holds ", cache->keys[index].size(0),
-                 " rows, input has ", B);
       cache->append(index, k.value(), v.value(), c.max_position_embeddings);
       a = Var(ops::attention_cached(q.value(), cache->keys[index], cache->values[index], cache->length + T,
                                     mask.view()));
