@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev zlib1g-dev
-  libsentencepiece-dev sentencepiece python3-sentencepiece libstb-dev libcli11-dev
+  libsentencepiece-dev sentencepiece python3-sentencepiece libstb-dev libcli11-dev libcpp-httplib-dev
   clang libclang-rt-14-dev unzip
   python3-torch python3-numpy python3-pil
 )

@@ -46,35 +46,29 @@ int create_main(int argc, char** argv) {
   const Model m(model, true);
   const Tensor pixels = load_pixels(m, images);
   const std::string text = images.empty() ? prompt : place_images(m, prompt, images.size());
-  const std::vector<int32_t> ids = m.tokenizer.encode(text);
-  const Tensor cond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(ids, {1, int64_t(ids.size())}),
-                                                   Tensor(), pixels);
-  Tensor uncond;
-  if (draw.cfg_scale > 1.f) {
-    const std::vector<int32_t> neg = m.tokenizer.encode(draw.negative);
-    uncond = pipelines::prompt_conditions(m.llm, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
-  }
-  const uint64_t seed = uint64_t(draw.seed);  // >= 0 (checked); image k's seed + k wraps, never overflows
-  const auto& unet = m.head->unet;
-  for (int64_t k = 0; k < count; ++k) {
-    Rng rng(seed + uint64_t(k));
-    const Tensor noise = rng.randn({1, unet.config().in_channels, lh, lw});
-    std::unique_ptr<Progress> progress;  // created at the first step, when the sampler's step count is known
-    const Tensor latents = pipelines::sample_latents(
-        unet, m.head->scheduler, cond, uncond, noise, draw.sampling(),
-        [&](size_t) { return rng.randn({1, unet.config().in_channels, lh, lw}); },
-        [&](size_t step, size_t steps) {
-          if (!progress)
-            progress = std::make_unique<Progress>("create " + std::to_string(k + 1) + "/" + std::to_string(count),
-                                                  steps);
-          progress->update(step);
-        });
-    const Tensor image = pipelines::decode_latents(m.head->vae, latents, draw.tiled);
-    const io::Image picture(image.size(3), image.size(2), pipelines::to_rgb8(image)[0]);
-    const std::string path = numbered_path(out, size_t(k), size_t(count));
+  pipelines::CreateRequest request;
+  request.prompt_ids = m.tokenizer.encode(text);
+  request.pixel_values = pixels;
+  if (draw.cfg_scale > 1.f) request.negative_ids = m.tokenizer.encode(draw.negative);
+  request.sampling = draw.sampling();
+  request.latent_height = lh;
+  request.latent_width = lw;
+  request.seed = uint64_t(draw.seed);  // >= 0 (checked)
+  request.count = count;
+  request.tiled_decode = draw.tiled;
+  std::unique_ptr<Progress> progress;  // made at an image's first step, when the sampler's step count is known
+  pipelines::CreateEvents events;
+  events.on_step = [&](size_t k, size_t step, size_t steps) {
+    if (step <= 1 || !progress)
+      progress = std::make_unique<Progress>("create " + std::to_string(k + 1) + "/" + std::to_string(count), steps);
+    progress->update(step);
+  };
+  events.on_image = [&](size_t k, const io::Image& picture) {
+    const std::string path = numbered_path(out, k, size_t(count));
     io::write_png(path, picture);
     std::printf("%s\n", path.c_str());
-  }
+  };
+  pipelines::create_images(m.llm, *m.head, request, events);
   return 0;
 }
 

@@ -21,6 +21,7 @@ int write_main(int argc, char** argv);
 int train_main(int argc, char** argv);
 int world_main(int argc, char** argv);
 int convert_main(int argc, char** argv);
+int serve_main(int argc, char** argv);
 }
 
 namespace {
@@ -45,6 +46,8 @@ void usage(FILE* out) {
                "                                                dreamllm world gen -o data --train 10000 --test 500\n"
                "  convert convert a model directory to GGUF (the LLM as a llama.cpp model, the rest beside it):\n"
                "                                                dreamllm convert -m MODEL -o model.gguf --type q4_k_m\n"
+               "  serve   an OpenAI-compatible HTTP server with a web page (chat with images, drawing, documents):\n"
+               "                                                dreamllm serve -m MODEL --port 8080\n"
                "  run     run one model component on tensors from a safetensors file (parity checks)\n"
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
@@ -74,6 +77,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return dl::app::train_main(argc - 1, argv + 1);
     if (cmd == "world") return dl::app::world_main(argc - 1, argv + 1);
     if (cmd == "convert") return dl::app::convert_main(argc - 1, argv + 1);
+    if (cmd == "serve") return dl::app::serve_main(argc - 1, argv + 1);
     std::fprintf(stderr, "dreamllm: unknown command '%s'\n\n", cmd.c_str());
     usage(stderr);
     return 2;

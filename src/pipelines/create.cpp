@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/ops.h"
+#include "core/random.h"
 #include "nn/functional.h"
 
 namespace dl::pipelines {
@@ -178,6 +179,35 @@ std::vector<std::vector<uint8_t>> to_rgb8(const Tensor& images) {
       }
   }
   return out;
+}
+
+void create_images(const models::DreamLLM& model, const DiffusionHead& head, const CreateRequest& request,
+                   const CreateEvents& events) {
+  const auto& ids = request.prompt_ids;
+  DL_CHECK(!ids.empty(), "create: empty prompt (it needs at least the BOS token)");
+  const Tensor cond = prompt_conditions(model, Tensor::from_vector_i32(ids, {1, int64_t(ids.size())}), Tensor(),
+                                        request.pixel_values);
+  Tensor uncond;
+  if (request.sampling.guidance_scale > 1.f) {
+    const auto& neg = request.negative_ids;
+    uncond = prompt_conditions(model, Tensor::from_vector_i32(neg, {1, int64_t(neg.size())}), Tensor());
+  }
+  const auto& unet = head.unet;
+  const int64_t lh = request.latent_height > 0 ? request.latent_height : unet.config().sample_size;
+  const int64_t lw = request.latent_width > 0 ? request.latent_width : unet.config().sample_size;
+  for (int64_t k = 0; k < request.count; ++k) {
+    Rng rng(request.seed + uint64_t(k));  // image k's seed + k wraps, never overflows
+    const Tensor noise = rng.randn({1, unet.config().in_channels, lh, lw});
+    const Tensor latents = sample_latents(
+        unet, head.scheduler, cond, uncond, noise, request.sampling,
+        [&](size_t) { return rng.randn({1, unet.config().in_channels, lh, lw}); },
+        [&](size_t step, size_t steps) {
+          if (events.on_step) events.on_step(size_t(k), step, steps);
+        });
+    const Tensor image = decode_latents(head.vae, latents, request.tiled_decode);
+    const io::Image picture(image.size(3), image.size(2), to_rgb8(image)[0]);
+    if (events.on_image) events.on_image(size_t(k), picture);
+  }
 }
 
 }  // namespace dl::pipelines

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "diffusion/schedulers.h"
+#include "io/image.h"
 #include "io/model_dir.h"
 #include "models/dreamllm.h"
 #include "models/unet.h"
@@ -60,6 +61,28 @@ Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& sched
 Tensor decode_latents_unclamped(const models::Vae& vae, const Tensor& latents, bool tiled = false);
 // The same as images in [0, 1]: clamp(x / 2 + 0.5, 0, 1), as diffusers' postprocess.
 Tensor decode_latents(const models::Vae& vae, const Tensor& latents, bool tiled = false);
+
+// What `dreamllm create` does after reading its options, shared with the server so that both give the same pictures
+// for the same seed: the conditions of `prompt_ids` (whose image spans take `pixel_values`), the negative branch
+// from `negative_ids` when guided, then image k from the noise of Rng(seed + k), sampled and decoded.
+// `on_step(k, step, steps)` follows the sampler; `on_image(k, picture)` hands over each picture as it is done (none is kept: -n 1000 would hold them all).
+// Either callback may throw to stop the work (a cancelled request).
+struct CreateRequest {
+  std::vector<int32_t> prompt_ids;
+  Tensor pixel_values;
+  std::vector<int32_t> negative_ids;
+  SamplingOptions sampling;
+  int64_t latent_height = 0, latent_width = 0;
+  uint64_t seed = 42;
+  int64_t count = 1;
+  bool tiled_decode = false;
+};
+struct CreateEvents {
+  std::function<void(size_t image, size_t step, size_t steps)> on_step;
+  std::function<void(size_t image, const io::Image& picture)> on_image;
+};
+void create_images(const models::DreamLLM& model, const DiffusionHead& head, const CreateRequest& request,
+                   const CreateEvents& events);
 
 // Images [B, 3, H, W] in [0, 1] -> 8-bit RGB HWC buffers (round(x * 255), as diffusers' postprocess).
 std::vector<std::vector<uint8_t>> to_rgb8(const Tensor& images);
