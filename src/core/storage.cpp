@@ -7,12 +7,21 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 
 #include "core/error.h"
 #include "core/file.h"
+
+#if defined(__has_feature)
+#define DL_HAS_ADDRESS_SANITIZER __has_feature(address_sanitizer)
+#else
+#define DL_HAS_ADDRESS_SANITIZER 0
+#endif
 
 namespace dl {
 
@@ -27,23 +36,114 @@ size_t allocated_bytes(size_t bytes) {
   return std::max<size_t>(64, (bytes + 63) / 64 * 64);
 }
 
-void* aligned_block(size_t bytes, size_t rounded) {
+// Freed activation-sized blocks kept for reuse. A forward pass allocates the same few sizes over and over (a UNet
+// step allocates gigabytes of short-lived tensors of a few megabytes each); handed back to glibc each block of that
+// size is unmapped and, allocated again, faulted in and zeroed by the kernel page by page, which cost 10-15% of a
+// UNet step. Blocks are matched best-fit within 1/8 slack, and the pool holds at most pool_limit() bytes, releasing
+// its oldest blocks beyond that, so the process's resident memory grows by at most that figure.
+class BlockPool {
+ public:
+  static constexpr size_t kMinBytes = size_t(256) << 10;  // glibc keeps smaller blocks in its own arenas
+  static constexpr size_t kMaxBytes = size_t(256) << 20;  // weights and caches of this size are not churned
+
+  static BlockPool& instance() {
+    static BlockPool pool;
+    return pool;
+  }
+
+  // A free block of at least `bytes` (and at most 1/8 more), or null.
+  void* take(size_t bytes, size_t* block_bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = by_size_.lower_bound(bytes);
+    if (it == by_size_.end() || it->first > bytes + bytes / 8) return nullptr;
+    void* p = it->second.data;
+    *block_bytes = it->first;
+    cached_ -= it->first;
+    by_size_.erase(it);
+    return p;
+  }
+
+  // Keeps `p` for reuse, or frees it when it does not fit the pool.
+  void give(void* p, size_t block_bytes) {
+    if (block_bytes < kMinBytes || block_bytes > kMaxBytes || limit_ == 0) {
+      std::free(p);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    by_size_.emplace(block_bytes, Entry{p, ++clock_});
+    cached_ += block_bytes;
+    while (cached_ > limit_) {
+      auto oldest = by_size_.begin();
+      for (auto it = by_size_.begin(); it != by_size_.end(); ++it)
+        if (it->second.age < oldest->second.age) oldest = it;
+      cached_ -= oldest->first;
+      std::free(oldest->second.data);
+      by_size_.erase(oldest);
+    }
+  }
+
+  void trim() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [size, e] : by_size_) std::free(e.data);
+    by_size_.clear();
+    cached_ = 0;
+  }
+
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cached_;
+  }
+
+  ~BlockPool() { trim(); }
+
+ private:
+  struct Entry {
+    void* data;
+    uint64_t age;
+  };
+  BlockPool() {
+    // DREAMLLM_POOL_MB=0 turns the pool off (every block straight back to glibc).
+    if (const char* mb = std::getenv("DREAMLLM_POOL_MB")) limit_ = size_t(std::strtoull(mb, nullptr, 10)) << 20;
+  }
+  std::mutex mutex_;
+  std::multimap<size_t, Entry> by_size_;
+  size_t cached_ = 0;
+#if defined(__SANITIZE_ADDRESS__) || DL_HAS_ADDRESS_SANITIZER
+  size_t limit_ = 0;  // AddressSanitizer must see every free to catch a use after it
+#else
+  size_t limit_ = size_t(512) << 20;
+#endif
+  uint64_t clock_ = 0;
+};
+
+// The block for an owned storage of `bytes`: from the pool when one fits, else fresh. *block_bytes is its real size.
+void* owned_block(size_t bytes, size_t* block_bytes) {
+  const size_t rounded = allocated_bytes(bytes);
+  if (rounded >= BlockPool::kMinBytes && rounded <= BlockPool::kMaxBytes) {
+    if (void* p = BlockPool::instance().take(rounded, block_bytes)) return p;
+  }
   void* p = std::aligned_alloc(64, rounded);
   if (!p) fail("out of memory allocating ", bytes, " bytes");
+  *block_bytes = rounded;
   return p;
 }
 
 }  // namespace
 
+size_t Storage::pooled_bytes() { return BlockPool::instance().cached(); }
+void Storage::trim_pool() { BlockPool::instance().trim(); }
+
 std::shared_ptr<Storage> Storage::allocate_uninitialized(size_t bytes) {
-  return std::shared_ptr<Storage>(new Storage(aligned_block(bytes, allocated_bytes(bytes)), bytes, Kind::Owned));
+  size_t block = 0;
+  void* p = owned_block(bytes, &block);
+  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned, block));
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes) {
-  const size_t rounded = allocated_bytes(bytes);
-  void* p = aligned_block(bytes, rounded);
-  std::memset(p, 0, rounded);
-  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned));
+  size_t block = 0;
+  void* p = owned_block(bytes, &block);
+  std::memset(p, 0, allocated_bytes(bytes));
+  return std::shared_ptr<Storage>(new Storage(p, bytes, Kind::Owned, block));
 }
 
 std::shared_ptr<Storage> Storage::map_file(const std::string& path) {
@@ -110,7 +210,12 @@ std::shared_ptr<Storage> Storage::view(std::shared_ptr<Storage> parent, size_t o
 
 Storage::~Storage() {
   switch (kind_) {
-    case Kind::Owned: std::free(data_); break;
+    case Kind::Owned:
+      if (block_bytes_ > 0)
+        BlockPool::instance().give(data_, block_bytes_);
+      else
+        std::free(data_);
+      break;
     case Kind::Mapped:
       if (data_) ::munmap(data_, size_);
       break;

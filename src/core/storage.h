@@ -27,6 +27,11 @@ class Storage {
   // parent's mapped/read-only nature.
   static std::shared_ptr<Storage> view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes);
 
+  // Bytes of freed blocks the process keeps for reuse (see BlockPool in storage.cpp), and a way to hand them all back
+  // to the system, e.g. after a UNet loop whose activation sizes will not recur.
+  static size_t pooled_bytes();
+  static void trim_pool();
+
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -38,10 +43,12 @@ class Storage {
 
  private:
   enum class Kind { Owned, Mapped, View };
-  Storage(void* data, size_t size, Kind kind) : data_(data), size_(size), kind_(kind) {}
+  Storage(void* data, size_t size, Kind kind, size_t block_bytes = 0)
+      : data_(data), size_(size), kind_(kind), block_bytes_(block_bytes) {}
   void* data_;
   size_t size_;
   Kind kind_;
+  size_t block_bytes_;  // owned blocks from owned_block(): their real size, so they can go back to the pool
   std::shared_ptr<Storage> parent_;
 };
 

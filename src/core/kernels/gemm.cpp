@@ -321,6 +321,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
           for (int64_t m = 0; m < R; ++m)
             yp[m * N + n] = bf16 ? vec::dot_bf16(xp + m * K, w16 + n * K, K) : vec::dot_f16(xp + m * K, w16 + n * K, K);
       });
+    } else if (R >= 64) {
+      // Many rows (a UNet or CLIP token map, a prefill): the weight is widened to F32 once and multiplied by the
+      // panel-split gemm. Widening it panel by panel would let sgemm re-pack all R input rows for every 64-row panel
+      // of the weight, which cost more than the conversion.
+      Tensor w32 = Tensor::uninitialized({N, K});
+      parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+        weight_rows_to_f32(wc.dtype(), wc.raw(), n0, n1 - n0, K, w32.f32() + n0 * K);
+      });
+      gemm(false, true, R, N, K, 1.f, xp, K, w32.f32(), K, 0.f, yp, N);
     } else {
       // Convert panels of weight rows to F32 on the fly, each thread its own panel, then multiply.
       const int64_t panel = R <= 4 ? 16 : 64;
