@@ -11,35 +11,23 @@
 
 namespace dl::pipelines {
 
-Document write_document(const models::DreamLLM& model, const DiffusionHead& head, const text::Tokenizer& tokenizer,
-                        const io::ClipPreprocessConfig& clip_cfg, const std::vector<int32_t>& prompt,
-                        const Tensor& prompt_pixels, const WriteOptions& options, const WriteEvents& events) {
+void continue_document(const models::DreamLLM& model, const DiffusionHead* head, const text::Tokenizer& tokenizer,
+                       const io::ClipPreprocessConfig& clip_cfg, DreamLLMDecoder& decoder, Tensor logits,
+                       Document& doc, std::vector<Tensor>& pixels, Tensor& uncond, const WriteOptions& options,
+                       const WriteEvents& events) {
   validate(options.text);
   DL_CHECK(options.max_images >= 0, "write: max_images must be >= 0, got ", options.max_images);
+  DL_CHECK(head != nullptr || options.max_images == 0, "write: drawing needs the model's diffusion head");
   const auto& cfg = model.config();
   const int32_t dream_start = int32_t(cfg.token_id("<dream_start>")), dream_end = int32_t(cfg.token_id("<dream_end>"));
   const int32_t im_start = int32_t(cfg.token_id("<im_start>")), im_end = int32_t(cfg.token_id("<im_end>"));
   const int32_t im_patch = int32_t(cfg.token_id("<im_patch>"));
   const int64_t Q = model.dream_queries(), P = model.image_tokens();
   const int64_t max_positions = model.llm().config().max_position_embeddings;
-  const auto& uc = head.unet.config();
-  const int64_t lh = options.latent_height > 0 ? options.latent_height : uc.sample_size;
-  const int64_t lw = options.latent_width > 0 ? options.latent_width : uc.sample_size;
-  DL_CHECK(int64_t(prompt.size()) < max_positions, "write: the prompt has ", prompt.size(),
-           " tokens, the model supports ", max_positions, " positions");
-
-  Document doc;
-  doc.ids = prompt;
-  doc.prompt_length = prompt.size();
-  std::vector<Tensor> pixels;
-  if (prompt_pixels.defined()) pixels.push_back(prompt_pixels.to(DType::F32));
-
-  DreamLLMDecoder decoder(model);
-  Tensor logits = decoder.prefill({prompt}, prompt_pixels);
-  Tensor uncond;  // the negative branch, made once by the LLM
   TextStream stream(tokenizer, events.on_text);
   int64_t text_budget = options.text.max_new_tokens;
   uint64_t segment = 0;
+  const size_t images_before = doc.conditions.size();
 
   auto close_text = [&] {
     if (stream.empty()) return;
@@ -52,7 +40,7 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
     GenerationConfig gc = options.text;
     gc.max_new_tokens = std::min<int64_t>(text_budget, max_positions - int64_t(doc.ids.size()));
     gc.seed = options.text.seed + segment++;  // each segment its own sampling stream
-    const bool may_draw = int64_t(doc.conditions.size()) < options.max_images;
+    const bool may_draw = int64_t(doc.conditions.size() - images_before) < options.max_images;
     if (may_draw)
       gc.stop_token_ids.push_back(dream_start);
     else
@@ -76,7 +64,10 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
       doc.finish = FinishReason::kLength;
       break;
     }
-    const size_t index = doc.conditions.size();
+    const auto& uc = head->unet.config();
+    const int64_t lh = options.latent_height > 0 ? options.latent_height : uc.sample_size;
+    const int64_t lw = options.latent_width > 0 ? options.latent_width : uc.sample_size;
+    const size_t index = doc.conditions.size() - images_before;
     if (events.on_image_begin) events.on_image_begin(index);
     std::vector<int32_t> dream_chunk{dream_start};
     dream_chunk.insert(dream_chunk.end(), size_t(Q), im_patch);
@@ -94,13 +85,13 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
     Rng rng(options.seed + index + 1);
     const Tensor noise = rng.randn({1, uc.in_channels, lh, lw});
     const Tensor latents = sample_latents(
-        head.unet, head.scheduler, cond, uncond, noise, options.drawing,
+        head->unet, head->scheduler, cond, uncond, noise, options.drawing,
         [&](size_t) { return rng.randn({1, uc.in_channels, lh, lw}); },
         [&](size_t s, size_t n) {
           if (events.on_diffusion_step) events.on_diffusion_step(s, n);
         });
-    head.release_unet_pages();
-    const Tensor image = decode_latents(head.vae, latents, options.tiled_decode);
+    head->release_unet_pages();
+    const Tensor image = decode_latents(head->vae, latents, options.tiled_decode);
     io::Image picture(image.size(3), image.size(2), to_rgb8(image)[0]);
     if (events.on_image) events.on_image(index, picture);
 
@@ -123,6 +114,24 @@ Document write_document(const models::DreamLLM& model, const DiffusionHead& head
     }
   }
   close_text();
+}
+
+Document write_document(const models::DreamLLM& model, const DiffusionHead& head, const text::Tokenizer& tokenizer,
+                        const io::ClipPreprocessConfig& clip_cfg, const std::vector<int32_t>& prompt,
+                        const Tensor& prompt_pixels, const WriteOptions& options, const WriteEvents& events) {
+  validate(options.text);
+  const int64_t max_positions = model.llm().config().max_position_embeddings;
+  DL_CHECK(int64_t(prompt.size()) < max_positions, "write: the prompt has ", prompt.size(),
+           " tokens, the model supports ", max_positions, " positions");
+  Document doc;
+  doc.ids = prompt;
+  doc.prompt_length = prompt.size();
+  std::vector<Tensor> pixels;
+  if (prompt_pixels.defined()) pixels.push_back(prompt_pixels.to(DType::F32));
+  DreamLLMDecoder decoder(model);
+  const Tensor logits = decoder.prefill({prompt}, prompt_pixels);
+  Tensor uncond;  // the negative branch, made once by the LLM
+  continue_document(model, &head, tokenizer, clip_cfg, decoder, logits, doc, pixels, uncond, options, events);
   if (!pixels.empty()) doc.pixel_values = ops::concat(pixels, 0);
   return doc;
 }

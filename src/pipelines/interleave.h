@@ -47,6 +47,17 @@ struct Document {
   FinishReason finish = FinishReason::kLength;
 };
 
+// The writing loop on a single-row `decoder` that has consumed `doc.ids` (`logits`: at its last position), as
+// write_document runs it: appends the text and image blocks, ids and conditions to `doc`, the CLIP inputs of the
+// pictures it draws to `pixels`, and keeps the negative branch's conditions in `uncond` (made on first use). Picture
+// k of this call (from 0) draws from Rng(options.seed + k + 1); options.max_images counts this call's pictures.
+// `head` may be null when options.max_images is 0 (<dream_start> is then never chosen). Used by write_document and
+// by a chat turn (pipelines/chat.h).
+void continue_document(const models::DreamLLM& model, const DiffusionHead* head, const text::Tokenizer& tokenizer,
+                       const io::ClipPreprocessConfig& clip_preprocess, DreamLLMDecoder& decoder, Tensor logits,
+                       Document& doc, std::vector<Tensor>& pixels, Tensor& uncond, const WriteOptions& options,
+                       const WriteEvents& events = {});
+
 // Writes one document from a prompt (ids, e.g. a vicuna-templated instruction; its own image spans take
 // `prompt_pixels`). Stops at EOS, when the text budget is spent, or when the model's context is full.
 Document write_document(const models::DreamLLM& model, const DiffusionHead& head, const text::Tokenizer& tokenizer,
