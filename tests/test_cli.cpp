@@ -93,7 +93,7 @@ TEST(Cli, AskWithTheTrainingTemplateAnswersAsTheTrainingLayoutReads) {
 
 TEST(Cli, CreateIsReproducibleBySeed) {
   Scratch s;
-  const CliResult a = cli("create -m " + kModel + " -p 'a red circle' -o " + (s / "a.png") + " -n 2 --steps 4 --seed 3");
+  const CliResult a = cli("create -m " + kModel + " -p 'a red circle' -o " + (s / "a.png") + " -b 2 --steps 4 --seed 3");
   ASSERT_EQ(a.code, 0) << a.err;
   EXPECT_NE(a.err.find("create 1/2"), std::string::npos);  // progress
   const io::Image a1 = io::read_image(s / "a_1.png"), a2 = io::read_image(s / "a_2.png");
@@ -270,7 +270,7 @@ TEST(CliChat, SurvivesBadMessagesAndGoesOnAsIfTheyHadNotBeenSent) {
             std::string::npos) << r.err;
   EXPECT_NE(r.err.find("tokens; the model's context holds 512 (write a shorter message)"), std::string::npos)
       << r.err;
-  EXPECT_NE(r.err.find("tokens; the model's context holds 512 (use /reset"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tokens; the model's context holds 512 (start a new conversation"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("the line is longer than 1048576 bytes"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("/no/such.png"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("unknown command '/bogus'"), std::string::npos) << r.err;

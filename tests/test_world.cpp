@@ -733,7 +733,7 @@ TEST(WorldCli, GenerateAndScore) {
   ASSERT_EQ(one.code, 0) << one.err;
   EXPECT_NE(one.out.find("overall: pass"), std::string::npos) << one.out;
   const test::CliResult wrong = test::cli("world score -i " + png + " -p 'a blue circle at the top left'");
-  ASSERT_EQ(wrong.code, 0);
+  ASSERT_EQ(wrong.code, 1);  // a description the picture does not show fails, as a check should
   EXPECT_NE(wrong.out.find("colour    object 1  FAIL expected blue, found red"), std::string::npos) << wrong.out;
   // Bad usage and bad inputs.
   EXPECT_EQ(test::cli("world").code, 2);

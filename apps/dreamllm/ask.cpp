@@ -1,6 +1,8 @@
 // `dreamllm ask`: image(s) + question -> answer, streamed, with the vicuna v1.1 template of the original VQA
 // evaluation (omni/eval/vqa: " <system> USER: <system prompt><image span>...<question> ASSISTANT:"), or with
 // --template train the training conversations' layout ("<system> USER: <image span>\n<question> ASSISTANT:").
+// --caption: the model's caption of one picture, as the image-text pairs of stage I trained it: BOS, the image span,
+// and the caption after it, no template and no question.
 #include <cstdio>
 
 #include "cli_common.h"
@@ -9,6 +11,7 @@
 #include "pipelines/comprehend.h"
 #include "pipelines/text_stream.h"
 #include "text/chat_template.h"
+#include "world/prompt_check.h"
 
 namespace dl::app {
 
@@ -18,9 +21,12 @@ int ask_main(int argc, char** argv) {
   std::vector<std::string> images;
   int threads = 0;
   TextOptions text;
+  bool caption = false, force = false;
   app.add_option("-m,--model", model, "model directory (official DreamLLM release layout)")->required();
   app.add_option("-i,--image", images, "image file (PNG, JPEG, BMP, ...); repeat for several")->check(CLI::ExistingFile);
-  app.add_option("-p,--prompt", question, "the question")->required();
+  app.add_option("-p,--prompt", question, "the question (required unless --caption)");
+  app.add_flag("--caption", caption, "caption the picture (one -i) as the model was trained to, instead of answering");
+  app.add_flag("--force", force, "run a prompt outside the prompt language the model declares (a warning instead of an error)");
   app.add_option("--system", system_prompt, "text before the images in the user turn (the benchmarks' system prompt)");
   app.add_option("--post-prompt", post_prompt, "text the answer starts with (e.g. \"The image depicts\")");
   app.add_option("--template", layout,
@@ -33,7 +39,17 @@ int ask_main(int argc, char** argv) {
   text.add_to(app);
   add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
+  if (caption ? (images.size() != 1 || !question.empty()) : question.empty()) {
+    std::fprintf(stderr, "dreamllm ask: %s\nRun 'dreamllm ask --help' for the options.\n",
+                 caption ? "--caption takes one picture (-i) and no question (-p)" : "-p/--prompt is required");
+    return 2;
+  }
   set_num_threads(threads);
+  if (!caption) {
+    if (const std::string w = world::require_prompt_language(model, world::PromptUse::Question, question, force);
+        !w.empty())
+      std::fprintf(stderr, "dreamllm ask: warning: %s\n", w.c_str());
+  }
 
   // A text-only model refuses images before its weights are read.
   if (!images.empty() && !open_model_dir(model).has(io::kClip)) models::fail_no_vision(model, "-i " + images[0]);
@@ -51,7 +67,9 @@ int ask_main(int argc, char** argv) {
     conv.append_assistant(std::nullopt);
   else
     conv.append_assistant(post_prompt);
-  const std::vector<int32_t> ids = m.tokenizer.encode(conv.generation_prompt());
+  // A caption continues BOS + image span directly (the pairs' layout); the tokenizer adds the BOS.
+  const std::vector<int32_t> ids =
+      m.tokenizer.encode(caption ? place_images(m, "", 1) : conv.generation_prompt());
   const int64_t limit = m.dir.config().llm.max_position_embeddings;
   DL_CHECK(int64_t(ids.size()) < limit, "the prompt has ", ids.size(), " tokens; the model supports ", limit);
   pipelines::GenerationConfig gc = text.config(m.tokenizer.eos_id());

@@ -1,6 +1,8 @@
 // One `dreamllm chat` conversation, one input line at a time: commands (/image, /reset, /help, /quit) and messages.
-// A bad line (an <image> without /image, a message that does not fit the context, an unreadable picture) throws
-// dl::Error after the session is put back exactly as it was before the line, so the conversation goes on.
+// The conversation itself, drawing included, is pipelines::ChatSession (pipelines/chat.h); this adds the commands,
+// the pictures attached by path and the pictures drawn, saved as PNG files. A bad line (an <image> without /image,
+// a message that does not fit the context, an unreadable picture) throws dl::Error after the session is put back
+// exactly as it was before the line, so the conversation goes on.
 #pragma once
 #include <functional>
 #include <istream>
@@ -8,6 +10,7 @@
 #include <vector>
 
 #include "cli_common.h"
+#include "pipelines/chat.h"
 #include "pipelines/comprehend.h"
 #include "text/chat_template.h"
 
@@ -19,32 +22,36 @@ struct ChatEvents {
   std::function<void(const std::string&)> text = [](const std::string&) {};
   std::function<void()> answer_begins = [] {};
   std::function<void(const std::string&)> note = [](const std::string&) {};
+  // Said whatever the verbosity: the answer to a command that changes the session (/reset).
+  std::function<void(const std::string&)> confirm = [](const std::string&) {};
+  // A drawing's progress (step of steps).
+  std::function<void(size_t, size_t)> drawing = [](size_t, size_t) {};
+};
+
+// Where the pictures an answer draws go: DIR/PREFIX_N.png, N counting the conversation's pictures from 1.
+struct ChatPictures {
+  std::string dir = ".";
+  std::string prefix = "chat";
 };
 
 class ChatSession {
  public:
+  // A session that never draws, on the evaluation template.
   ChatSession(const Model& m, std::string system_prompt, pipelines::GenerationConfig generation, ChatEvents events);
+  // options.answer.max_images > 0 draws (the model must have been opened with its diffusion head).
+  ChatSession(const Model& m, pipelines::ChatOptions options, ChatEvents events, ChatPictures pictures);
 
   // Handles one line; false when the user asked to leave. Throws dl::Error for a bad line, leaving the session as
   // it was before it.
   bool handle(const std::string& line);
 
  private:
-  // `fed` turns true once the decoder's cache has changed.
-  void message(const std::string& line, bool& fed);
-  void reset();
-
   const Model& m_;
-  std::string system_prompt_;
-  pipelines::GenerationConfig generation_;
   ChatEvents ev_;
-  int32_t im_start_;
-  int64_t limit_;
-  text::Conversation conv_;
-  std::vector<Tensor> pixels_;         // every attached image, in conversation order
-  std::vector<std::string> pending_;   // images for the next message
-  pipelines::DreamLLMDecoder decoder_;
-  std::vector<int32_t> seen_;          // what the decoder has consumed
+  ChatPictures pictures_;
+  pipelines::ChatSession session_;
+  std::vector<io::Image> pending_;  // pictures for the next message
+  size_t saved_ = 0;                // pictures written so far
 };
 
 // The longest input line chat reads: a longer one is a mistake (a pasted file), and tokenizing megabytes would

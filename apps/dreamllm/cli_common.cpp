@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -98,8 +99,18 @@ CLI::Validator sign_check(bool zero_allowed) {
 const CLI::Validator kPositiveNumber = sign_check(false);
 const CLI::Validator kNonNegativeNumber = sign_check(true);
 
+namespace {
+// Every --help shows the defaults: an option's value before parsing is its default (empty ones show nothing).
+void show_defaults(CLI::App& app) {
+  for (CLI::Option* o : app.get_options())
+    if (o->get_default_str().empty() && o->capture_default_str()->get_default_str() == "[]") o->default_str("");
+  for (CLI::App* sub : app.get_subcommands({})) show_defaults(*sub);
+}
+}  // namespace
+
 std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv) {
   add_strict_number_checks(app);
+  show_defaults(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -316,6 +327,27 @@ DrawWork estimate_attention_work(const io::UNetConfig& unet, const io::VaeConfig
   return w;
 }
 
+double available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (meminfo >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024;
+    meminfo.ignore(256, '\n');
+  }
+  const double physical = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  return physical > 0 ? physical : 0;
+}
+
+void check_draw_memory(const DrawMemory& need, const std::string& what, bool tiled) {
+  // Against what the machine can give now, not its physical size: a drawing that only fits by pushing the rest of
+  // the system (or the weights just read) out would thrash for hours instead of failing here.
+  const double available = available_memory_bytes();
+  DL_CHECK(available <= 0 || need.peak() <= available, what, ", more than the ", bytes_text(available),
+           " of memory available now (MemAvailable); choose a smaller size",
+           need.vae > need.unet && !tiled ? " or --tiled (the VAE decoder in tiles)" : "");
+}
+
 std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) const {
   require_creation(dir, "the command draws images");
   const io::UNetConfig& uc = dir.unet_config();
@@ -330,10 +362,8 @@ std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) co
   DL_CHECK(w <= kMaxImageSide && h <= kMaxImageSide, "image size ", w, "x", h, " is larger than ", kMaxImageSide,
            " pixels per side, the most this build draws: self-attention's work grows with the square of the pixel count "
            "(this size would need ", estimate, ")");
-  const double physical = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
-  DL_CHECK(physical <= 0 || need.peak() <= physical, "image size ", w, "x", h, " needs ", estimate,
-           ", more than this machine's ", bytes_text(physical), " of physical memory; choose a smaller size",
-           need.vae > need.unet && !tiled ? " or --tiled" : "");
+  check_draw_memory(need, "image size " + std::to_string(w) + "x" + std::to_string(h) + " needs " + estimate,
+                    tiled);
   const DrawWork work = estimate_attention_work(uc, vc, h / f, w / f, cfg_scale > 1.f, tiled);
   const double total = work.unet_step * double(steps) + work.vae;
   if (total > kMaxAttentionScores) {
@@ -399,9 +429,14 @@ void Progress::update(size_t done) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   if (tty_) {
     constexpr size_t kWidth = 30;
-    const size_t filled = total_ ? done * kWidth / total_ : kWidth;
+    const size_t filled = total_ ? std::min(done, total_) * kWidth / total_ : kWidth;
     std::fprintf(stderr, "\r%s [%s%s] %zu/%zu  %.2f s/it ", label_.c_str(), std::string(filled, '#').c_str(),
                  std::string(kWidth - filled, '.').c_str(), done, total_, done ? secs / double(done) : 0.0);
+    std::fflush(stderr);
+  } else if (done < total_ && done >= next_line_) {
+    // Into a log or a pipe: one line per tenth of the work (per item when there are few), never redrawn.
+    next_line_ = done + std::max<size_t>(1, total_ / 10);
+    std::fprintf(stderr, "%s: %zu/%zu  %.2f s/it\n", label_.c_str(), done, total_, done ? secs / double(done) : 0.0);
     std::fflush(stderr);
   }
   if (done >= total_ && !done_) {

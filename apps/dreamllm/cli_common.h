@@ -24,6 +24,12 @@ namespace dl::app {
 // options are bad usage, as is a thread count far beyond the machine's cores.
 std::optional<int> parse_or_exit(CLI::App& app, int argc, char** argv);
 
+// An earlier spelling of an option, still accepted but not shown by --help (CLI11 hides the group "").
+template <typename T>
+CLI::Option* hidden_alias(CLI::App& app, const std::string& name, T& variable) {
+  return app.add_option(name, variable)->group("");
+}
+
 // The most threads a command accepts: four per core, at least 64 (threads beyond a few per core only add
 // switching, and tens of thousands fail to start).
 int64_t max_threads();
@@ -93,6 +99,12 @@ struct DrawMemory {
 DrawMemory estimate_draw_memory(const io::UNetConfig& unet, const io::VaeConfig& vae, int64_t lh, int64_t lw,
                                 bool guided, bool tiled);
 
+// MemAvailable of /proc/meminfo in bytes (the physical memory where that cannot be read, 0 when neither can).
+double available_memory_bytes();
+// Throws, before any work, when `need` exceeds the memory available now: `what` names the drawing and the estimate;
+// the message adds --tiled where the VAE decoder is the larger part and untiled.
+void check_draw_memory(const DrawMemory& need, const std::string& what, bool tiled);
+
 // Self-attention query-key scores of drawing one image: per denoising step of the UNet (both guidance branches) and
 // for the VAE decoder's mid-block attention. Attention work grows with the square of the pixel count: this is what
 // makes a large image on a small-latent model (VAE factor 2) run for days.
@@ -121,7 +133,8 @@ Tensor load_pixels(const Model& m, const std::vector<std::string>& paths);
 // front of it. Throws when the placeholders and images disagree in number.
 std::string place_images(const Model& m, const std::string& text, size_t images);
 
-// A progress bar on stderr: redrawn in place on a terminal, one line at the end otherwise.
+// A progress bar on stderr: redrawn in place on a terminal; elsewhere (a log, a pipe) a line per tenth of the work
+// (per item when there are fewer than ten) and one at the end.
 class Progress {
  public:
   Progress(std::string label, size_t total);
@@ -132,6 +145,7 @@ class Progress {
   std::string label_;
   size_t total_;
   bool tty_, done_ = false;
+  size_t next_line_ = 1;
   std::chrono::steady_clock::time_point start_;
 };
 

@@ -9,6 +9,7 @@
 #include "core/thread_pool.h"
 #include "io/image_file.h"
 #include "output_check.h"
+#include "world/prompt_check.h"
 
 namespace dl::app {
 
@@ -18,19 +19,26 @@ int create_main(int argc, char** argv) {
   std::vector<std::string> images;
   int threads = 0;
   int64_t count = 1;
+  bool force = false;
   DrawOptions draw;
   app.add_option("-m,--model", model, "model directory (official DreamLLM release layout)")->required();
   app.add_option("-p,--prompt", prompt, "what to draw")->required();
   app.add_option("-i,--image", images, "reference image(s), placed at <image> in the prompt or before it")
       ->check(CLI::ExistingFile);
-  app.add_option("-o,--output", out, "PNG file to write (numbered _1, _2, ... when -n > 1)");
-  app.add_option("-n,--count", count, "how many images (image k uses seed + k)")->check(CLI::Range(1, 1000));
+  app.add_option("-o,--output", out, "PNG file to write (numbered _1, _2, ... when -b > 1)");
+  // -b/--batch-count as stable-diffusion.cpp names it; -n is the most tokens in every command that writes text.
+  app.add_option("-b,--batch-count", count, "how many images (image k uses seed + k)")->check(CLI::Range(1, 1000));
+  hidden_alias(app, "--count", count)->check(CLI::Range(1, 1000));
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
+  app.add_flag("--force", force, "run a prompt outside the prompt language the model declares (a warning instead of an error)");
   draw.add_to(app);
   add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   set_num_threads(threads);
 
+  // A prompt the model cannot read is refused before anything is read or written.
+  if (const std::string w = world::require_prompt_language(model, world::PromptUse::Create, prompt, force); !w.empty())
+    std::fprintf(stderr, "dreamllm create: warning: %s\n", w.c_str());
   // Before the model is read: an output in the way of an input (or of a device) is refused at once.
   InputFiles inputs;
   for (const auto& i : images) inputs.add(i);

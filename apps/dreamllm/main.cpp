@@ -37,7 +37,7 @@ void usage(FILE* out) {
                "                                                dreamllm bench llm -m MODEL -p 512 -n 64 -t 1,2\n"
                "  ask     answer a question about images:       dreamllm ask -m MODEL -i photo.png -p \"What is it?\"\n"
                "  chat    chat, attaching images with /image:   dreamllm chat -m MODEL\n"
-               "  create  draw images from a prompt:            dreamllm create -m MODEL -p \"a red circle\" -o out.png\n"
+               "  create  draw images from a prompt:            dreamllm create -m MODEL -p \"a large red circle at the top left\" -o out.png\n"
                "  write   write a document with images that the model places itself:\n"
                "                                                dreamllm write -m MODEL -p \"Write a story\" -o doc.html\n"
                "  train   train a stage (I-a, I-b, II, III) on data files:\n"
@@ -52,6 +52,8 @@ void usage(FILE* out) {
                "  demo    train a tiny causal transformer from scratch with the engine's autograd and show\n"
                "          it learning to reverse digit sequences (runs in seconds on a CPU)\n"
                "\n"
+               "  --version                                     the commit this program was built from\n"
+               "\n"
                "exit codes: 0 success, 1 error in the inputs, files or model, 2 bad usage, 3 internal error\n"
                "\n"
                "Run 'dreamllm <command> --help' for the options of a command.\n");
@@ -60,6 +62,12 @@ void usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "-V"))) {
+    // The commit as of configuring the build tree (as bench records name it), and the compiler.
+    std::printf("dreamllm.cpp, commit %s, built with %s\n", DL_BUILD_COMMIT[0] ? DL_BUILD_COMMIT : "unknown",
+                __VERSION__);
+    return 0;
+  }
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

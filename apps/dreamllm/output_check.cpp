@@ -1,6 +1,7 @@
 #include "output_check.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -11,6 +12,20 @@
 namespace dl::app {
 
 namespace fs = std::filesystem;
+
+void check_output_directory(const std::string& output) {
+  // The file is written beside its target (io::AtomicFile), so it is the target's directory that must take it.
+  const fs::path target(io::output_target(output));
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  DL_CHECK(st.type() != fs::file_type::not_found, "cannot write '", output, "': its directory '", dir.string(),
+           "' does not exist (create it first)");
+  DL_CHECK(!ec, "cannot write '", output, "': its directory '", dir.string(), "': ", ec.message());
+  DL_CHECK(fs::is_directory(st), "cannot write '", output, "': '", dir.string(), "' is not a directory");
+  DL_CHECK(::access(dir.c_str(), W_OK | X_OK) == 0, "cannot write '", output, "': its directory '", dir.string(),
+           "' is not writable");
+}
 
 void InputFiles::add(const std::string& path) {
   struct stat st {};
@@ -35,6 +50,7 @@ void InputFiles::add_tree(const std::string& dir) {
 void InputFiles::check_outputs(const std::vector<std::string>& outputs) const {
   std::vector<std::string> targets;
   for (const std::string& out : outputs) {
+    check_output_directory(out);
     const std::string target = io::output_target(out);
     struct stat st {};
     if (::stat(target.c_str(), &st) == 0) {

@@ -10,13 +10,18 @@
 
 namespace dl::app {
 
+// Throws dl::Error naming the output when the directory it would be written in is missing, not a directory or not
+// writable: found before the model is read and the work is done, not when the first file is written.
+void check_output_directory(const std::string& output);
+
 class InputFiles {
  public:
   // A file the command reads; one that does not exist is not read and is skipped.
   void add(const std::string& path);
   // Every file under a directory (the model directory): weights, configs, tokenizer.
   void add_tree(const std::string& dir);
-  // Throws dl::Error naming the problem when `outputs` cannot be written without harm.
+  // Throws dl::Error naming the problem when `outputs` cannot be written without harm, or cannot be written at
+  // all (check_output_directory).
   void check_outputs(const std::vector<std::string>& outputs) const;
 
  private:

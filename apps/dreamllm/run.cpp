@@ -46,7 +46,7 @@ void usage() {
       "         --grads also grad/NAME for each named parameter (frozen ones too)\n"
       "\n"
       "txt2img options:\n"
-      "  --scheduler NAME     ddpm (default, as the original), ddim, pndm, dpmpp2m, euler, euler_a\n"
+      "  --sampler NAME       ddpm (default, as the original), ddim, pndm, dpmpp2m, euler, euler_a\n"
       "  --eta X              DDIM eta (default 0)\n"
       "  --karras             Karras sigmas for dpmpp2m\n"
       "  --guidance-rescale X diffusers' guidance rescale in [0, 1] (default 0)\n"
@@ -242,8 +242,11 @@ int run_main(int argc, char** argv) {
         out_path = next();
       } else if (a == "--threads" || a == "-t") {
         threads = int(parse_int(next(), "--threads"));
-      } else if (a == "--scheduler") {
+      } else if (a == "--sampler" || a == "--scheduler") {  // --scheduler: the earlier name
         sampling.scheduler = next();
+        const std::set<std::string> samplers = {"ddpm", "ddim", "pndm", "dpmpp2m", "euler", "euler_a"};
+        DL_CHECK(samplers.count(sampling.scheduler), "unknown sampler '", sampling.scheduler,
+                 "' (ddpm, ddim, pndm, dpmpp2m, euler, euler_a)");
       } else if (a == "--eta") {
         sampling.scheduler_options.eta = parse_float(next(), "--eta");
       } else if (a == "--karras") {

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cli_common.h"
+#include "output_check.h"
 #include "core/error.h"
 #include "core/ops.h"
 #include "core/random.h"
@@ -141,7 +142,10 @@ int score_command(const std::string& image, const std::string& text, const std::
     const world::Description d = world::parse_description(text);
     const world::ScoreResult r = world::score(io::read_image(image), d, options);
     std::printf("%s", r.report().c_str());
-    return 0;
+    if (r.pass) return 0;
+    // A failed check is the answer a script asks for: exit 1, as a test runner's failure.
+    std::fprintf(stderr, "dreamllm world score: '%s' does not show \"%s\"\n", image.c_str(), text.c_str());
+    return 1;
   }
   if (!pairs.empty()) {
     train::RecordReader reader(pairs, train::RecordFormat::Pair, reporting_skips());
@@ -494,11 +498,16 @@ int render_command(const std::string& text, const std::string& out, int64_t size
 
 }  // namespace
 
+// The picture side of the committed model (models/shapes-world: 9x9 latents, VAE factor 4), the default of the
+// data commands so that what they write is what that model reads.
+constexpr int64_t kWorldSize = 36;
+
 int world_main(int argc, char** argv) {
   CLI::App app("The shapes world: generate training data, score pictures against descriptions.", "world");
   app.require_subcommand(1);
 
   world::GenerateOptions gen;
+  gen.world.image_size = kWorldSize;
   std::string gen_out, kinds, colours, background = "white";
   bool no_antialias = false;
   CLI::App* g = app.add_subcommand("gen", "write a data set: OUT/{train,test}/ images and every training file");
@@ -533,7 +542,9 @@ int world_main(int argc, char** argv) {
   world::ScorerOptions scorer;
   CLI::App* s = app.add_subcommand("score", "check pictures against descriptions");
   s->add_option("-i,--image", image, "picture to score (with --text)")->check(CLI::ExistingFile);
-  s->add_option("-p,--text", text, "its description, e.g. \"a large red circle at the top left\"");
+  s->add_option("-p,--prompt", text, "its description, e.g. \"a large red circle at the top left\" (exit 1 when the "
+                                     "picture does not show it)");
+  hidden_alias(*s, "--text", text);
   s->add_option("--pairs", pairs, "score every {\"image\", \"caption\"} line of a JSONL file")
       ->check(CLI::ExistingFile);
   s->add_option("--scenes", scenes, "parse every image of a scenes.jsonl and compare with its ground truth")
@@ -544,10 +555,10 @@ int world_main(int argc, char** argv) {
   add_image_limit_option(*s);
 
   std::string render_text, render_out = "scene.png";
-  int64_t render_size = 32;
+  int64_t render_size = kWorldSize;
   CLI::App* r = app.add_subcommand("render", "draw the scene that a full description names");
-  r->add_option("-p,--text", render_text, "description naming size, colour, kind and position of every shape")
-      ->required();
+  r->add_option("-p,--prompt", render_text, "description naming size, colour, kind and position of every shape");
+  hidden_alias(*r, "--text", render_text);
   r->add_option("-o,--output", render_out, "PNG file to write")->capture_default_str();
   r->add_option("--size", render_size, "image side in pixels")
       ->capture_default_str()
@@ -556,7 +567,7 @@ int world_main(int argc, char** argv) {
   r->add_flag("--no-antialias", no_antialias, "hard edges instead of 8x8 supersampling");
 
   std::string init_data, init_out;
-  int64_t init_size = 32, init_seed = 0;
+  int64_t init_size = kWorldSize, init_seed = 0;
   world::TinyModelOptions init_options;
   int vocab = 512;
   CLI::App* in = app.add_subcommand("init", "a fresh tiny DreamLLM for the world: tokenizer trained on DATA/train, "
@@ -600,7 +611,8 @@ int world_main(int argc, char** argv) {
   ev->add_option("-m,--model", ev_model, "model directory")->required()->check(CLI::ExistingDirectory);
   ev->add_option("--scenes", ev_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
-  ev->add_option("-n,--limit", ev_limit, "pictures to reconstruct (0: all)")->capture_default_str();
+  hidden_alias(*ev, "-n", ev_limit);  // the limit's earlier name; -n is max tokens elsewhere
+  ev->add_option("--limit", ev_limit, "pictures to reconstruct (0: all)")->capture_default_str();
   ev->add_option("--save", ev_save, "directory to write the reconstructions to");
   bool ev_write_scale = false;
   ev->add_flag("--write-scale", ev_write_scale, "set the model's VAE scaling_factor to 1/std of the latents");
@@ -621,7 +633,8 @@ int world_main(int argc, char** argv) {
   ec->add_option("-m,--model", ec_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ec->add_option("--scenes", ec_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
-  ec->add_option("-n,--limit", ec_limit, "scenes to draw (0: all)")->capture_default_str();
+  hidden_alias(*ec, "-n", ec_limit);
+  ec->add_option("--limit", ec_limit, "scenes to draw (0: all)")->capture_default_str();
   ec->add_option("--shapes", ec_shapes, "only the scenes of this many shapes (0: any)")
       ->check(CLI::Range(0, 9))->capture_default_str();
   ec->add_option("--save", ec_save, "directory to write the pictures to");
@@ -632,7 +645,8 @@ int world_main(int argc, char** argv) {
   CLI::App* eq = app.add_subcommand("eval-vqa", "answer the held-out VQA conversations; exact match by type");
   eq->add_option("-m,--model", eq_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   eq->add_option("--vqa", eq_file, "a vqa.json (e.g. DATA/test/vqa.json)")->required()->check(CLI::ExistingFile);
-  eq->add_option("-n,--limit", eq_limit, "conversations (0: all)")->capture_default_str();
+  hidden_alias(*eq, "-n", eq_limit);
+  eq->add_option("--limit", eq_limit, "conversations (0: all)")->capture_default_str();
   int64_t eq_show = 0;
   eq->add_option("--show-errors", eq_show, "print the first N wrong answers")->capture_default_str();
   add_image_limit_option(*eq);
@@ -647,7 +661,8 @@ int world_main(int argc, char** argv) {
   ew->add_option("-m,--model", ew_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ew->add_option("--instruct", ew_file, "an instruct.jsonl (e.g. DATA/test/instruct.jsonl)")->required()
       ->check(CLI::ExistingFile);
-  ew->add_option("-n,--limit", ew_limit, "documents (0: all)")->capture_default_str();
+  hidden_alias(*ew, "-n", ew_limit);
+  ew->add_option("--limit", ew_limit, "documents (0: all)")->capture_default_str();
   ew->add_option("--save", ew_save, "directory to write the drawn pictures to");
   int64_t ew_show = 0;
   ew->add_option("--show-errors", ew_show, "print the first N documents that disagree, with the failed checks")
@@ -660,7 +675,8 @@ int world_main(int argc, char** argv) {
   ecap->add_option("-m,--model", ecap_model, "model directory or converted NAME.gguf")->required()->check(CLI::ExistingPath);
   ecap->add_option("--scenes", ecap_scenes, "a scenes.jsonl (e.g. DATA/test/scenes.jsonl)")->required()
       ->check(CLI::ExistingFile);
-  ecap->add_option("-n,--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
+  hidden_alias(*ecap, "-n", ecap_limit);
+  ecap->add_option("--limit", ecap_limit, "pictures (0: all)")->capture_default_str();
   add_image_limit_option(*ecap);
 
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
@@ -683,6 +699,12 @@ int world_main(int argc, char** argv) {
     return gen_command(gen, gen_out, kinds, colours, background, no_antialias);
   }
   if (s->parsed()) return score_command(image, text, pairs, scenes, scorer, verbose);
+  if (render_text.empty()) {
+    std::fprintf(stderr, "dreamllm world render: -p/--prompt is required\nRun 'dreamllm world render --help' for the "
+                         "options.\n");
+    return 2;
+  }
+  check_output_directory(render_out);
   return render_command(render_text, render_out, render_size, background, no_antialias);
 }
 

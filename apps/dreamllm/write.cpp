@@ -13,6 +13,7 @@
 #include "output_check.h"
 #include "pipelines/interleave.h"
 #include "text/chat_template.h"
+#include "world/prompt_check.h"
 
 namespace dl::app {
 
@@ -65,7 +66,7 @@ int write_main(int argc, char** argv) {
   std::string model, instruction, out = "document.html", system_prompt;
   std::vector<std::string> images;
   int threads = 0;
-  bool raw = false;
+  bool raw = false, force = false;
   int64_t max_images = 4;
   float image_bias = 0.f;
   TextOptions text;
@@ -81,12 +82,16 @@ int write_main(int argc, char** argv) {
   app.add_option("--max-images", max_images, "most images to draw")->check(CLI::Range(0, 64));
   app.add_option("--image-bias", image_bias, "added to the logit of <dream_start>: > 0 draws more, < 0 fewer");
   app.add_option("-t,--threads", threads, "threads (default: all cores)")->check(kNonNegativeNumber);
+  app.add_flag("--force", force, "run a prompt outside the prompt language the model declares (a warning instead of an error)");
   text.add_to(app);
   draw.add_to(app);
   add_image_limit_option(app);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   DL_CHECK(text.beams == 1, "write decodes greedily or by sampling; --beams is not supported");
   set_num_threads(threads);
+  if (const std::string w = world::require_prompt_language(model, world::PromptUse::Write, instruction, force);
+      !w.empty())
+    std::fprintf(stderr, "dreamllm write: warning: %s\n", w.c_str());
 
   // The HTML file, its Markdown twin and every picture the document may get, checked before the model is read:
   // none may replace an input (the model's files, an -i image such as an earlier document's doc_1.png), a device,
