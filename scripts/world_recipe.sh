@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shapes world's tiny recipe, one command: a data set, a tokenizer, and every part of a tiny DreamLLM trained
 # from nothing on this machine through `dreamllm train`, then the held-out measurements.
-#   bash scripts/world_recipe.sh [OUT]          (default OUT: runs/world)
+#   bash scripts/world_recipe.sh [OUT]          (default OUT: runs/world; --help: this text)
 # Stages (docs/shapes_world.md says why this order):
 #   data   dreamllm world gen: 10000 training and 500 held-out scenes of SIZE px (default 36: each cell of the 3x3
 #          grid is 12 px, one CLIP patch and 3x3 latent pixels, so every shape looks the same to the patch
@@ -49,17 +49,30 @@
 # Haswell's here), not a family preset in OPENBLAS_CORETYPE by the machine image; BLAS_CORETYPE=Haswell (or any
 # family) pins one. A run is reproducible bit for bit with the same kernel family and THREADS.
 set -euo pipefail
+if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
+  # The comment above is the help.
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
+if [ $# -gt 1 ] || [ "${1:-}" != "${1#-}" ]; then
+  echo "world_recipe.sh: usage: bash scripts/world_recipe.sh [OUT] (settings are environment variables; --help)" >&2
+  exit 2
+fi
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/world}
 D=${DREAMLLM:-build/bin/dreamllm}
 T=${THREADS:-0}
 unset OPENBLAS_CORETYPE
 [ -n "${BLAS_CORETYPE:-}" ] && export OPENBLAS_CORETYPE="$BLAS_CORETYPE"
+stages=(data init vae see unet draw II III align)
+from=${FROM:-data}
+if [[ " ${stages[*]} " != *" $from "* ]]; then
+  echo "world_recipe.sh: FROM=$from is not a stage; the stages are: ${stages[*]}" >&2
+  exit 2
+fi
 [ -x "$D" ] || BUILD_DIR=build bash scripts/build.sh
 mkdir -p "$OUT"
 LOG="$OUT/recipe.log"
-stages=(data init vae see unet draw II III align)
-from=${FROM:-data}
 started=0
 run_stage() {  # run_stage NAME: true when NAME is at or after FROM
   local s
@@ -86,7 +99,10 @@ train() {
     args+=("$a")
   done
   [ "$seeded" = 1 ] || args+=(--seed "$((42 + SEED))")
-  "$D" train -t "$T" -q "${args[@]}" 2>&1 | tee -a "$LOG"
+  # The trainer's progress, one line per 100 steps and the last (it writes a line per step into a pipe).
+  "$D" train -t "$T" "${args[@]}" 2>&1 |
+    awk '$1 == "step" { split($2, s, "/"); if (s[1] % 100 != 0 && s[1] != s[2]) next } { print; fflush() }' |
+    tee -a "$LOG"
 }
 
 W="$OUT/data"
