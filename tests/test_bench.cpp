@@ -1,6 +1,10 @@
 // `dreamllm bench`: its JSON is an array of records in llama-bench's shape with consistent values on the tiny models
 // (small -p/-n; these check the tool's output, not speed), its table is llama-bench's Markdown, and bad options exit 2.
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 #include <nlohmann/json.hpp>
@@ -126,7 +130,15 @@ TEST(Bench, BadOptionsAreUsageErrors) {
                                        llm + " -r 0",
                                        llm + " --cache-type-k q2",
                                        "unet -m " + kFull + " --tiled",
-                                       "vae -m " + kFull + " --cfg"};
+                                       "vae -m " + kFull + " --cfg",
+                                       "unet -m " + kFull + " -b 0",
+                                       "vae -m " + kFull + " -b 0",
+                                       "vae -m " + kFull + " -b 65",
+                                       "create",
+                                       "create -m " + kFull + " -b 0",
+                                       "create -m " + kFull + " --steps 0",
+                                       "create -m " + kFull + " -W 0",
+                                       "create -m " + kFull + " --sampler heun"};
   for (const std::string& args : bad) {
     const CliResult r = cli("bench " + args);
     EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
@@ -136,6 +148,64 @@ TEST(Bench, BadOptionsAreUsageErrors) {
   const CliResult r = cli("bench llm -m " + kLlama + " -p 600 -n 0 -t 1 -r 1");
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("supports 512"), std::string::npos) << r.err;
+}
+
+// Sizes are checked on the configs before any weight is read or any work is done: not a multiple of the VAE's factor
+// (2 for the tiny model), or more memory than is available (a copy of the tiny model whose VAE is far too wide for
+// any machine at this size: only its config is read). Exit 1, the message naming the size and the estimate.
+TEST(Bench, DrawingSizesAreCheckedBeforeAnyWork) {
+  for (const std::string& args : {"unet -m " + kFull + " -W 31 --cfg", "vae -m " + kFull + " -H 17",
+                                  "create -m " + kFull + " -W 31 --steps 1"}) {
+    const CliResult r = cli("bench " + args + " -t 1 -r 1");
+    EXPECT_EQ(r.code, 1) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find("is not a multiple of 2 (the VAE's downsampling factor)"), std::string::npos) << r.err;
+  }
+  namespace fs = std::filesystem;
+  const fs::path wide = fs::temp_directory_path() / ("dl_bench_wide_" + std::to_string(getpid()));
+  fs::remove_all(wide);
+  fs::copy(kFull, wide, fs::copy_options::recursive);
+  std::string vae = test::slurp((wide / "vae/config.json").string());
+  const size_t at = vae.find("\"block_out_channels\"");
+  ASSERT_NE(at, std::string::npos);
+  vae = vae.substr(0, at) + "\"block_out_channels\": [65536, 65536]," + vae.substr(vae.find(']', at) + 2);
+  std::ofstream(wide / "vae/config.json") << vae;
+  // One image: the single-image check of every drawing command.
+  CliResult r = cli("bench vae -m " + wide.string() + " -W 2048 -H 2048 -t 1 -r 1");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image size 2048x2048 needs an estimated"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("available now (MemAvailable); choose a smaller size or --tiled"), std::string::npos)
+      << r.err;
+  // A batch: named as one, its estimate the batch's.
+  r = cli("bench vae -m " + wide.string() + " -W 2048 -H 2048 -b 3 -t 1 -r 1");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("a batch of 3 at 2048x2048 needs an estimated"), std::string::npos) << r.err;
+  r = cli("bench create -m " + wide.string() + " -W 2048 -H 2048 --steps 1 -t 1");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("image size 2048x2048 needs an estimated"), std::string::npos) << r.err;
+  fs::remove_all(wide);
+}
+
+// `bench create` runs the whole create pipeline: one record per thread count, the seconds of each repetition.
+TEST(Bench, CreateRecords) {
+  const json recs = bench_json("create -m " + kFull + " -W 32 -H 24 --steps 2 --sampler euler -t 1,2 -r 2");
+  ASSERT_EQ(recs.size(), 2u);
+  for (const json& r : recs) {
+    expect_llama_bench_shape(r);
+    EXPECT_EQ(r["unit"], "images/s");
+    EXPECT_EQ(r["test"], "create 32x24 euler 2 cfg");
+    EXPECT_EQ(r["width"], 32);
+    EXPECT_EQ(r["height"], 24);
+    EXPECT_EQ(r["steps"], 2);
+    EXPECT_EQ(r["samples_ns"].size(), 2u);
+    EXPECT_NEAR(r["seconds_per_image"].get<double>(), r["avg_ns"].get<double>() / 1e9, 1e-6);
+  }
+  EXPECT_EQ(recs[1]["n_threads"], 2);
+  const json two = bench_json("create -m " + kFull + " -W 16 -H 16 --steps 1 -b 2 -t 1 -r 1");
+  EXPECT_EQ(two[0]["images"], 2);
+  EXPECT_NEAR(two[0]["seconds_per_image"].get<double>(), two[0]["avg_ns"].get<double>() / 2e9, 1e-6);
+  const CliResult table = cli("bench create -m " + kFull + " -W 16 -H 16 --steps 1 -t 1");
+  ASSERT_EQ(table.code, 0) << table.err;
+  EXPECT_NE(table.out.find("s/image"), std::string::npos) << table.out;
 }
 
 }  // namespace

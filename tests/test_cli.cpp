@@ -330,7 +330,7 @@ TEST(CliDrawing, SizesAndStepsAreCheckedBeforeAnyWork) {
   r = cli("create -m " + (s / "wide") + " -p hi -W 4096 -H 4096 --steps 1 -t 1 -o " + (s / "w.png"));
   EXPECT_EQ(r.code, 1) << r.err;
   EXPECT_NE(r.err.find("image size 4096x4096 needs an estimated"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("of physical memory; choose a smaller size"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("available now (MemAvailable); choose a smaller size"), std::string::npos) << r.err;
 }
 
 // What an input that is a FIFO is refused with.

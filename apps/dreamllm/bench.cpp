@@ -7,8 +7,10 @@
 //         prompt test; tg<N> @ d<P>: N one-token steps after that prompt (each with its logits), as llama-bench's
 //         generation test at depth P. tokens/s = tokens / time.
 //   clip: images/s through the vision tower and projector (batch -b).
-//   unet: one denoising step (a UNet forward; batch 2 with --cfg, as guided sampling runs), steps/s and s/step.
-//   vae:  images/s decoding latents of -W x -H pixels (--tiled: the tiled decoder).
+//   unet: one denoising step (a UNet forward of -b images, each twice with --cfg, as guided sampling runs), steps/s
+//         and s/step.
+//   vae:  images/s decoding -b latents of -W x -H pixels at once (--tiled: the tiled decoder).
+//   create: images/s of the whole `dreamllm create` pipeline (prompt conditions, sampling, decoding), s/image.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -218,8 +220,9 @@ void print_markdown(const std::vector<Record>& records, const std::string& value
   for (const Record& r : records) {
     const std::vector<double> ts = r.samples_ts();
     char value[64];
-    if (r.unit == "steps/s")  // a UNet step takes seconds: its time reads better than its rate
-      std::snprintf(value, sizeof value, "%.3f ± %.3f", mean(r.samples_ns) / 1e9, stddev(r.samples_ns) / 1e9);
+    if (r.unit == "steps/s" || r.test.rfind("create", 0) == 0)  // seconds each: the time reads better than the rate
+      std::snprintf(value, sizeof value, "%.3f ± %.3f", mean(r.samples_ns) / 1e9 / double(r.items),
+                    stddev(r.samples_ns) / 1e9 / double(r.items));
     else
       std::snprintf(value, sizeof value, "%.2f ± %.2f", mean(ts), stddev(ts));
     std::printf("| %-30s | %10s | %10s | %-7s | %7d | %15s | %20s |\n", r.model.type.c_str(),
@@ -248,7 +251,7 @@ struct Common {
   int64_t reps = 5;
   int64_t seed = 42;
   bool json = false;
-  void add_to(CLI::App& app) {
+  void add_to(CLI::App& app, bool with_seed = true) {
     app.add_option("-m,--model", model, "model directory or converted .gguf")->required();
     app.add_option("-t,--threads", threads, "thread counts to run, comma-separated (default: all cores)")
         ->delimiter(',')
@@ -256,8 +259,9 @@ struct Common {
     app.add_option("-r,--repetitions", reps, "timed repetitions per test")
         ->check(CLI::Range(int64_t(1), int64_t(1000)))
         ->capture_default_str();
-    app.add_option("--seed", seed, "seed of the random inputs")->check(CLI::Range(int64_t(0), INT64_MAX))
-        ->capture_default_str();
+    if (with_seed)
+      app.add_option("--seed", seed, "seed of the random inputs")->check(CLI::Range(int64_t(0), INT64_MAX))
+          ->capture_default_str();
     app.add_flag("--json", json, "print llama-bench JSON records instead of a table");
   }
   std::vector<int> thread_list() const {
@@ -406,7 +410,8 @@ std::pair<int64_t, int64_t> latent_dims(const io::ModelDir& dir, int64_t width, 
   return {h / f, w / f};
 }
 
-std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, int64_t height, bool cfg, bool tiled) {
+std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, int64_t height, bool cfg, bool tiled,
+                                    int64_t batch) {
   nn::NoGradGuard inference;
   const auto t0 = Clock::now();
   const io::ModelDir dir = open_model_dir(c.model);
@@ -418,8 +423,15 @@ std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, i
   draw.cfg_scale = cfg ? 7.5f : 1.f;
   draw.tiled = tiled;
   draw.steps = 1;
-  draw.latent_size(dir);
   const auto [lh, lw] = latent_dims(dir, width, height);
+  if (batch > 1) {  // the activations grow with the batch; latent_size below checks one image
+    const DrawMemory one = estimate_draw_memory(dir.unet_config(), dir.vae_config(), lh, lw, cfg, tiled);
+    const DrawMemory need{unet ? one.unet * double(batch) : 0.0, unet ? 0.0 : one.vae * double(batch)};
+    const int64_t f = dir.vae_config().scale_factor();
+    check_draw_memory(need, "a batch of " + std::to_string(batch) + " at " + std::to_string(lw * f) + "x" +
+                                std::to_string(lh * f), tiled);
+  }
+  draw.latent_size(dir);
   const pipelines::DiffusionHead head(dir);
   const double load_ms = seconds_since(t0) * 1000;
   io::StateDict part;
@@ -429,12 +441,12 @@ std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, i
   const ModelFacts facts = facts_of(c.model, unet ? "unet" : "vae", part);
   const io::UNetConfig& uc = dir.unet_config();
   Rng rng(uint64_t(c.seed));
-  const int64_t B = unet && cfg ? 2 : 1;
+  const int64_t B = unet && cfg ? 2 * batch : batch;
   const int64_t latent_ch = dir.vae_config().latent_channels;
   const nn::Var sample(rng.randn({B, uc.in_channels, lh, lw}));
   const nn::Var context(rng.randn({B, dir.config().num_dream_queries, uc.cross_attention_dim}));
   const Tensor timesteps = Tensor::full({B}, 500.f);
-  const Tensor latents = rng.randn({1, latent_ch, lh, lw});
+  const Tensor latents = rng.randn({batch, latent_ch, lh, lw});
   const int64_t f = dir.vae_config().scale_factor();
   std::vector<Record> out;
   for (int threads : c.thread_list()) {
@@ -443,13 +455,14 @@ std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, i
     r.model = facts;
     r.threads = threads;
     r.n_batch = B;
-    r.items = 1;
+    r.items = unet ? 1 : batch;
     r.test = (unet ? "unet " : "vae ") + std::to_string(lw * f) + "x" + std::to_string(lh * f) +
-             (unet && cfg ? " cfg" : "") + (!unet && tiled ? " tiled" : "");
+             (unet && cfg ? " cfg" : "") + (!unet && tiled ? " tiled" : "") +
+             (batch > 1 ? " b" + std::to_string(batch) : "");
     r.unit = unet ? "steps/s" : "images/s";
     r.test_time = now_rfc3339();
     r.load_ms = load_ms;
-    r.extra = {{"width", lw * f}, {"height", lh * f}, {"batch", B}};
+    r.extra = {{"width", lw * f}, {"height", lh * f}, {"batch", B}, {"images", batch}};
     if (unet) r.extra["cfg"] = cfg;
     else r.extra["tiled"] = tiled;
     r.samples_ns = time_reps(c.reps, [&] {
@@ -466,12 +479,61 @@ std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, i
   return out;
 }
 
+// --- create --------------------------------------------------------------------------------------------------
+
+// Each repetition is what `dreamllm create` does after reading its options (pipelines::create_images: the prompt's
+// conditions, the negative branch, sampling, decoding, the 8-bit picture), for `count` images. No warm-up run: a
+// picture takes minutes, and the first one is what a user waits for (the weights are already read then).
+std::vector<Record> bench_create(const Common& c, const DrawOptions& draw, const std::string& prompt, int64_t count) {
+  nn::NoGradGuard inference;
+  const auto t0 = Clock::now();
+  const auto latent = draw.latent_size(open_model_dir(c.model));
+  const Model m(c.model, true);
+  const double load_ms = seconds_since(t0) * 1000;
+  io::StateDict part;
+  for (const auto& [n, v] : m.head->params.all()) part.emplace(n, v.value());
+  const ModelFacts facts = facts_of(c.model, "sd-head", part);
+  pipelines::CreateRequest request;
+  request.prompt_ids = m.tokenizer.encode(prompt);
+  if (draw.cfg_scale > 1.f) request.negative_ids = m.tokenizer.encode(draw.negative);
+  request.sampling = draw.sampling();
+  request.latent_height = latent.first;
+  request.latent_width = latent.second;
+  request.seed = uint64_t(draw.seed);
+  request.count = count;
+  request.tiled_decode = draw.tiled;
+  const int64_t f = m.dir.vae_config().scale_factor();
+  std::vector<Record> out;
+  for (int threads : c.thread_list()) {
+    set_num_threads(threads);
+    Record r;
+    r.model = facts;
+    r.threads = threads;
+    r.n_batch = count;
+    r.items = count;
+    r.test = "create " + std::to_string(latent.second * f) + "x" + std::to_string(latent.first * f) + " " +
+             draw.sampler + " " + std::to_string(draw.steps) + (draw.cfg_scale > 1.f ? " cfg" : "");
+    r.unit = "images/s";
+    r.test_time = now_rfc3339();
+    r.load_ms = load_ms;
+    r.extra = {{"width", latent.second * f}, {"height", latent.first * f}, {"images", count},
+               {"steps", draw.steps}, {"sampler", draw.sampler}, {"cfg_scale", draw.cfg_scale},
+               {"tiled", draw.tiled}, {"warmup", false}};
+    for (int64_t i = 0; i < c.reps; ++i)
+      r.samples_ns.push_back(timed([&] { pipelines::create_images(m.llm, *m.head, request, {}); }));
+    r.extra["avg_seconds"] = mean(r.samples_ns) / 1e9;
+    r.extra["seconds_per_image"] = mean(r.samples_ns) / 1e9 / double(count);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 }  // namespace
 
 int bench_main(int argc, char** argv) {
   CLI::App app("Measure the speed of a model's parts (llama-bench style; --json prints llama-bench records).", "bench");
   app.require_subcommand(1);
-  Common llm_opts, clip_opts, unet_opts, vae_opts;
+  Common llm_opts, clip_opts, unet_opts, vae_opts, create_opts;
   int64_t n_prompt = 512, n_gen = 128, batch = 1, width = 0, height = 0;
   bool cfg = false, tiled = false;
   CLI::App* llm = app.add_subcommand("llm", "prefill (pp) and decode (tg) tokens/s of the LLM");
@@ -492,12 +554,28 @@ int bench_main(int argc, char** argv) {
   unet->add_option("-W,--width", width, "image width in pixels (default: the model's)")->check(kPositiveNumber);
   unet->add_option("-H,--height", height, "image height in pixels (default: the model's)")->check(kPositiveNumber);
   unet->add_flag("--cfg", cfg, "classifier-free guidance: batch 2 (prompt and negative), as guided sampling runs");
+  unet->add_option("-b,--batch", batch, "images per UNet call (each twice with --cfg)")
+      ->check(CLI::Range(int64_t(1), int64_t(64)))
+      ->capture_default_str();
   CLI::App* vae = app.add_subcommand("vae", "images/s decoding latents with the VAE");
   vae_opts.add_to(*vae);
   vae->add_option("-W,--width", width, "image width in pixels (default: the model's)")->check(kPositiveNumber);
   vae->add_option("-H,--height", height, "image height in pixels (default: the model's)")->check(kPositiveNumber);
   vae->add_flag("--tiled", tiled, "the tiled decoder (bounded memory for large images)");
-  for (CLI::App* sub : {llm, clip, unet, vae}) sub->fallthrough(false);
+  vae->add_option("-b,--batch", batch, "latents decoded at once")->check(CLI::Range(int64_t(1), int64_t(64)))
+      ->capture_default_str();
+  CLI::App* create = app.add_subcommand("create", "seconds per image of the whole create pipeline");
+  create_opts.reps = 1;
+  create_opts.add_to(*create, false);  // --seed is the drawing's
+  DrawOptions draw;
+  std::string prompt = "a red circle on a white background";
+  int64_t count = 1;
+  draw.add_to(*create);
+  create->add_option("-p,--prompt", prompt, "what to draw")->capture_default_str();
+  create->add_option("-b,--batch-count", count, "images per repetition (image k uses seed + k), as create's -b")
+      ->check(CLI::Range(int64_t(1), int64_t(1000)))
+      ->capture_default_str();
+  for (CLI::App* sub : {llm, clip, unet, vae, create}) sub->fallthrough(false);
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   if (llm->parsed() && n_prompt == 0 && n_gen == 0) {
     std::fprintf(stderr, "dreamllm bench: -p and -n are both 0: nothing to measure\n");
@@ -517,11 +595,15 @@ int bench_main(int argc, char** argv) {
   } else if (unet->parsed()) {
     opts = &unet_opts;
     title = "s/step";
-    records = bench_diffusion(unet_opts, true, width, height, cfg, false);
-  } else {
+    records = bench_diffusion(unet_opts, true, width, height, cfg, false, batch);
+  } else if (vae->parsed()) {
     opts = &vae_opts;
     title = "images/s";
-    records = bench_diffusion(vae_opts, false, width, height, false, tiled);
+    records = bench_diffusion(vae_opts, false, width, height, false, tiled, batch);
+  } else {
+    opts = &create_opts;
+    title = "s/image";
+    records = bench_create(create_opts, draw, prompt, count);
   }
   if (opts->json) {
     json arr = json::array();

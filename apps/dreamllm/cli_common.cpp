@@ -343,8 +343,9 @@ void check_draw_memory(const DrawMemory& need, const std::string& what, bool til
   // Against what the machine can give now, not its physical size: a drawing that only fits by pushing the rest of
   // the system (or the weights just read) out would thrash for hours instead of failing here.
   const double available = available_memory_bytes();
-  DL_CHECK(available <= 0 || need.peak() <= available, what, ", more than the ", bytes_text(available),
-           " of memory available now (MemAvailable); choose a smaller size",
+  DL_CHECK(available <= 0 || need.peak() <= available, what, " needs an estimated ", bytes_text(need.peak()),
+           " of memory (UNet sampling ", bytes_text(need.unet), ", VAE decoding ", bytes_text(need.vae),
+           "), more than the ", bytes_text(available), " available now (MemAvailable); choose a smaller size",
            need.vae > need.unet && !tiled ? " or --tiled (the VAE decoder in tiles)" : "");
 }
 
@@ -362,8 +363,7 @@ std::pair<int64_t, int64_t> DrawOptions::latent_size(const io::ModelDir& dir) co
   DL_CHECK(w <= kMaxImageSide && h <= kMaxImageSide, "image size ", w, "x", h, " is larger than ", kMaxImageSide,
            " pixels per side, the most this build draws: self-attention's work grows with the square of the pixel count "
            "(this size would need ", estimate, ")");
-  check_draw_memory(need, "image size " + std::to_string(w) + "x" + std::to_string(h) + " needs " + estimate,
-                    tiled);
+  check_draw_memory(need, "image size " + std::to_string(w) + "x" + std::to_string(h), tiled);
   const DrawWork work = estimate_attention_work(uc, vc, h / f, w / f, cfg_scale > 1.f, tiled);
   const double total = work.unet_step * double(steps) + work.vae;
   if (total > kMaxAttentionScores) {

@@ -101,8 +101,8 @@ DrawMemory estimate_draw_memory(const io::UNetConfig& unet, const io::VaeConfig&
 
 // MemAvailable of /proc/meminfo in bytes (the physical memory where that cannot be read, 0 when neither can).
 double available_memory_bytes();
-// Throws, before any work, when `need` exceeds the memory available now: `what` names the drawing and the estimate;
-// the message adds --tiled where the VAE decoder is the larger part and untiled.
+// Throws, before any work, when `need` exceeds the memory available now: the message names the drawing (`what`), the
+// estimate and the available figure, and suggests --tiled where the VAE decoder is the larger part and untiled.
 void check_draw_memory(const DrawMemory& need, const std::string& what, bool tiled);
 
 // Self-attention query-key scores of drawing one image: per denoising step of the UNet (both guidance branches) and
