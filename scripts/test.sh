@@ -4,8 +4,9 @@
 # then builds a second tree with AddressSanitizer + UBSan and runs the whole suite again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-BUILD_DIR=build bash scripts/build.sh -DDL_WERROR=ON
+bash scripts/setup.sh --test
+# Tests and benchmarks on explicitly: the main job (scripts/demo.sh) configures the same tree without them.
+BUILD_DIR=build bash scripts/build.sh -DDL_WERROR=ON -DDL_BUILD_TESTS=ON -DDL_BUILD_BENCH=ON
 # The suite runs on the kernels the loader names from the CPU (src/core/kernels/gemm.cpp), not on a kernel family
 # some machine images preset in OPENBLAS_CORETYPE; users keep their own setting.
 unset OPENBLAS_CORETYPE
