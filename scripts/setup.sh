@@ -21,6 +21,7 @@ case "${1:-}" in
       sentencepiece python3-sentencepiece
       clang libclang-rt-14-dev unzip
       python3-torch python3-numpy python3-pil
+      chromium
     )
     ;;
   *)

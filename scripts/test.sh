@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+bash scripts/setup_tests.sh  # node, the server tests' npm packages (npm ci from the lockfile)
 # Tests and benchmarks on explicitly: the main job (scripts/demo.sh) configures the same tree without them.
 BUILD_DIR=build bash scripts/build.sh -DDL_WERROR=ON -DDL_BUILD_TESTS=ON -DDL_BUILD_BENCH=ON
 # The suite runs on the kernels the loader names from the CPU (src/core/kernels/gemm.cpp), not on a kernel family
