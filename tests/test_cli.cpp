@@ -167,6 +167,7 @@ TEST(Cli, BadUsageAndBadInputsExitNonZeroWithAMessage) {
       {"ask -m " + kModel + " -p hi --bogus", 2, "--bogus"},
       {"create -m " + kModel + " -p hi -W 15", 1, "not a multiple of 2"},
       {"create -m " + kModel + " -p hi --steps 0", 2, "--steps"},
+      {"create -m " + kModel + " -p hi -b 0", 2, "--batch-count"},
       {"create -m " + kModel + " -p hi --sampler heun", 2, "heun"},
       {"create -m " + kModel + " -p hi -o /no/such/dir/x.png --steps 1", 1, "/no/such/dir"},
       {"write -m " + kModel + " -p hi --beams 2", 1, "--beams"},
