@@ -172,6 +172,12 @@ TEST(OpsParity, AttentionLongWithKeyPadding) {
   check_attention("attention_long", m, 0.3f);
 }
 
+TEST(OpsParity, AttentionUnmaskedTiles) {
+  // No mask: the register-tiled forward, with partial query and key tiles and grouped heads; the backward then
+  // runs on its saved log-sum-exp.
+  check_attention("attention_full", nn::Mask{}, 0.f);
+}
+
 TEST(OpsParity, AttentionCausalSelf) {
   nn::Mask m;
   m.causal = true;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/kernels/attention_tiles.h"
 #include "core/kernels/vec.h"
 #include "core/ops.h"
 #include "core/thread_pool.h"
@@ -253,12 +254,75 @@ Tensor attention_forward(const AttnGeom& g, const Tensor& q_in, const KeyValueRo
   return out;
 }
 
+// Attention without masks (every query sees every key: the UNet, the VAE, CLIP) through register-blocked tiles
+// (attention_tiles.h) instead of small sgemm calls: at head dim 64 the sgemm calls' packing and the scalar softmax
+// loops cost more than the products. K is transposed once per head, padded with zero keys to a whole tile; padded
+// query rows compute harmless zeros that are never written out.
+Tensor attention_unmasked(const AttnGeom& g, const Tensor& q_in, const Tensor& k, const Tensor& v, float scale,
+                          Tensor* lse_out) {
+  using attn_tiles::kCols;
+  using attn_tiles::kRows;
+  if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
+  const Tensor q = q_in.to(DType::F32).contiguous();
+  constexpr int64_t kQ = 128, kK = 128;  // query rows and keys per tile
+  const int64_t tk_pad = (g.Tk + kCols - 1) / kCols * kCols, heads_kv = g.B * g.Hkv;
+  Tensor kt = Tensor::uninitialized({heads_kv, g.D, tk_pad});
+  parallel_for(heads_kv, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* src = k.f32() + h * g.Tk * g.D;
+      float* dst = kt.f32() + h * g.D * tk_pad;
+      for (int64_t j0 = 0; j0 < tk_pad; j0 += 64)
+        for (int64_t d = 0; d < g.D; ++d)
+          for (int64_t j = j0; j < std::min(j0 + 64, tk_pad); ++j)
+            dst[d * tk_pad + j] = j < g.Tk ? src[j * g.D + d] : 0.f;
+    }
+  });
+  Tensor out = Tensor::uninitialized({g.B, g.Hq, g.Tq, g.Dv}), lse = Tensor::uninitialized({g.B, g.Hq, g.Tq});
+  const int64_t qblocks = (g.Tq + kQ - 1) / kQ, group = g.Hq / g.Hkv;
+  parallel_for(g.B * g.Hq * qblocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> s(size_t(kQ * kK)), o(size_t(kQ * g.Dv)), m(kQ), l(kQ), qpad;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t qb = t % qblocks, h = (t / qblocks) % g.Hq, b = t / (qblocks * g.Hq);
+      const int64_t kv_head = b * g.Hkv + h / group;
+      const int64_t i0 = qb * kQ, nq = std::min(g.Tq, i0 + kQ) - i0, nq_pad = (nq + kRows - 1) / kRows * kRows;
+      const float* qp = q.f32() + ((b * g.Hq + h) * g.Tq + i0) * g.D;
+      if (nq_pad != nq) {  // a partial last block: its rows padded with zero queries
+        qpad.assign(size_t(nq_pad * g.D), 0.f);
+        std::copy(qp, qp + nq * g.D, qpad.begin());
+        qp = qpad.data();
+      }
+      std::fill_n(o.begin(), nq_pad * g.Dv, 0.f);
+      std::fill_n(m.begin(), nq_pad, kNegInf);
+      std::fill_n(l.begin(), nq_pad, 0.f);
+      const float* ktp = kt.f32() + kv_head * g.D * tk_pad;
+      const float* vp = v.f32() + kv_head * g.Tk * g.Dv;
+      for (int64_t j0 = 0; j0 < g.Tk; j0 += kK) {
+        const int64_t nk = std::min(g.Tk - j0, kK), nk_pad = (nk + kCols - 1) / kCols * kCols;
+        attn_tiles::scores(qp, g.D, ktp + j0, tk_pad, nq_pad, nk_pad, g.D, scale, s.data(), kK);
+        attn_tiles::online_softmax(s.data(), kK, nq_pad, nk, m.data(), l.data(), o.data(), g.Dv, g.Dv);
+        attn_tiles::accumulate_pv(s.data(), kK, vp + j0 * g.Dv, g.Dv, nq_pad, nk, g.Dv, o.data(), g.Dv);
+      }
+      float* op = out.f32() + ((b * g.Hq + h) * g.Tq + i0) * g.Dv;
+      float* lp = lse.f32() + (b * g.Hq + h) * g.Tq + i0;
+      for (int64_t ii = 0; ii < nq; ++ii) {
+        const float inv = l[ii] > 0.f ? 1.f / l[ii] : 0.f;
+        for (int64_t c = 0; c < g.Dv; ++c) op[ii * g.Dv + c] = o[ii * g.Dv + c] * inv;
+        lp[ii] = l[ii] > 0.f ? m[ii] + std::log(l[ii]) : kNegInf;
+      }
+    }
+  });
+  if (lse_out) *lse_out = lse;
+  return out;
+}
+
 }  // namespace
 
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
                  Tensor* lse_out) {
   const AttnGeom g = attention_geometry(q_in, k_in, v_in);
-  Tensor k = k_in.to(DType::F32), v = v_in.to(DType::F32);
+  Tensor k = k_in.to(DType::F32).contiguous(), v = v_in.to(DType::F32).contiguous();
+  if (!mask.causal && !mask.additive && !mask.key_keep && g.Dv % 16 == 0 && g.Tk > 0)
+    return attention_unmasked(g, q_in, k, v, scale, lse_out);
   const KeyValueRows keys{static_cast<const char*>(k.raw()), DType::F32, g.Tk, g.D};
   const KeyValueRows values{static_cast<const char*>(v.raw()), DType::F32, g.Tk, g.Dv};
   return attention_forward(g, q_in, keys, values, mask, scale, lse_out);
