@@ -16,7 +16,8 @@
 # Peak RSS is each process's (/usr/bin/time), so dreamllm's is per part and the peer's is a whole picture's.
 # Environment: BUILD_DIR (default build), OUT_DIR (default $BUILD_DIR/bench_sd: the weights, 6 GB, the raw logs and
 # table.md), THREADS (default 1,2), SIZES (default 256,512), ROUNDS (default 2), REPS (default 2), PEER_STEPS
-# (default 2), TORCH (default 1; 0 skips PyTorch), CREATE (default 1; 0 skips the whole-picture rows).
+# (default 2), TORCH (default 1; 0 skips PyTorch), CREATE (default 1; 0 skips the whole-picture rows), APPEND
+# (default 0; 1 adds to the raw files of earlier runs instead of starting afresh, and the table covers them all).
 # Run it on an idle machine (the team's: under `flock /tmp/dl-build.lock`); about 25 minutes a round at the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,8 +64,17 @@ if [ ! -f "$WEIGHTS/sd21.safetensors" ] || [ ! -f "$WEIGHTS/dreamllm/config.json
   mv "$WEIGHTS.partial" "$WEIGHTS"
 fi
 RUNS="$OUT_DIR/runs"
-rm -rf "$RUNS"
+# APPEND=1 keeps earlier runs' files, so that a long measurement can be taken in pieces (one thread count or size at
+# a time, each short enough to hold the machine for) and reported together; round numbers continue from the last.
+if [ "${APPEND:-0}" != 1 ]; then
+  rm -rf "$RUNS"
+fi
 mkdir -p "$RUNS"
+FIRST_ROUND=1
+if [ "${APPEND:-0}" = 1 ]; then
+  last=$(find "$RUNS" -name '*.r*.*' -printf '%f\n' | sed -n 's/.*\.r\([0-9]*\)\..*/\1/p' | sort -n | tail -1)
+  FIRST_ROUND=$(( ${last:-0} + 1 ))
+fi
 
 # dreamllm names the OpenBLAS kernel family from the CPU's features; a family preset by the machine image would
 # override that (as in scripts/bench_llm.sh).
@@ -79,10 +89,10 @@ fi
   echo "load_at_start=$load1 $load5 $load15"
   echo "ours_commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src apps || echo '+uncommitted')"
   echo "peer_commit=$(git -C "$(dirname "$PEER_BIN")/../.." rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  echo "rounds=$ROUNDS"
+  echo "piece=THREADS=$THREADS SIZES=$SIZES, rounds $FIRST_ROUND-$((FIRST_ROUND + ROUNDS - 1))"
   echo "reps=$REPS"
   echo "peer_steps=$PEER_STEPS"
-} > "$RUNS/machine.txt"
+} >> "$RUNS/machine.txt"
 
 run_ours() {  # threads size round
   local t=$1 s=$2 r=$3 part
@@ -115,7 +125,7 @@ run_torch() {
   done
 }
 
-for r in $(seq 1 "$ROUNDS"); do
+for r in $(seq "$FIRST_ROUND" $((FIRST_ROUND + ROUNDS - 1))); do
   for t in ${THREADS//,/ }; do
     for s in ${SIZES//,/ }; do
       echo "round $r, $t thread(s), ${s}x$s" >&2

@@ -110,16 +110,22 @@ def main():
         best(time, ("torch", part, size, threads), d["seconds"])
         biggest(rss, ("torch", part, size, threads), d["peak_rss_bytes"])
 
-    machine = {}
+    # One block of lines per run of bench_sd.sh (APPEND=1 adds blocks), each starting with its cpu= line.
+    blocks = []
     if os.path.exists(os.path.join(runs, "machine.txt")):
         for line in open(os.path.join(runs, "machine.txt")):
             k, _, v = line.strip().partition("=")
-            machine[k] = v
+            if k == "cpu" or not blocks:
+                blocks.append({})
+            blocks[-1][k] = v
+    rounds = {parse_name(k)[4] for k in glob.glob(os.path.join(runs, "*.json")) + glob.glob(os.path.join(runs, "*.log"))}
     have_torch = any(k[0] == "torch" for k in time)
-    print(f"CPU: {machine.get('cpu', '?')}; {machine.get('date', '?')}; load average at the start "
-          f"{machine.get('load_at_start', '?')}; dreamllm {machine.get('ours_commit', '?')}, stable-diffusion.cpp "
-          f"{machine.get('peer_commit', '?')}; best of {machine.get('rounds', '?')} round(s). Same random SD 2.1-base "
-          f"weights, F16, on every side.")
+    print(f"CPU: {blocks[0].get('cpu', '?') if blocks else '?'}; stable-diffusion.cpp "
+          f"{blocks[0].get('peer_commit', '?') if blocks else '?'}; best of {len(rounds)} round(s) per case; the same "
+          f"random SD 2.1-base weights, F16, on every side. Runs:")
+    for b in blocks:
+        print(f"- {b.get('date', '?')}: {b.get('piece', '?')}, dreamllm {b.get('ours_commit', '?')}, load average at "
+              f"the start {b.get('load_at_start', '?')}")
     print()
     head = "| case | threads | dreamllm | stable-diffusion.cpp | sd.cpp time / dreamllm time |"
     sep = "|---|---:|---:|---:|---:|"
@@ -131,7 +137,7 @@ def main():
     print(head)
     print(sep)
     cases = sorted({(k[1], k[2], k[3]) for k in time}, key=lambda c: (["unet", "vae", "create"].index(c[0]), c[1], c[2]))
-    steps = machine.get("peer_steps", "?")
+    steps = "/".join(sorted({b.get("peer_steps", "?") for b in blocks})) or "?"
     names = {"unet": "unet step {s}x{s} (cfg, batch 2)", "vae": "vae decode {s}x{s}",
              "create": "create {s}x{s} (euler, " + steps + " steps, cfg)"}
     for part, size, threads in cases:
