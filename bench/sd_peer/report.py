@@ -142,6 +142,8 @@ def main():
              "create": "create {s}x{s} (euler, " + steps + " steps, cfg)"}
     for part, size, threads in cases:
         o, p, t = (time.get((e, part, size, threads)) for e in ("ours", "peer", "torch"))
+        if part == "create" and o is None:  # CREATE=0: the peer's whole-picture time alone compares with nothing
+            continue
         row = f"| {names[part].format(s=size)} | {threads} | {fmt_s(o)} | {fmt_s(p)} | {ratio(p, o)} |"
         if have_torch:
             row += f" {fmt_s(t)} | {ratio(t, o)} |" if part != "create" else " - | - |"
