@@ -222,7 +222,9 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
     for (int64_t k = 0; k < y.numel(); ++k) unit.f32()[k] = std::clamp(y.f32()[k] / 2.f + 0.5f, 0.f, 1.f);
     return io::Image(R, R, pipelines::to_rgb8(unit)[0]);
   };
+  Progress progress("eval-vae", records.size());
   for (size_t i = 0; i < records.size(); ++i) {
+    progress.update(i);
     const io::Image img = io::read_image(records[i].image);
     const Tensor x = train::diffusion_pixels(img, R).reshape({1, 3, R, R});
     const Tensor mean = head.vae.encode(nn::Var(x)).mean.value().contiguous();
@@ -241,6 +243,7 @@ int eval_vae_command(const std::string& model, const std::string& scenes, int64_
       agree_scaled[g] += world::same_shapes(world::parse_image(scaled).scene(), records[i].scene) ? 1 : 0;
     }
   }
+  progress.finish();
   const double n = double(records.size()), mu = latent_sum / latent_n;
   const double sd = std::sqrt(std::max(1e-12, latent_sq / latent_n - mu * mu));
   std::printf("reconstructions: %lld/%lld scenes parsed exactly (%.2f%%), MSE %.5f on [-1, 1]\n",
@@ -326,8 +329,12 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
   o.negative_ids = m.tokenizer.encode(draw.negative);
   int64_t documents = 0, agreeing = 0, images = 0, images_ok = 0, without_image = 0, unparsable = 0;
   Tally tally;
+  // The count is known only when --limit gives it (the file is streamed).
+  std::unique_ptr<Progress> progress;
+  if (limit > 0) progress = std::make_unique<Progress>("eval-write", size_t(limit));
   while (auto record = reader.next()) {
     if (limit > 0 && documents >= limit) break;
+    if (progress) progress->update(size_t(documents));
     const auto* doc = std::get_if<train::InterleavedRecord>(&*record);
     if (doc == nullptr || !doc->instruction) continue;
     ++documents;
@@ -376,6 +383,7 @@ int eval_write_command(const std::string& model, const std::string& file, int64_
       std::printf("\n%s", drawn == 0 ? "  no image\n" : failures.c_str());
     }
   }
+  if (progress) progress->finish();
   DL_CHECK(documents > 0, "'", file, "' holds no instruction documents");
   std::printf("documents: %lld written, %lld agree with their text (%.2f%%), %lld without an image\n",
               static_cast<long long>(documents), static_cast<long long>(agreeing),
@@ -421,10 +429,13 @@ int eval_vqa_command(const std::string& model, const std::string& vqa_path, int6
   const std::filesystem::path base = std::filesystem::path(vqa_path).parent_path();
   std::map<std::string, std::pair<int64_t, int64_t>> by_type;
   int64_t right = 0, asked = 0, done = 0;
+  const size_t conversations = limit > 0 ? std::min(all.size(), size_t(limit)) : all.size();
+  Progress progress("eval-vqa", conversations);
   // A conversation missing a field, or with one of another type, is an error in the file, named as such.
   try {
     for (const auto& conv : all) {
       if (limit > 0 && done >= limit) break;
+      progress.update(size_t(done));
       ++done;
       const auto& turns = conv.at("conversations");
       const std::vector<std::string> types =
@@ -456,6 +467,7 @@ int eval_vqa_command(const std::string& model, const std::string& vqa_path, int6
     fail("'", vqa_path, "': conversation ", done, " is not {\"image\", \"conversations\": [{\"value\"}, ...]} (",
          e.what(), ")");
   }
+  progress.finish();
   DL_CHECK(asked > 0, "'", vqa_path, "' holds no questions");
   std::printf("VQA exact match: %lld/%lld (%.2f%%)\n", static_cast<long long>(right), static_cast<long long>(asked),
               100.0 * double(right) / double(asked));
@@ -472,7 +484,9 @@ int eval_caption_command(const std::string& model, const std::string& scenes, in
   const std::vector<world::SceneRecord> records = scene_records(scenes, limit, true);
   Tally tally;
   int64_t unparsable = 0;
+  Progress progress("eval-caption", records.size());
   for (const world::SceneRecord& rec : records) {
+    progress.update(size_t(tally.scored));
     const Tensor pixels = load_pixels(m, {rec.image});
     const std::vector<int32_t> prompt = m.tokenizer.encode(place_images(m, "", 1));
     const std::string caption = greedy_answer(m, prompt, pixels, 64);
@@ -483,6 +497,7 @@ int eval_caption_command(const std::string& model, const std::string& scenes, in
       ++tally.scored;
     }
   }
+  progress.finish();
   tally.print("captions");
   std::printf("  unparsable %lld\n", static_cast<long long>(unparsable));
   return 0;

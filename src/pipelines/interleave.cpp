@@ -19,9 +19,12 @@ void continue_document(const models::DreamLLM& model, const DiffusionHead* head,
   DL_CHECK(options.max_images >= 0, "write: max_images must be >= 0, got ", options.max_images);
   DL_CHECK(head != nullptr || options.max_images == 0, "write: drawing needs the model's diffusion head");
   const auto& cfg = model.config();
-  const int32_t dream_start = int32_t(cfg.token_id("<dream_start>")), dream_end = int32_t(cfg.token_id("<dream_end>"));
-  const int32_t im_start = int32_t(cfg.token_id("<im_start>")), im_end = int32_t(cfg.token_id("<im_end>"));
-  const int32_t im_patch = int32_t(cfg.token_id("<im_patch>"));
+  // A plain LLaMA (a chat on a text-only model) has none of DreamLLM's tokens: it writes text and never draws.
+  const bool dreams = cfg.special_tokens.count("<dream_start>") > 0;
+  DL_CHECK(dreams || options.max_images == 0, "write: the model has no <dream_start> token to draw with");
+  const auto id = [&](const char* token) { return dreams ? int32_t(cfg.token_id(token)) : int32_t(-1); };
+  const int32_t dream_start = id("<dream_start>"), dream_end = id("<dream_end>");
+  const int32_t im_start = id("<im_start>"), im_end = id("<im_end>"), im_patch = id("<im_patch>");
   const int64_t Q = model.dream_queries(), P = model.image_tokens();
   const int64_t max_positions = model.llm().config().max_position_embeddings;
   TextStream stream(tokenizer, events.on_text);
@@ -43,11 +46,11 @@ void continue_document(const models::DreamLLM& model, const DiffusionHead* head,
     const bool may_draw = int64_t(doc.conditions.size() - images_before) < options.max_images;
     if (may_draw)
       gc.stop_token_ids.push_back(dream_start);
-    else
+    else if (dreams)
       gc.logit_bias.emplace_back(dream_start, -std::numeric_limits<float>::infinity());
     GenerationCallbacks cb;
     cb.on_token = [&](int64_t, int32_t tok) {
-      if (tok != dream_start) stream.push(tok);
+      if (!dreams || tok != dream_start) stream.push(tok);
     };
     const GenerationResult r = generate(decoder, logits, {doc.ids}, gc, cb);
     const auto& gen = r.tokens[0];
