@@ -240,6 +240,9 @@ TEST(FirstHour, AChatWithADreamTurnWritesAPicture) {
   EXPECT_EQ(picture.width, 36);
   EXPECT_TRUE(world::score(picture, request).pass) << world::score(picture, request).report();
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << r.out;  // two answers
+  // /reset says so, even when nothing else is said (-q, or input from a pipe).
+  const CliResult reset = cli("chat -m " + kWorldModel + " -q -n 2 --max-images 0", "/reset\n");
+  EXPECT_NE(reset.err.find("(new conversation"), std::string::npos) << reset.err;
 }
 
 }  // namespace
