@@ -48,6 +48,16 @@ TEST(PromptLanguage, TheCommittedModelDeclaresTheShapesWorldAndOthersNothing) {
             std::string::npos);
 }
 
+// A model made by `world init` declares the world's language, and training copies the config on, so the recipe's
+// models are checked as the committed one is.
+TEST(PromptLanguage, WorldInitDeclaresTheLanguage) {
+  Dir d;
+  ASSERT_EQ(cli("world gen -o " + (d / "data") + " --train 20 --test 2").code, 0);
+  const CliResult r = cli("world init -d " + (d / "data") + " -o " + (d / "model"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(world::declared_prompt_language(d / "model"), "shapes-world");
+}
+
 TEST(PromptLanguage, ARefusalNamesTheUnknownWordOrTheMissingAttribute) {
   world::PromptCheck c = shapes(PromptUse::Create, "a large purple elephant at the top left");
   EXPECT_FALSE(c.ok);

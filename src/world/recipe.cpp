@@ -2,7 +2,12 @@
 
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/config.h"
+#include "world/prompt_check.h"
 #include "text/tokenizer_trainer.h"
 #include "train/documents.h"
 #include "train/jsonl.h"
@@ -129,6 +134,12 @@ void init_model(const std::string& data_dir, const std::string& out, int64_t ima
   const std::vector<std::string> text = training_text((fs::path(data_dir) / "train").string());
   train::create_model_dir(out, tiny_spec(image_size, options),
                            text::train_sentencepiece(text, vocab_size), seed);
+  // The model will read the world's language only, and says so: the commands then check prompts against it
+  // (world/prompt_check.h). Training copies the field on with the config into every checkpoint and final model.
+  const std::string path = (fs::path(out) / "config.json").string();
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(io::read_text_file(path));
+  config["prompt_language"] = std::string(kShapesWorldLanguage);
+  io::write_file_atomically(path, [&](std::ostream& f) { f << config.dump(1) << "\n"; });
 }
 
 }  // namespace dl::world
