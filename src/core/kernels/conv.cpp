@@ -54,8 +54,9 @@ void valid_columns(const ConvGeom& g, int64_t j, int64_t& lo, int64_t& hi) {
   lo = std::min(lo, hi);
 }
 
-void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* cols) {
-  const int64_t L = rows * g.Wo;
+// Row r of the unfolded band starts at cols + r * ld (ld >= rows * Wo: several images' bands side by side).
+void im2col(const ConvGeom& g, const float* x, int64_t y0, int64_t rows, float* cols, int64_t ld) {
+  const int64_t L = ld;
   parallel_for(g.ckk(), 4, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       int64_t c = r / (g.kh * g.kw), i = (r / g.kw) % g.kh, j = r % g.kw;
@@ -135,11 +136,25 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int st
     }
     for (int64_t y0 = 0; y0 < g.Ho; y0 += g.band_rows()) {
       int64_t rows = std::min(g.band_rows(), g.Ho - y0);
-      im2col(g, xn, y0, rows, cols.data());
+      im2col(g, xn, y0, rows, cols.data(), rows * g.Wo);
       gemm(false, false, g.O, rows * g.Wo, K, 1.f, w.f32(), K, cols.data(), rows * g.Wo, 0.f, on + y0 * g.Wo, HWo);
     }
   };
-  if (images_in_parallel(g)) {
+  if (!g.pointwise() && g.N > 1 && K * g.N * HWo <= (int64_t(4) << 20)) {
+    // Small images (the UNet's deep levels, 8x8 latents and below): all images unfolded side by side and multiplied
+    // in one product, so the weight is read and packed once per call, not once per image; at these sizes the
+    // weight, not the arithmetic, is what costs.
+    const int64_t cols_n = g.N * HWo;
+    Tensor cols = Tensor::uninitialized({K, cols_n}), prod = Tensor::uninitialized({g.O, cols_n});
+    for (int64_t n = 0; n < g.N; ++n) im2col(g, x.f32() + n * g.C * g.H * g.W, 0, g.Ho, cols.f32() + n * HWo, cols_n);
+    gemm(false, false, g.O, cols_n, K, 1.f, w.f32(), K, cols.f32(), cols_n, 0.f, prod.f32(), cols_n);
+    parallel_for(g.N * g.O, 4, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t n = i / g.O, o = i % g.O;
+        std::copy_n(prod.f32() + o * cols_n + n * HWo, HWo, out.f32() + i * HWo);
+      }
+    });
+  } else if (images_in_parallel(g)) {
     parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
       std::vector<float> cols(cols_size);
       for (int64_t n = n0; n < n1; ++n) one_image(n, cols);
@@ -186,7 +201,7 @@ void conv2d_backward(const Tensor& x_in, const Tensor& w_in, const Tensor& gy_in
       if (gw) {
         const float* c = xn;
         if (!g.pointwise()) {
-          im2col(g, xn, y0, rows, cols.data());
+          im2col(g, xn, y0, rows, cols.data(), L);
           c = cols.data();
         }
         gemm(false, true, g.O, K, L, 1.f, gyb, HWo, c, g.pointwise() ? HWo : L, y0 == 0 ? beta : 1.f, gwn, K);
