@@ -49,13 +49,19 @@ TEST(PromptLanguage, TheCommittedModelDeclaresTheShapesWorldAndOthersNothing) {
 }
 
 // A model made by `world init` declares the world's language, and training copies the config on, so the recipe's
-// models are checked as the committed one is.
-TEST(PromptLanguage, WorldInitDeclaresTheLanguage) {
+// models are checked as the committed one is; so is a converted one.
+TEST(PromptLanguage, ModelsMadeHereDeclareTheLanguage) {
   Dir d;
   ASSERT_EQ(cli("world gen -o " + (d / "data") + " --train 20 --test 2").code, 0);
   const CliResult r = cli("world init -d " + (d / "data") + " -o " + (d / "model"));
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(world::declared_prompt_language(d / "model"), "shapes-world");
+  // A converted model carries the config in its companion file, and is checked as well.
+  ASSERT_EQ(cli("convert -m " + kWorldModel + " -o " + (d / "sw.gguf") + " --type q8_0").code, 0);
+  EXPECT_EQ(world::declared_prompt_language(d / "sw.gguf"), "shapes-world");
+  const CliResult refused = cli("create -m " + (d / "sw.gguf") + " -p 'a purple elephant' -o " + (d / "e.png"));
+  EXPECT_EQ(refused.code, 1);
+  EXPECT_NE(refused.err.find("'elephant'"), std::string::npos) << refused.err;
 }
 
 TEST(PromptLanguage, ARefusalNamesTheUnknownWordOrTheMissingAttribute) {

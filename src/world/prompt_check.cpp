@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "io/config.h"
+#include "io/gguf_model.h"
 #include "world/text.h"
 
 namespace dl::world {
@@ -138,16 +139,28 @@ const char* example_of(PromptUse use) {
 std::string declared_prompt_language(const std::string& model_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
-  const fs::path config = fs::path(model_path) / "config.json";
-  if (!fs::is_directory(model_path, ec) || !fs::is_regular_file(config, ec)) return "";
+  std::string text, where = (fs::path(model_path) / "config.json").string();
+  if (fs::is_directory(model_path, ec)) {
+    if (!fs::is_regular_file(where, ec)) return "";
+    text = io::read_text_file(where, size_t(16) << 20);
+  } else if (io::is_gguf_model_path(model_path) && fs::is_regular_file(model_path, ec)) {
+    // A converted model carries the directory's config.json in its companion file.
+    const auto model = io::open_gguf_model(model_path);
+    const std::optional<std::string> embedded = model->embedded("config.json");
+    if (!embedded) return "";
+    text = *embedded;
+    where = model->companion_path + " (its config.json)";
+  } else {
+    return "";
+  }
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(io::read_text_file(config.string(), size_t(16) << 20));
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    fail("'", config.string(), "': invalid JSON (", e.what(), ")");
+    fail("'", where, "': invalid JSON (", e.what(), ")");
   }
   if (!j.is_object() || !j.contains("prompt_language")) return "";
-  DL_CHECK(j["prompt_language"].is_string(), "'", config.string(), "': \"prompt_language\" is not a string");
+  DL_CHECK(j["prompt_language"].is_string(), "'", where, "': \"prompt_language\" is not a string");
   return j["prompt_language"].get<std::string>();
 }
 

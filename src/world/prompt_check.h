@@ -30,9 +30,9 @@ struct PromptCheck {
   std::string example;  // a prompt of the same use that is in the language
 };
 
-// The language a model declares in MODEL/config.json ("prompt_language"); empty when it declares none, or when the
-// model is not a directory (a converted NAME.gguf carries no such field). Throws dl::Error for a config.json that is
-// not JSON or a field that is not a string.
+// The language a model declares in MODEL/config.json ("prompt_language"), or in the config.json a converted
+// NAME.gguf carries in its companion; empty when it declares none or there is no model there (the command's own
+// checks name that). Throws dl::Error for a config that is not JSON or a field that is not a string.
 std::string declared_prompt_language(const std::string& model_path);
 
 // Checks `text` against a language; throws dl::Error for a language this build does not know.
