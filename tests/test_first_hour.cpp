@@ -81,6 +81,10 @@ TEST(PromptLanguage, ARefusalNamesTheUnknownWordOrTheMissingAttribute) {
   EXPECT_NE(c.problem.find("not one of the question forms"), std::string::npos) << c.problem;
   c = shapes(PromptUse::Write, "Write a short illustrated story about shapes.");
   EXPECT_NE(c.problem.find("'write'"), std::string::npos) << c.problem;
+  // A document to continue may place a shape relative to another; its words must still be the world's.
+  EXPECT_TRUE(shapes(PromptUse::Document, "First there is a large red circle at the top left. Then a small blue "
+                                          "square appears to its right.").ok);
+  EXPECT_NE(shapes(PromptUse::Document, "Once upon a time").problem.find("'once'"), std::string::npos);
   c = shapes(PromptUse::Chat, "Draw a red circle.");
   EXPECT_NE(c.problem.find("has no size"), std::string::npos) << c.problem;
   c = shapes(PromptUse::Create, "a large red circle at the top left, a small blue square at the center, a large "
@@ -101,6 +105,10 @@ TEST(PromptLanguage, EveryGeneratedPromptAndQuestionPasses) {
     EXPECT_TRUE(shapes(PromptUse::Write, instruction).ok) << instruction << ": "
                                                           << shapes(PromptUse::Write, instruction).problem;
     EXPECT_TRUE(shapes(PromptUse::Chat, draw).ok) << draw << ": " << shapes(PromptUse::Chat, draw).problem;
+    std::string document;
+    for (const std::string& sentence : world::make_document(scene, rng).text_list) document += sentence + " ";
+    EXPECT_TRUE(shapes(PromptUse::Document, document).ok) << document << ": "
+                                                          << shapes(PromptUse::Document, document).problem;
     for (const world::QA& qa : world::make_questions(scene, 8, rng)) {
       EXPECT_TRUE(shapes(PromptUse::Question, qa.question).ok)
           << qa.question << ": " << shapes(PromptUse::Question, qa.question).problem;

@@ -89,8 +89,8 @@ int write_main(int argc, char** argv) {
   if (auto code = parse_or_exit(app, argc, argv)) return *code;
   DL_CHECK(text.beams == 1, "write decodes greedily or by sampling; --beams is not supported");
   set_num_threads(threads);
-  if (const std::string w = world::require_prompt_language(model, world::PromptUse::Write, instruction, force);
-      !w.empty())
+  const world::PromptUse use = raw ? world::PromptUse::Document : world::PromptUse::Write;
+  if (const std::string w = world::require_prompt_language(model, use, instruction, force); !w.empty())
     std::fprintf(stderr, "dreamllm write: warning: %s\n", w.c_str());
 
   // The HTML file, its Markdown twin and every picture the document may get, checked before the model is read:

@@ -130,6 +130,8 @@ const char* example_of(PromptUse use) {
              "small or large?, Is the X above the Y?, Is there a X?, How many shapes are there?)";
     case PromptUse::Chat:
       return "\"Draw a large red circle at the top left.\" or a question such as \"What colour is the triangle?\"";
+    case PromptUse::Document:
+      return "\"First there is a large red circle at the top left.\"";
   }
   return "";
 }
@@ -180,6 +182,12 @@ PromptCheck check_prompt(std::string_view language, PromptUse use, std::string_v
     r.problem = description_problem(text, true);
   } else if (use == PromptUse::Question) {
     r.problem = question_problem(words);
+  } else if (use == PromptUse::Document) {
+    try {
+      parse_description(text);
+    } catch (const Error& e) {
+      r.problem = e.what();
+    }
   } else {
     // A chat message is a question or a drawing request; a failed one is judged as what it looks like.
     const std::string question = question_problem(words);

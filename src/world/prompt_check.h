@@ -19,7 +19,9 @@
 
 namespace dl::world {
 
-enum class PromptUse { Create, Write, Question, Chat };
+// Document: the start of a document to continue (`write --raw`): the world's words in phrases it parses, shapes
+// placed relative to others allowed.
+enum class PromptUse { Create, Write, Question, Chat, Document };
 
 // The name of the shapes world's language in a config.json.
 inline constexpr std::string_view kShapesWorldLanguage = "shapes-world";
