@@ -11,4 +11,8 @@ if [ ! -d node_modules/openai ] || [ ! -d node_modules/playwright-core ]; then
   echo "tests/server/node_modules is missing: run 'bash scripts/setup_tests.sh' (npm ci from package-lock.json)" >&2
   exit 1
 fi
-exec node --test --test-reporter=spec "$1"
+# Test files run under node's test runner; a script (load.mjs) runs as it is and says what it measured.
+case "$1" in
+  *.test.mjs) exec node --test --test-reporter=spec "$1" ;;
+  *) exec node "$1" ;;
+esac
