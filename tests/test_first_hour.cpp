@@ -8,6 +8,10 @@
 #include <fstream>
 
 #include "io/image_file.h"
+#include "io/model_dir.h"
+#include "models/dreamllm.h"
+#include "pipelines/chat.h"
+#include "text/tokenizer.h"
 #include "test_util.h"
 #include "world/prompt_check.h"
 #include "world/scene.h"
@@ -267,6 +271,50 @@ TEST(FirstHour, AChatWithADreamTurnWritesAPicture) {
   // /reset says so, even when nothing else is said (-q, or input from a pipe).
   const CliResult reset = cli("chat -m " + kWorldModel + " -q -n 2 --max-images 0", "/reset\n");
   EXPECT_NE(reset.err.find("(new conversation"), std::string::npos) << reset.err;
+}
+
+// The library's chat (what `chat` and the server run): a picture drawn in an answer is read back as the training
+// conversations lay out "<dream>": a dream span, then the picture's image span; the conversation re-tokenizes to what
+// the model consumed, so the next turn goes on from the cache; and the next answer can be about the picture.
+TEST(ChatSession, ADrawnPictureIsReadBackAsADreamSpanThenItsImageSpan) {
+  const io::ModelDir dir = io::ModelDir::open(kWorldModel);
+  const models::DreamLLM llm = models::DreamLLM::load(dir);
+  const pipelines::DiffusionHead head(dir);
+  const text::Tokenizer tok = text::Tokenizer::load(kWorldModel);
+  pipelines::ChatOptions o;
+  o.layout = text::VicunaVariant::Train;
+  o.answer.text.max_new_tokens = 40;
+  o.answer.text.eos_token_id = tok.eos_id();
+  o.answer.drawing.steps = 25;
+  o.answer.drawing.scheduler = "dpmpp2m";
+  o.answer.drawing.guidance_scale = 3.f;
+  o.answer.max_images = 1;
+  pipelines::ChatSession chat(llm, &head, tok, io::clip_preprocess_config(dir), o);
+  const std::string request = "Draw a large red circle at the top left.";
+  const pipelines::ChatReply first = chat.turn(request);
+  ASSERT_EQ(first.pictures.size(), 1u) << first.text;
+  EXPECT_TRUE(world::score(first.pictures[0], request).pass);
+  EXPECT_EQ(chat.pictures_drawn(), 1u);
+
+  const std::vector<int32_t>& ids = chat.consumed();
+  const auto at = std::find(ids.begin(), ids.end(), tok.token_id(text::kDreamStartToken));
+  ASSERT_NE(at, ids.end());
+  const size_t d = size_t(at - ids.begin()), Q = size_t(llm.dream_queries()), P = size_t(llm.image_tokens());
+  ASSERT_GE(ids.size(), d + Q + P + 4);
+  const int32_t patch = tok.token_id(text::kImagePatchToken);
+  for (size_t k = 1; k <= Q; ++k) EXPECT_EQ(ids[d + k], patch);
+  EXPECT_EQ(ids[d + Q + 1], tok.token_id(text::kDreamEndToken));
+  EXPECT_EQ(ids[d + Q + 2], tok.token_id(text::kImageStartToken));
+  for (size_t k = 0; k < P; ++k) EXPECT_EQ(ids[d + Q + 3 + k], patch);
+  EXPECT_EQ(ids[d + Q + 3 + P], tok.token_id(text::kImageEndToken));
+
+  const std::vector<int32_t> again = tok.encode(chat.conversation());
+  ASSERT_GE(again.size(), ids.size());
+  EXPECT_TRUE(std::equal(ids.begin(), ids.end(), again.begin())) << chat.conversation();
+
+  const pipelines::ChatReply second = chat.turn("What colour is the circle?");
+  EXPECT_EQ(second.text, "red");
+  EXPECT_TRUE(second.pictures.empty());
 }
 
 }  // namespace

@@ -52,6 +52,10 @@ class ChatSession {
   void reset();
   size_t turns() const { return turns_; }
   size_t pictures_drawn() const { return drawn_; }
+  // The conversation as the template renders it (each drawn picture as a dream span and an image span), and the ids
+  // the model has consumed of it (a prefix of its tokens when the next turn can go on from the cache).
+  std::string conversation() const { return conv_.prompt(); }
+  const std::vector<int32_t>& consumed() const { return seen_; }
 
  private:
   ChatReply answer(const std::string& user, const std::vector<io::Image>& images, const WriteEvents& events,
