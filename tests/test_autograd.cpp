@@ -254,6 +254,41 @@ TEST(Determinism, ResultsIndependentOfThreadCount) {
   set_num_threads(0);
 }
 
+// Winograd F(2x2, 3x3) (the default for this shape) and im2col + sgemm against the same double-precision sums, on
+// odd sides (partial 2x2 tiles at the right and bottom edges) and two images sharing one band of tiles.
+TEST(Conv2d, WinogradAndIm2colMatchADirectConvolution) {
+  const int64_t N = 2, C = 24, H = 13, W = 11, O = 20;
+  const Tensor x = test::randn({N, C, H, W}, 31), w = test::randn({O, C, 3, 3}, 32), b = test::randn({O}, 33);
+  std::vector<double> y(size_t(N * O * H * W));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t i = 0; i < H; ++i)
+        for (int64_t j = 0; j < W; ++j) {
+          double s = b.f32()[o];
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t di = 0; di < 3; ++di)
+              for (int64_t dj = 0; dj < 3; ++dj) {
+                const int64_t yy = i + di - 1, xx = j + dj - 1;
+                if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+                s += double(w.f32()[(o * C + c) * 9 + di * 3 + dj]) * x.f32()[((n * C + c) * H + yy) * W + xx];
+              }
+          y[size_t(((n * O + o) * H + i) * W + j)] = s;
+        }
+  auto max_error = [&](const Tensor& got) {
+    double e = 0;
+    for (size_t i = 0; i < y.size(); ++i) e = std::max(e, std::fabs(got.f32()[i] - y[i]) / (1 + std::fabs(y[i])));
+    return e;
+  };
+  const double winograd = max_error(ops::conv2d(x, w, &b, 1, 1));
+  ops::set_conv_winograd(false);
+  const double im2col = max_error(ops::conv2d(x, w, &b, 1, 1));
+  ops::set_conv_winograd(true);
+  // Sums of 216 unit-variance products: float rounding alone leaves ~1e-6 here.
+  EXPECT_LT(winograd, 1e-5);
+  EXPECT_LT(im2col, 1e-5);
+  EXPECT_GT(winograd, 0.0);  // the two paths really are different code (Winograd rounds its transforms)
+}
+
 }  // namespace
 }  // namespace dl
 

@@ -1,6 +1,8 @@
 // 2-D convolution as GEMM: a 1x1 stride-1 convolution is one GEMM per image; anything else unfolds the input
 // (im2col) in bands of output rows so the unfolded buffer stays bounded (~16 MB) for large images.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -114,7 +116,162 @@ void col2im_add(const ConvGeom& g, const float* cols, int64_t y0, int64_t rows, 
   });
 }
 
+// ---- Winograd F(2x2, 3x3) ----
+// A 3x3 stride-1 convolution with padding 1 computes each 2x2 output tile from a 4x4 input tile with 16
+// multiplications per (input, output) channel pair instead of 36: V = B^T d B (input), U = G g G^T (weights),
+// M = U . V summed over input channels (16 independent products O x C times C x tiles, run by sgemm), Y = A^T M A.
+// The transforms only add, subtract and halve, so the result differs from the direct sum by rounding alone
+// (docs/benchmarks.md states the measured error). Tiles are processed in bands of tile rows so the transformed
+// input stays near kWinogradBand bytes whatever the image size.
+
+constexpr int64_t kWinogradBand = int64_t(32) << 20;
+
+std::atomic<bool>& winograd_enabled() {
+  static std::atomic<bool> enabled{[] {
+    const char* e = std::getenv("DREAMLLM_CONV");
+    return !(e && std::strcmp(e, "im2col") == 0);
+  }()};
+  return enabled;
+}
+
+bool winograd_applies(const ConvGeom& g) {
+  // Below these sizes the transforms' passes over memory cost more than the multiplications they save.
+  return winograd_enabled().load(std::memory_order_relaxed) && g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.C >= 16 && g.O >= 16 &&
+         g.Ho >= 8 && g.Wo >= 8;
+}
+
+// Each transform works on blocks of kTileBlock elements in a local [16][kTileBlock] buffer and moves whole rows of
+// it to or from the 16 planes: the planes lie a multiple of 4 KiB apart, so touching all 16 element by element
+// maps every access to the same cache sets and ran the weight transform at a fifth of its speed.
+constexpr int64_t kTileBlock = 64;
+
+// U[xi][o][c] for xi = 4 * i + j, the 16 entries of G g G^T.
+void winograd_weights(const ConvGeom& g, const float* w, float* u) {
+  const int64_t plane = g.O * g.C;
+  parallel_for(g.O, 4, [&](int64_t o0, int64_t o1) {
+    float buf[16][kTileBlock];
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t c0 = 0; c0 < g.C; c0 += kTileBlock) {
+        const int64_t nc = std::min(kTileBlock, g.C - c0);
+        for (int64_t e = 0; e < nc; ++e) {
+          const float* k = w + (o * g.C + c0 + e) * 9;
+          float t[4][3];
+          for (int j = 0; j < 3; ++j) {
+            t[0][j] = k[j];
+            t[1][j] = 0.5f * (k[j] + k[3 + j] + k[6 + j]);
+            t[2][j] = 0.5f * (k[j] - k[3 + j] + k[6 + j]);
+            t[3][j] = k[6 + j];
+          }
+          for (int i = 0; i < 4; ++i) {
+            buf[4 * i + 0][e] = t[i][0];
+            buf[4 * i + 1][e] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+            buf[4 * i + 2][e] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+            buf[4 * i + 3][e] = t[i][2];
+          }
+        }
+        for (int xi = 0; xi < 16; ++xi) std::copy_n(buf[xi], nc, u + xi * plane + o * g.C + c0);
+      }
+  });
+}
+
+Tensor conv2d_winograd(const ConvGeom& g, const Tensor& x, const Tensor& w, const Tensor* bias) {
+  const int64_t th = (g.Ho + 1) / 2, tw = (g.Wo + 1) / 2, HWo = g.Ho * g.Wo;
+  Tensor u = Tensor::uninitialized({16, g.O, g.C});
+  winograd_weights(g, w.f32(), u.f32());
+  Tensor b32 = bias ? bias->to(DType::F32) : Tensor();
+  const float* bp = bias ? b32.f32() : nullptr;
+  // Global tile rows run over all images (image n, tile row ty = r % th): small images share one band.
+  const int64_t rows_total = g.N * th;
+  const int64_t band_rows =
+      std::clamp<int64_t>(kWinogradBand / (16 * int64_t(sizeof(float)) * std::max(g.C, g.O) * tw), 1, rows_total);
+  Tensor v = Tensor::uninitialized({16, g.C, band_rows * tw}), m = Tensor::uninitialized({16, g.O, band_rows * tw});
+  Tensor out = Tensor::uninitialized({g.N, g.O, g.Ho, g.Wo});
+  for (int64_t r0 = 0; r0 < rows_total; r0 += band_rows) {
+    const int64_t rows = std::min(band_rows, rows_total - r0), T = rows * tw;
+    float* vp = v.f32();
+    parallel_for(g.C, 4, [&](int64_t c0, int64_t c1) {
+      float buf[16][kTileBlock];
+      const int64_t plane = g.C * T;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t n = (r0 + r) / th, ty = (r0 + r) % th;
+          const float* xc = x.f32() + (n * g.C + c) * g.H * g.W;
+          for (int64_t tx0 = 0; tx0 < tw; tx0 += kTileBlock) {
+            const int64_t nt = std::min(kTileBlock, tw - tx0);
+            for (int64_t e = 0; e < nt; ++e) {
+              const int64_t tx = tx0 + e;
+              float d[4][4];
+              for (int a = 0; a < 4; ++a) {
+                const int64_t iy = 2 * ty - 1 + a;
+                for (int b = 0; b < 4; ++b) {
+                  const int64_t ix = 2 * tx - 1 + b;
+                  d[a][b] = iy >= 0 && iy < g.H && ix >= 0 && ix < g.W ? xc[iy * g.W + ix] : 0.f;
+                }
+              }
+              float f[4][4];  // B^T d
+              for (int b = 0; b < 4; ++b) {
+                f[0][b] = d[0][b] - d[2][b];
+                f[1][b] = d[1][b] + d[2][b];
+                f[2][b] = d[2][b] - d[1][b];
+                f[3][b] = d[1][b] - d[3][b];
+              }
+              for (int a = 0; a < 4; ++a) {  // (B^T d) B
+                buf[4 * a + 0][e] = f[a][0] - f[a][2];
+                buf[4 * a + 1][e] = f[a][1] + f[a][2];
+                buf[4 * a + 2][e] = f[a][2] - f[a][1];
+                buf[4 * a + 3][e] = f[a][1] - f[a][3];
+              }
+            }
+            float* dst = vp + c * T + r * tw + tx0;
+            for (int xi = 0; xi < 16; ++xi) std::copy_n(buf[xi], nt, dst + xi * plane);
+          }
+        }
+    });
+    // The 16 products, each computed whole by one sgemm call on one thread, so the split over threads never
+    // changes a bit.
+    parallel_for(16, 1, [&](int64_t x0, int64_t x1) {
+      for (int64_t xi = x0; xi < x1; ++xi)
+        gemm_serial(false, false, g.O, T, g.C, 1.f, u.f32() + xi * g.O * g.C, g.C, vp + xi * g.C * T, T, 0.f,
+                    m.f32() + xi * g.O * T, T);
+    });
+    const float* mp = m.f32();
+    parallel_for(g.O, 4, [&](int64_t o0, int64_t o1) {
+      float buf[16][kTileBlock];
+      const int64_t plane = g.O * T;
+      for (int64_t o = o0; o < o1; ++o) {
+        const float bv = bp ? bp[o] : 0.f;
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t n = (r0 + r) / th, ty = (r0 + r) % th;
+          float* on = out.f32() + (n * g.O + o) * HWo;
+          for (int64_t tx0 = 0; tx0 < tw; tx0 += kTileBlock) {
+            const int64_t nt = std::min(kTileBlock, tw - tx0);
+            const float* src = mp + o * T + r * tw + tx0;
+            for (int xi = 0; xi < 16; ++xi) std::copy_n(src + xi * plane, nt, buf[xi]);
+            for (int64_t e = 0; e < nt; ++e) {
+              float f[2][4];  // A^T M
+              for (int b = 0; b < 4; ++b) {
+                f[0][b] = buf[b][e] + buf[4 + b][e] + buf[8 + b][e];
+                f[1][b] = buf[4 + b][e] - buf[8 + b][e] - buf[12 + b][e];
+              }
+              const int64_t ox = 2 * (tx0 + e);
+              for (int a = 0; a < 2; ++a) {
+                const int64_t oy = 2 * ty + a;
+                if (oy >= g.Ho) break;
+                on[oy * g.Wo + ox] = f[a][0] + f[a][1] + f[a][2] + bv;
+                if (ox + 1 < g.Wo) on[oy * g.Wo + ox + 1] = f[a][1] - f[a][2] - f[a][3] + bv;
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+  return out;
+}
+
 }  // namespace
+
+void set_conv_winograd(bool enabled) { winograd_enabled().store(enabled); }
 
 Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int stride, int padding) {
   ConvGeom g = geometry(x_in, w_in, stride, padding);
@@ -123,6 +280,7 @@ Tensor conv2d(const Tensor& x_in, const Tensor& w_in, const Tensor* bias, int st
     DL_CHECK(bias->dim() == 1 && bias->size(0) == g.O, "conv2d: bias ", bias->describe(), " does not match ",
              g.O, " output channels");
   Tensor x = x_in.contiguous(), w = w_in.to(DType::F32);
+  if (g.N > 0 && winograd_applies(g)) return conv2d_winograd(g, x, w, bias);
   Tensor out = Tensor::uninitialized({g.N, g.O, g.Ho, g.Wo});
   const int64_t HWo = g.Ho * g.Wo, K = g.ckk();
   if (out.numel() == 0) return out;

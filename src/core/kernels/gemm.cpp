@@ -131,6 +131,15 @@ void small_m_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* 
 
 const char* blas_kernels() { return blas().corename(); }
 
+void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  DL_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31) && K > 0,
+           "gemm: dimensions ", M, "x", N, "x", K, " outside the 32-bit BLAS interface");
+  blas_single_threaded();
+  sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 void symmetric_eigen(int64_t n, const double* a, double* values, double* vectors) {
   DL_CHECK(n >= 1 && n <= 46340, "symmetric_eigen: matrix side ", n, " is outside [1, 46340]");
   const Blas& b = blas();
