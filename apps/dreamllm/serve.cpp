@@ -30,6 +30,7 @@
 #include "pipelines/text_stream.h"
 #include "serve_api.h"
 #include "text/chat_template.h"
+#include "world/prompt_check.h"
 
 namespace dl::app {
 
@@ -353,6 +354,11 @@ void handle_chat(Server& s, const std::string& body, httplib::Response& res) {
   const serve::ChatRequest r = serve::parse_chat_request(body, s.limits);
   s.check_model(r.model);
   ChatPrompt p = chat_prompt(s, r);
+  // The last message, as `chat` checks a line against the model's declared prompt language.
+  std::string said = r.messages.back().text;
+  for (size_t at = said.find(text::kImageToken); at != std::string::npos; at = said.find(text::kImageToken))
+    said.erase(at, text::kImageToken.size());
+  world::require_prompt_language(s.set.model_path, world::PromptUse::Chat, said, r.force);
   auto slot = s.take_slot();
   const std::string id = random_id("chatcmpl");
   const int64_t created = int64_t(std::time(nullptr));
@@ -457,6 +463,7 @@ void handle_images(Server& s, const std::string& body, httplib::Response& res) {
   const serve::ImageRequest r = serve::parse_image_request(body, s.limits);
   s.check_model(r.model);
   if (!s.can_draw()) throw HttpError(400, "the model '" + s.set.model_id + "' cannot draw images", "model");
+  world::require_prompt_language(s.set.model_path, world::PromptUse::Create, r.prompt, r.force);  // as `create`
   const DrawOptions draw = draw_options(r.steps, r.sampler, r.guidance, r.negative_prompt, r.width, r.height, r.seed);
   const auto latent = draw.latent_size(s.model->dir);  // sizes, memory and steps, as `create` checks them
   const Model& m = *s.model;
@@ -529,6 +536,8 @@ void handle_documents(Server& s, const std::string& body, httplib::Response& res
   s.check_model(r.model);
   if (!s.can_draw()) throw HttpError(400, "the model '" + s.set.model_id + "' cannot draw images", "model");
   const Model& m = *s.model;
+  world::require_prompt_language(s.set.model_path, r.raw ? world::PromptUse::Document : world::PromptUse::Write,
+                                 r.prompt, r.force);  // as `write`
   const DrawOptions draw = draw_options(r.steps, r.sampler, r.guidance, r.negative_prompt, r.width, r.height, r.seed);
   const auto latent = draw.latent_size(m.dir);
   // The prompt as `dreamllm write` builds it: the SFT data's template unless raw.

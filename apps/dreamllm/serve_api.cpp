@@ -319,6 +319,7 @@ ChatRequest parse_chat_request(std::string_view body, const Limits& limits) {
   if (auto v = get_int(j, "image_seed", 0, std::numeric_limits<int64_t>::max())) r.image_seed = uint64_t(*v);
   if (auto s = get_string(j, "size")) std::tie(r.width, r.height) = parse_size(*s, limits.max_side);
   read_drawing(j, limits, r.steps, r.sampler, r.guidance, r.negative_prompt);
+  if (auto v = get_bool(j, "force")) r.force = *v;
   return r;
 }
 
@@ -335,6 +336,7 @@ ImageRequest parse_image_request(std::string_view body, const Limits& limits) {
   if (auto v = get_int(j, "seed", 0, std::numeric_limits<int64_t>::max())) r.seed = uint64_t(*v);
   if (auto v = get_bool(j, "stream")) r.stream = *v;
   read_drawing(j, limits, r.steps, r.sampler, r.guidance, r.negative_prompt);
+  if (auto v = get_bool(j, "force")) r.force = *v;
   return r;
 }
 
@@ -358,6 +360,7 @@ DocumentRequest parse_document_request(std::string_view body, const Limits& limi
   if (auto v = get_number(j, "image_bias", -100.0, 100.0)) r.image_bias = *v;
   if (auto v = get_bool(j, "stream")) r.stream = *v;
   read_drawing(j, limits, r.steps, r.sampler, r.guidance, r.negative_prompt);
+  if (auto v = get_bool(j, "force")) r.force = *v;
   return r;
 }
 

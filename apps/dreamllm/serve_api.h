@@ -70,6 +70,7 @@ struct ChatRequest {
   std::optional<std::string> sampler;
   std::optional<double> guidance;
   std::string negative_prompt;
+  bool force = false;  // a prompt outside the model's declared language is answered anyway (`--force`)
 };
 ChatRequest parse_chat_request(std::string_view body, const Limits& limits = {});
 
@@ -85,6 +86,7 @@ struct ImageRequest {
   std::optional<std::string> sampler;
   std::optional<double> guidance;
   std::string negative_prompt;
+  bool force = false;
 };
 ImageRequest parse_image_request(std::string_view body, const Limits& limits = {});
 
@@ -107,6 +109,7 @@ struct DocumentRequest {
   std::string negative_prompt;
   double image_bias = 0.0;
   bool stream = true;
+  bool force = false;
 };
 DocumentRequest parse_document_request(std::string_view body, const Limits& limits = {});
 

@@ -195,6 +195,13 @@ test('bad requests get OpenAI-shaped errors and the server keeps serving', async
     }),
     (e) => e.status === 400 && /not a readable image/.test(e.message));
 
+  // Outside the model's declared prompt language: refused as `create` refuses it, drawn anyway with force.
+  await assert.rejects(
+    client.images.generate({ model: MODEL_ID, prompt: 'a photo of a cat on a sofa', steps: 2 }),
+    (e) => e.status === 400 && /prompt language|shapes-world/.test(e.message));
+  const forced = await client.images.generate({ model: MODEL_ID, prompt: 'a photo of a cat on a sofa', steps: 2, force: true });
+  assert.equal(forced.data.length, 1);
+
   await assert.rejects(
     client.images.generate({ model: MODEL_ID, prompt: 'x', size: '9000x9000' }),
     (e) => e.status === 400 && e.param === 'size');
@@ -227,7 +234,7 @@ test('a client that leaves mid-stream frees its slot', async () => {
   const res = await fetch(`${server.url}/v1/documents`, {
     method: 'POST', signal: controller.signal,
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${KEY}` },
-    body: JSON.stringify({ model: MODEL_ID, prompt: 'Draw many shapes, one after another.', steps: 200, max_images: 8, max_tokens: 400 }),
+    body: JSON.stringify({ model: MODEL_ID, prompt: 'Build a picture with three shapes step by step.', steps: 200, max_images: 8, max_tokens: 400 }),
   });
   const events = sseEvents(res);
   await events.next();
