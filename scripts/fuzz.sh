@@ -51,6 +51,13 @@ seed_dir() {  # target -> a fresh corpus directory seeded from committed files
       for f in tests/fixtures/fuzz_seeds/checkpoint/*.json; do
         { cat "$f"; printf '\0'; cat "${f%/*}/optimizer.safetensors"; } > "$dir/${f##*/}"
       done ;;
+    serve_api)  # route byte (0 chat, 1 images, 2 documents, 3 data URI) + body
+      local png
+      png=$(base64 -w0 tests/fixtures/images/files/rgb.png)
+      printf '\0{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,%s"}},{"type":"text","text":"What is it?"}]}],"temperature":0.5,"top_p":0.9,"max_tokens":8,"seed":3,"stop":["a","b"],"n":2,"stream":true,"stream_options":{"include_usage":true}}' "$png" > "$dir/chat"
+      printf '\1{"model":"m","prompt":"a red circle","n":2,"size":"64x32","response_format":"b64_json","seed":9,"steps":20,"sampler":"dpmpp2m","guidance":3,"negative_prompt":"x"}' > "$dir/images"
+      printf '\2{"model":"m","prompt":"Write.","raw":true,"max_images":2,"text_seed":4,"image_bias":1.5,"stream":false}' > "$dir/documents"
+      printf '\3data:image/png;base64,%s' "$png" > "$dir/data_uri" ;;
     data_spec)
       local i=0
       for s in docs.jsonl a/b.jsonl:interleaved:100 shards/00.tar:wds c:/x.json:pair:5 mmc4:12 llava.json:llava \

@@ -180,6 +180,31 @@ DrawOptions draw_options(const std::optional<int64_t>& steps, const std::optiona
   return d;
 }
 
+// A reply that is not streamed, computed while watching the client: cpp-httplib 0.11 tells a handler nothing of a
+// closed connection, so the body is sent chunked and `tick` (called at every token and drawing step) writes a space
+// before the JSON (JSON allows leading whitespace). A client that left fails that write, and the work stops at
+// once instead of holding its slot to the end. The status is then 200 whatever follows; the work is checked before
+// it starts, and what fails later (a bug, memory) is sent as an error object in OpenAI's shape.
+void respond_watched(httplib::Response& res, std::shared_ptr<SlotHold> slot,
+                     std::function<json(const std::function<void()>& tick)> work) {
+  res.set_chunked_content_provider("application/json", [slot, work](size_t, httplib::DataSink& sink) {
+    const auto tick = [&] {
+      if (g_stopping || !sink.is_writable() || !sink.write(" ", 1)) throw Cancelled{};
+    };
+    std::string body;
+    try {
+      body = dump(work(tick));
+    } catch (const Cancelled&) {
+      return false;
+    } catch (const std::exception& e) {
+      body = serve::error_body(HttpError(dynamic_cast<const Error*>(&e) ? 400 : 500, e.what()));
+    }
+    const bool sent = sink.write(body.data(), body.size());
+    sink.done();
+    return sent;
+  });
+}
+
 // ---- chat -------------------------------------------------------------------------------------------------------
 
 // Streams text while holding back what may be the start of a stop string (OpenAI never sends the stop string).
@@ -363,34 +388,43 @@ void handle_chat(Server& s, const std::string& body, httplib::Response& res) {
   const std::string id = random_id("chatcmpl");
   const int64_t created = int64_t(std::time(nullptr));
   const std::string model_id = s.set.model_id;
+  auto shared = std::make_shared<std::pair<serve::ChatRequest, ChatPrompt>>(r, std::move(p));
   if (!r.stream) {
-    json choices = json::array();
-    int64_t completion = 0;
-    for (int64_t i = 0; i < r.n; ++i) {
-      const Answer a = chat_answer(s, r, p, i, [] { return !g_stopping.load(); }, [](const std::string&) {});
-      completion += a.tokens;
-      json message = {{"role", "assistant"}, {"content", a.text}};
-      if (!a.pictures.empty()) {
-        json parts = json::array({{{"type", "text"}, {"text", a.text}}});
-        for (const auto& uri : a.pictures) parts.push_back({{"type", "image_url"}, {"image_url", {{"url", uri}}}});
-        message["content"] = parts;
+    respond_watched(res, slot, [&s, shared, id, created, model_id](const std::function<void()>& tick) {
+      const serve::ChatRequest& r = shared->first;
+      const ChatPrompt& p = shared->second;
+      json choices = json::array();
+      int64_t completion = 0;
+      for (int64_t i = 0; i < r.n; ++i) {
+        const Answer a = chat_answer(
+            s, r, p, i,
+            [&] {
+              tick();
+              return true;
+            },
+            [](const std::string&) {}, [&](const json&) { tick(); });
+        completion += a.tokens;
+        json message = {{"role", "assistant"}, {"content", a.text}};
+        if (!a.pictures.empty()) {
+          json parts = json::array({{{"type", "text"}, {"text", a.text}}});
+          for (const auto& uri : a.pictures) parts.push_back({{"type", "image_url"}, {"image_url", {{"url", uri}}}});
+          message["content"] = parts;
+        }
+        choices.push_back({{"index", i}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", a.finish}});
       }
-      choices.push_back({{"index", i}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", a.finish}});
-    }
-    const int64_t prompt_tokens = int64_t(p.ids.size());
-    res.set_content(dump({{"id", id},
-                          {"object", "chat.completion"},
-                          {"created", created},
-                          {"model", model_id},
-                          {"choices", choices},
-                          {"usage",
-                           {{"prompt_tokens", prompt_tokens},
-                            {"completion_tokens", completion},
-                            {"total_tokens", prompt_tokens + completion}}}}),
-                    "application/json");
+      const int64_t prompt_tokens = int64_t(p.ids.size());
+      return json{{"id", id},
+                  {"object", "chat.completion"},
+                  {"created", created},
+                  {"model", model_id},
+                  {"choices", choices},
+                  {"usage",
+                   {{"prompt_tokens", prompt_tokens},
+                    {"completion_tokens", completion},
+                    {"total_tokens", prompt_tokens + completion}}}};
+    });
     return;
   }
-  auto shared = std::make_shared<std::pair<serve::ChatRequest, ChatPrompt>>(r, std::move(p));
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream", [&s, shared, slot, id, created, model_id](size_t, httplib::DataSink& sink) {
@@ -484,16 +518,16 @@ void handle_images(Server& s, const std::string& body, httplib::Response& res) {
   auto slot = s.take_slot();
   const int64_t created = int64_t(std::time(nullptr));
   if (!r.stream) {
-    json data = json::array();
-    pipelines::CreateEvents ev;
-    ev.on_step = [](size_t, size_t, size_t) {
-      if (g_stopping) throw Cancelled{};
-    };
-    ev.on_image = [&](size_t, const io::Image& picture) {
-      data.push_back({{"b64_json", serve::base64_encode(io::encode_png(picture))}});
-    };
-    pipelines::create_images(m.llm, *m.head, *request, ev);
-    res.set_content(dump({{"created", created}, {"data", data}}), "application/json");
+    respond_watched(res, slot, [&s, request, created](const std::function<void()>& tick) {
+      json data = json::array();
+      pipelines::CreateEvents ev;
+      ev.on_step = [&](size_t, size_t, size_t) { tick(); };
+      ev.on_image = [&](size_t, const io::Image& picture) {
+        data.push_back({{"b64_json", serve::base64_encode(io::encode_png(picture))}});
+      };
+      pipelines::create_images(s.model->llm, *s.model->head, *request, ev);
+      return json{{"created", created}, {"data", data}};
+    });
     return;
   }
   res.set_header("Cache-Control", "no-cache");
@@ -577,20 +611,21 @@ void handle_documents(Server& s, const std::string& body, httplib::Response& res
                                      *prompt, Tensor(), *o, ev);
   };
   if (!r.stream) {
-    pipelines::WriteEvents ev;
-    ev.on_diffusion_step = [](size_t, size_t) {
-      if (g_stopping) throw Cancelled{};
-    };
-    const pipelines::Document doc = run(ev);
-    json blocks = json::array();
-    for (const auto& b : doc.blocks)
-      blocks.push_back(b.is_image ? json{{"type", "image"}, {"url", serve::png_data_uri(b.image)}}
-                                  : json{{"type", "text"}, {"text", b.text}});
-    res.set_content(dump({{"object", "document"},
-                          {"model", s.set.model_id},
-                          {"blocks", blocks},
-                          {"finish_reason", pipelines::finish_reason_name(doc.finish)}}),
-                    "application/json");
+    const std::string model_id = s.set.model_id;
+    respond_watched(res, slot, [run, model_id](const std::function<void()>& tick) {
+      pipelines::WriteEvents ev;
+      ev.on_text = [&](const std::string&) { tick(); };
+      ev.on_diffusion_step = [&](size_t, size_t) { tick(); };
+      const pipelines::Document doc = run(ev);
+      json blocks = json::array();
+      for (const auto& b : doc.blocks)
+        blocks.push_back(b.is_image ? json{{"type", "image"}, {"url", serve::png_data_uri(b.image)}}
+                                    : json{{"type", "text"}, {"text", b.text}});
+      return json{{"object", "document"},
+                  {"model", model_id},
+                  {"blocks", blocks},
+                  {"finish_reason", pipelines::finish_reason_name(doc.finish)}};
+    });
     return;
   }
   res.set_header("Cache-Control", "no-cache");

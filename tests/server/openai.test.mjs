@@ -245,6 +245,25 @@ test('a client that leaves mid-stream frees its slot', async () => {
     busy = (await (await fetch(`${server.url}/health`)).json()).slots_busy;
   }
   assert.equal(busy, 0, 'the slot was given back');
+
+  // Not streamed: the server notices too (it writes leading whitespace before the JSON as it works).
+  const quiet = new AbortController();
+  const reply = await fetch(`${server.url}/v1/images/generations`, {
+    method: 'POST', signal: quiet.signal,
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${KEY}` },
+    body: JSON.stringify({ model: MODEL_ID, prompt: 'a large red circle at the top left', steps: 1000, n: 8 }),
+  });
+  assert.equal(reply.status, 200);
+  await sleep(300);
+  assert.equal((await (await fetch(`${server.url}/health`)).json()).slots_busy, 1);
+  quiet.abort();
+  await assert.rejects(reply.text(), (e) => e.name === 'AbortError');
+  busy = 1;
+  for (let i = 0; i < 100 && busy > 0; i++) {
+    await sleep(100);
+    busy = (await (await fetch(`${server.url}/health`)).json()).slots_busy;
+  }
+  assert.equal(busy, 0, 'the slot of the request that was not streamed was given back');
 });
 
 test('a full queue answers 503 with Retry-After', async () => {
