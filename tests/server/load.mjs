@@ -114,8 +114,14 @@ async function worker() {
 }
 await Promise.all(Array.from({ length: CONCURRENCY }, worker));
 const seconds = (performance.now() - started) / 1000;
-await sleep(500);
-const health = await (await fetch(server.url + '/health')).json();
+// A client that left is noticed at its request's next event: give the last ones time to stop (seconds under a
+// sanitizer build), then look.
+let health = null;
+for (let i = 0; i < 300; i++) {
+  health = await (await fetch(server.url + '/health')).json();
+  if (health.slots_busy === 0 && health.queued === 0) break;
+  await sleep(100);
+}
 const rssEnd = rss();
 const code = await stopServer(server);
 
