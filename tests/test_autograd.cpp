@@ -283,9 +283,13 @@ TEST(Conv2d, WinogradAndIm2colMatchADirectConvolution) {
   ops::set_conv_winograd(false);
   const double im2col = max_error(ops::conv2d(x, w, &b, 1, 1));
   ops::set_conv_winograd(true);
-  // Sums of 216 unit-variance products: float rounding alone leaves ~1e-6 here.
-  EXPECT_LT(winograd, 1e-5);
-  EXPECT_LT(im2col, 1e-5);
+  RecordProperty("winograd_max_error", ::testing::PrintToString(winograd));
+  RecordProperty("im2col_max_error", ::testing::PrintToString(im2col));
+  // Sums of 216 unit-variance products (|y| ~ 15): float rounding alone leaves a few 1e-6 here (measured on the
+  // reference machine: Winograd 6.6e-6, im2col 5.5e-6), and Winograd's transforms may not make it much worse.
+  EXPECT_LT(winograd, 3e-5);
+  EXPECT_LT(im2col, 3e-5);
+  EXPECT_LT(winograd, 2.0 * im2col);
   EXPECT_GT(winograd, 0.0);  // the two paths really are different code (Winograd rounds its transforms)
 }
 

@@ -74,6 +74,34 @@ TEST(UNet, MatchesReferenceInBothConfigs) {
   }
 }
 
+// Deep-feature reuse: a refresh is the plain forward; a reuse step on the inputs the features were stored from
+// recomputes the shallow blocks only and must give the same bits (so its skips are wired as the full pass wires
+// them); on another timestep it differs from the full pass there (the stored features really are reused).
+TEST(UNet, DeepFeatureReuse) {
+  for (const std::string v : {"a", "b"}) {
+    SCOPED_TRACE(v);
+    Head h = load(v);
+    models::UNet unet(h.unet, h.params, kHead + "unet.");
+    const nn::Var x(reference(v + "/sample")), ctx(reference(v + "/context"));
+    const Tensor t1 = Tensor::from_vector({250.f}, {1}), t2 = Tensor::from_vector({400.f}, {1});
+    models::UNet::DeepCache cache;
+    EXPECT_THROW(unet.forward_cached(x, t1, ctx, cache, true), Error);  // recording gradients: refused
+    nn::NoGradGuard ng;
+    EXPECT_THROW(unet.forward_cached(x, t1, ctx, cache, false), Error);  // nothing stored yet
+    const Tensor full1 = unet.forward(x, t1, ctx).value();
+    EXPECT_TRUE(test::bit_equal(unet.forward_cached(x, t1, ctx, cache, true).value(), full1));
+    EXPECT_TRUE(test::close_rel(full1, reference(v + "/f32/eps_t1")));
+    ASSERT_TRUE(cache.deep.defined());
+    EXPECT_TRUE(test::bit_equal(unet.forward_cached(x, t1, ctx, cache, false).value(), full1));
+    const Tensor reused2 = unet.forward_cached(x, t2, ctx, cache, false).value();
+    EXPECT_TRUE(all_finite(reused2));
+    EXPECT_FALSE(test::all_close(reused2, unet.forward(x, t2, ctx).value(), 1e-6f, 1e-6f));
+    // A sample of another size does not fit the stored features.
+    const nn::Var half(reference(v + "/sample").slice(2, 0, reference(v + "/sample").size(2) / 2).contiguous());
+    EXPECT_THROW(unet.forward_cached(half, t1, ctx, cache, false), Error);
+  }
+}
+
 TEST(UNet, OddLatentSidesMeetTheSkipsByNearestResize) {
   nn::NoGradGuard ng;
   Head h = load("b");

@@ -220,6 +220,10 @@ void DrawOptions::add_to(CLI::App& app) {
       ->check(CLI::Range(int64_t(0), INT64_MAX));
   app.add_option("--negative", negative, "negative prompt (default: empty, as the original)");
   app.add_flag("--tiled", tiled, "decode the VAE in tiles (bounded memory for large images)");
+  app.add_option("--deep-cache", deep_cache,
+                 "reuse the UNet's deep features: recompute them every N-th step only (0: off; faster, slightly "
+                 "different pictures, see docs/benchmarks.md)")
+      ->check(CLI::Range(int64_t(0), int64_t(1000)));
 }
 
 pipelines::SamplingOptions DrawOptions::sampling() const {
@@ -230,6 +234,7 @@ pipelines::SamplingOptions DrawOptions::sampling() const {
   s.scheduler = sampler;
   s.scheduler_options.eta = eta;
   s.scheduler_options.use_karras_sigmas = karras;
+  s.deep_cache_interval = deep_cache;
   return s;
 }
 

@@ -76,6 +76,7 @@ struct DrawOptions {
   int64_t seed = 42;
   std::string negative;
   bool tiled = false;
+  int64_t deep_cache = 0;
   void add_to(CLI::App& app);
   pipelines::SamplingOptions sampling() const;
   // Latent height and width for the model, after checking everything about the drawing that can fail late: the

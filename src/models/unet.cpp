@@ -228,6 +228,21 @@ Tensor UNet::timestep_features(const Tensor& timesteps, int64_t batch) const {
 }
 
 Var UNet::forward(const Var& sample, const Tensor& timesteps, const Var& encoder_hidden_states) const {
+  return run(sample, timesteps, encoder_hidden_states, nullptr, true);
+}
+
+Var UNet::forward_cached(const Var& sample, const Tensor& timesteps, const Var& encoder_hidden_states,
+                         DeepCache& cache, bool refresh) const {
+  DL_CHECK(!nn::grad_enabled(), "unet: deep-feature reuse is for inference only");
+  DL_CHECK(down_.size() >= 2, "unet: deep-feature reuse needs at least two resolution levels, the model has ",
+           down_.size());
+  if (!refresh)
+    DL_CHECK(cache.deep.defined(), "unet: no deep features stored yet (the first step must refresh)");
+  return run(sample, timesteps, encoder_hidden_states, &cache, refresh);
+}
+
+Var UNet::run(const Var& sample, const Tensor& timesteps, const Var& encoder_hidden_states, DeepCache* cache,
+              bool refresh) const {
   const auto& c = config_;
   const Tensor& x = sample.value();
   DL_CHECK(x.dim() == 4 && x.size(1) == c.in_channels, "unet: sample ", x.describe(), " is not [B, ", c.in_channels,
@@ -244,21 +259,38 @@ Var UNet::forward(const Var& sample, const Tensor& timesteps, const Var& encoder
 
   Var h = conv_in_(sample);
   std::vector<Var> skips{h};
-  for (const Block& blk : down_) {
+  const bool reuse = cache && !refresh;
+  for (size_t b = 0; b < down_.size(); ++b) {
+    const Block& blk = down_[b];
     for (size_t j = 0; j < blk.resnets.size(); ++j) {
       h = blk.resnets[j](h, &temb_act);
       if (!blk.attentions.empty()) h = blk.attentions[j](h, encoder_hidden_states);
       skips.push_back(h);
     }
+    if (reuse) break;  // the last up block's skips are all in: conv_in's and the first down block's
     if (blk.downsampler) {
       h = (*blk.downsampler)(h);
       skips.push_back(h);
     }
   }
-  h = mid_.resnets[0](h, &temb_act);
-  h = mid_.attentions[0](h, encoder_hidden_states);
-  h = mid_.resnets[1](h, &temb_act);
-  for (const Block& blk : up_) {
+  if (!reuse) {
+    h = mid_.resnets[0](h, &temb_act);
+    h = mid_.attentions[0](h, encoder_hidden_states);
+    h = mid_.resnets[1](h, &temb_act);
+  }
+  for (size_t b = reuse ? up_.size() - 1 : 0; b < up_.size(); ++b) {
+    const Block& blk = up_[b];
+    if (cache && b + 1 == up_.size()) {
+      if (reuse) {
+        DL_CHECK(cache->deep.dim() == 4 && cache->deep.size(0) == h.shape()[0] &&
+                     cache->deep.size(2) == h.shape()[2] && cache->deep.size(3) == h.shape()[3],
+                 "unet: stored deep features ", cache->deep.describe(), " do not fit this sample ",
+                 sample.value().describe());
+        h = Var(cache->deep);
+      } else {
+        cache->deep = h.value();
+      }
+    }
     for (size_t j = 0; j < blk.resnets.size(); ++j) {
       h = nn::concat({h, skips.back()}, 1);
       skips.pop_back();

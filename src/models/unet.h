@@ -112,6 +112,17 @@ class UNet {
   // encoder_hidden_states [B, S, cross_attention_dim] -> predicted noise [B, out_channels, h, w].
   nn::Var forward(const nn::Var& sample, const Tensor& timesteps, const nn::Var& encoder_hidden_states) const;
 
+  // Reuse of deep features across neighbouring sampling steps (the DeepCache idea, Ma et al. 2023): the input of
+  // the last (full-resolution) up block changes slowly from one step to the next, so a step may take it from an
+  // earlier step and compute only conv_in, the first down block (whose outputs are the last up block's skips), the
+  // last up block and the output head. `refresh` computes everything and stores that input in `cache`; otherwise
+  // the stored one is used (the sample's batch and size must match the step that stored it). Inference only.
+  struct DeepCache {
+    Tensor deep;  // the last up block's input at the last refresh
+  };
+  nn::Var forward_cached(const nn::Var& sample, const Tensor& timesteps, const nn::Var& encoder_hidden_states,
+                         DeepCache& cache, bool refresh) const;
+
   // The sinusoidal timestep features [B, block_out_channels[0]] in f32 (diffusers get_timestep_embedding).
   Tensor timestep_features(const Tensor& timesteps, int64_t batch) const;
 
@@ -129,6 +140,9 @@ class UNet {
   std::vector<Block> down_, up_;
   Block mid_;
   sd::GroupNorm norm_out_;
+
+  nn::Var run(const nn::Var& sample, const Tensor& timesteps, const nn::Var& encoder_hidden_states, DeepCache* cache,
+              bool refresh) const;
 };
 
 }  // namespace dl::models

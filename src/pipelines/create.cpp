@@ -123,10 +123,17 @@ Tensor sample_latents(const models::UNet& unet, const io::SchedulerConfig& sched
   Tensor x = ops::scale(noise.to(DType::F32), scheduler->init_noise_sigma());
   const nn::Var context(guided ? ops::concat({uncond.to(DType::F32), cond.to(DType::F32)}, 0) : cond.to(DType::F32));
   const float s = options.guidance_scale;
+  DL_CHECK(options.deep_cache_interval >= 0, "deep-feature reuse interval ", options.deep_cache_interval,
+           " is negative");
+  const int64_t reuse_every = options.deep_cache_interval;
+  models::UNet::DeepCache deep;
   for (size_t i = 0; i < steps; ++i) {
     const Tensor input = scheduler->scale_model_input(guided ? ops::concat({x, x}, 0) : x, i);
     const Tensor t = Tensor::from_vector(std::vector<float>{scheduler->timesteps()[i]}, {1});
-    Tensor eps = unet.forward(nn::Var(input), t, context).value().contiguous();
+    Tensor eps = (reuse_every > 1 ? unet.forward_cached(nn::Var(input), t, context, deep, i % size_t(reuse_every) == 0)
+                                  : unet.forward(nn::Var(input), t, context))
+                     .value()
+                     .contiguous();
     if (guided) {
       const Tensor u = eps.slice(0, 0, B).contiguous(), c = eps.slice(0, B, 2 * B).contiguous();
       Tensor g = Tensor::empty(u.shape());
