@@ -87,6 +87,7 @@ TEST(Create, GuidanceOneSkipsTheNegativeBranch) {
   const std::string p = "ddpm_nocfg/";
   const Tensor cond = pipelines::prompt_conditions(m.model, fixture(p + "input_ids"), fixture(p + "attention_mask"));
   pipelines::SamplingOptions o;
+  o.scheduler = "ddpm";  // the fixture's sampler, not whatever the commands' default is
   o.steps = 4;
   o.guidance_scale = 1.f;
   auto noise = [&](size_t i) { return fixture(p + "step_noise").select(0, int64_t(i)).contiguous(); };
@@ -139,6 +140,7 @@ TEST(Create, BadInputsAreClearErrors) {
     });
   };
   pipelines::SamplingOptions o;
+  o.scheduler = "ddpm";
   o.steps = 0;
   EXPECT_NE(sample(o, cond, cond, noise).find("steps"), std::string::npos);
   o.steps = 5000;

@@ -170,7 +170,9 @@ TEST(FirstHour, OneMeaningPerOptionAndDefaultsInTheHelp) {
   EXPECT_NE(create.find("-b,--batch-count"), std::string::npos) << create;
   EXPECT_EQ(create.find("-n,"), std::string::npos) << create;
   EXPECT_NE(create.find("=dreamllm.png"), std::string::npos) << create;  // defaults are shown
-  EXPECT_NE(create.find("=ddpm"), std::string::npos) << create;
+  // The documented fast default (docs/benchmarks.md, "Fast sampling on the shapes world"): 25 Euler steps.
+  EXPECT_NE(create.find("{ddpm,ddim,pndm,dpmpp2m,euler,euler_a}=euler"), std::string::npos) << create;
+  EXPECT_NE(create.find("[1 - 1000]=25"), std::string::npos) << create;
   for (const char* cmd : {"ask", "chat", "write"}) {
     const std::string help = cli(std::string(cmd) + " --help").out;
     EXPECT_NE(help.find("-n,--max-tokens"), std::string::npos) << cmd;

@@ -65,11 +65,12 @@ struct TextOptions {
 // --cache-type-k / --cache-type-v (llama.cpp's names): the KV cache's storage types, set process-wide as parsed.
 void add_kv_cache_options(CLI::App& app);
 
+// Starts from pipelines::SamplingOptions' defaults, so that the drawing commands and the server share one definition.
 struct DrawOptions {
-  int64_t steps = 50;
-  float cfg_scale = 7.5f;
-  float guidance_rescale = 0.f;
-  std::string sampler = "ddpm";
+  int64_t steps = pipelines::SamplingOptions().steps;
+  float cfg_scale = pipelines::SamplingOptions().guidance_scale;
+  float guidance_rescale = pipelines::SamplingOptions().guidance_rescale;
+  std::string sampler = pipelines::SamplingOptions().scheduler;
   float eta = 0.f;
   bool karras = false;
   int64_t width = 0, height = 0;  // 0: the model's native size

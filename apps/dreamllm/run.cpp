@@ -220,6 +220,7 @@ int run_main(int argc, char** argv) {
   std::string component, model, in_path, out_path;
   int threads = 0;
   pipelines::SamplingOptions sampling;
+  sampling.scheduler = "ddpm";  // run reproduces the original's pipeline, so its DDPM rather than the commands' default
   bool tiled = false;
   std::string grads;
   std::optional<float> lm_weight, vm_weight;

@@ -39,14 +39,14 @@ Tensor prompt_conditions(const models::DreamLLM& model, const Tensor& ids, const
                          const Tensor& pixel_values = Tensor());
 
 // These defaults are those of every drawing command (create, write, chat, serve: DrawOptions starts from them).
-// 25 DPM-Solver++(2M) steps draw the shapes world's held-out scenes as well as the original's DDPM schedule at 50
-// (docs/benchmarks.md, "Fast sampling on the shapes world") in half the UNet calls; steps 50 with "ddpm" is the
-// original-like setting.
+// 25 Euler steps draw the shapes world's held-out scenes as well as the original's DDPM schedule at 50, at CFG 3 and
+// at 7.5, in half the UNet calls; DPM-Solver++(2M) matched it at CFG 3 but fell behind at 7.5 (docs/benchmarks.md,
+// "Fast sampling on the shapes world"). steps 50 with "ddpm" is the original-like setting.
 struct SamplingOptions {
   int64_t steps = 25;
   float guidance_scale = 7.5f;   // > 1 enables classifier-free guidance; exactly 1 skips the negative branch
   float guidance_rescale = 0.f;  // diffusers' rescale_noise_cfg mix (0: off)
-  std::string scheduler = "dpmpp2m";
+  std::string scheduler = "euler";
   diffusion::SchedulerOptions scheduler_options;
   // Deep-feature reuse (models::UNet::forward_cached): 0 or 1 computes the whole UNet every step; k > 1 refreshes
   // the deep features every k-th step (the first included) and reuses them in between. Off by default.
