@@ -728,6 +728,13 @@ int serve_main(int argc, char** argv) {
   Server s(set);
   s.limits.max_body_bytes = size_t(set.max_body_mb) << 20;
   httplib::Server http;
+  // cpp-httplib sets SO_REUSEPORT, with which a second server on the same port starts and the kernel shares the
+  // connections between both: only SO_REUSEADDR (a restart may bind while old connections linger), so a port in use
+  // is an error.
+  http.set_socket_options([](auto sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   // Bound before the model is read, so a port in use is reported at once.
   int port = set.port;
   if (port == 0) {
@@ -755,6 +762,14 @@ int serve_main(int argc, char** argv) {
     while (!http.is_running() && !listen_returned) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     http.stop();
   });
+  // A start that fails (a model that does not load) leaves the waiter in sigwait: let it go with the process
+  // instead of destroying a joinable thread.
+  struct DetachOnThrow {
+    std::thread& t;
+    ~DetachOnThrow() {
+      if (t.joinable()) t.detach();
+    }
+  } detach_on_throw{waiter};
 
   const std::string mp = set.model_path;
   const bool draws = [&] {

@@ -5,9 +5,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import OpenAI from 'openai';
-import { startServer, stopServer, cli, sseEvents, sleep, MODEL, MODEL_ID, WORK } from './common.mjs';
+import { startServer, stopServer, cli, sseEvents, sleep, DREAMLLM, MODEL, MODEL_ID, WORK } from './common.mjs';
 
 const KEY = 'test-key';
 let server;
@@ -281,4 +282,14 @@ test('a full queue answers 503 with Retry-After', async () => {
   } finally {
     assert.equal(await stopServer(busy), 0);
   }
+});
+
+test('a port in use and a model that does not load end the start with exit code 1, not a crash', () => {
+  const port = new URL(server.url).port;
+  const taken = spawnSync(DREAMLLM, ['serve', '-m', MODEL, '--port', port], { encoding: 'utf8', timeout: 30000 });
+  assert.equal(taken.status, 1, taken.stderr);
+  assert.match(taken.stderr, new RegExp(`cannot listen on 127.0.0.1:${port}`));
+  const missing = spawnSync(DREAMLLM, ['serve', '-m', '/no/such/model', '--port', '0'], { encoding: 'utf8', timeout: 30000 });
+  assert.equal(missing.status, 1, missing.stderr);
+  assert.match(missing.stderr, /does not exist/);
 });
