@@ -15,6 +15,7 @@
 #include "core/ops.h"
 #include "io/gguf_model.h"
 #include "io/image_file.h"
+#include "pipelines/chat.h"
 #include "pipelines/interleave.h"
 #include "text/chat_template.h"
 
@@ -407,24 +408,10 @@ Tensor load_pixels(const Model& m, const std::vector<std::string>& paths) {
 }
 
 std::string place_images(const Model& m, const std::string& text, size_t images) {
-  const std::string placeholder(text::kImageToken);
-  const std::string span = text::image_span_text(int(m.llm.image_tokens()));
-  size_t found = 0;
-  for (size_t at = text.find(placeholder); at != std::string::npos; at = text.find(placeholder, at + 1)) ++found;
-  if (found + images > 0) m.llm.require_vision(found ? "the prompt has an <image> placeholder" : "an image was given");
-  if (found == 0) {
-    std::string out;
-    for (size_t i = 0; i < images; ++i) out += span;
-    return out + text;
-  }
-  DL_CHECK(found == images, "the prompt has ", found, " <image> placeholder(s) but ", images, " image(s) were given");
-  std::string out;
-  size_t from = 0;
-  for (size_t at = text.find(placeholder); at != std::string::npos; at = text.find(placeholder, from)) {
-    out += text.substr(from, at - from) + span;
-    from = at + placeholder.size();
-  }
-  return out + text.substr(from);
+  const bool placeholder = text.find(text::kImageToken) != std::string::npos;
+  if (placeholder || images > 0)
+    m.llm.require_vision(placeholder ? "the prompt has an <image> placeholder" : "an image was given");
+  return pipelines::place_image_spans(text, images, m.llm.image_tokens());
 }
 
 Progress::Progress(std::string label, size_t total)

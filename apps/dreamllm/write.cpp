@@ -12,28 +12,13 @@
 #include "io/image_file.h"
 #include "output_check.h"
 #include "pipelines/interleave.h"
+#include "serve_api.h"
 #include "text/chat_template.h"
 #include "world/prompt_check.h"
 
 namespace dl::app {
 
 namespace {
-
-std::string base64(const std::string& bytes) {
-  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
-  for (size_t i = 0; i < bytes.size(); i += 3) {
-    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
-    if (i + 1 < bytes.size()) v |= uint32_t(uint8_t(bytes[i + 1])) << 8;
-    if (i + 2 < bytes.size()) v |= uint32_t(uint8_t(bytes[i + 2]));
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < bytes.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += i + 2 < bytes.size() ? kAlphabet[v & 63] : '=';
-  }
-  return out;
-}
 
 std::string html_escape(const std::string& s) {
   std::string o;
@@ -176,9 +161,10 @@ int write_main(int argc, char** argv) {
     const std::string png = png_name(image_index);
     io::write_png((dir / png).string(), b.image);
     const int64_t shown = std::max<int64_t>(b.image.width, 256);
-    html += "<figure><img src=\"data:image/png;base64," + base64(io::encode_png(b.image)) + "\" width=\"" +
-            std::to_string(shown) + "\" alt=\"image " + std::to_string(image_index) + "\"><figcaption>image " +
-            std::to_string(image_index) + "</figcaption></figure>\n";
+    const std::string data = serve::base64_encode(io::encode_png(b.image));
+    html += "<figure><img src=\"data:image/png;base64," + data + "\" width=\"" + std::to_string(shown) +
+            "\" alt=\"image " + std::to_string(image_index) + "\"><figcaption>image " + std::to_string(image_index) +
+            "</figcaption></figure>\n";
     md += "![image " + std::to_string(image_index) + "](" + png + ")\n\n";
   }
   html += "</body>\n</html>\n";
