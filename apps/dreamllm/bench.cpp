@@ -244,6 +244,16 @@ std::string now_rfc3339() {
   return buf;
 }
 
+// A record of `facts` at `threads` threads, stamped now, with the model's load time; the caller sets the test.
+Record record_of(const ModelFacts& facts, int threads, double load_ms) {
+  Record r;
+  r.model = facts;
+  r.threads = threads;
+  r.test_time = now_rfc3339();
+  r.load_ms = load_ms;
+  return r;
+}
+
 // Options every bench shares.
 struct Common {
   std::string model;
@@ -318,9 +328,7 @@ std::vector<Record> bench_llm(const Common& c, int64_t P, int64_t N) {
   for (int threads : c.thread_list()) {
     set_num_threads(threads);
     auto record = [&](const std::string& test, int64_t np, int64_t ng, int64_t depth) {
-      Record r;
-      r.model = facts;
-      r.threads = threads;
+      Record r = record_of(facts, threads, load_ms);
       r.n_prompt = np;
       r.n_gen = ng;
       r.n_depth = depth;
@@ -328,8 +336,6 @@ std::vector<Record> bench_llm(const Common& c, int64_t P, int64_t N) {
       r.items = np + ng;
       r.test = test;
       r.unit = "tokens/s";
-      r.test_time = now_rfc3339();
-      r.load_ms = load_ms;
       return r;
     };
     if (P > 0) {
@@ -382,15 +388,11 @@ std::vector<Record> bench_clip(const Common& c, int64_t batch) {
   std::vector<Record> out;
   for (int threads : c.thread_list()) {
     set_num_threads(threads);
-    Record r;
-    r.model = facts;
-    r.threads = threads;
+    Record r = record_of(facts, threads, load_ms);
     r.n_batch = batch;
     r.items = batch;
     r.test = "clip " + std::to_string(cc.image_size) + "px b" + std::to_string(batch);
     r.unit = "images/s";
-    r.test_time = now_rfc3339();
-    r.load_ms = load_ms;
     r.extra = {{"image_size", cc.image_size}, {"batch", batch}};
     r.samples_ns = time_reps(c.reps, [&] {
       return timed([&] { nn::linear(vision.features(pixels, dir.config().clip_select_layer), w, &b); });
@@ -451,17 +453,13 @@ std::vector<Record> bench_diffusion(const Common& c, bool unet, int64_t width, i
   std::vector<Record> out;
   for (int threads : c.thread_list()) {
     set_num_threads(threads);
-    Record r;
-    r.model = facts;
-    r.threads = threads;
+    Record r = record_of(facts, threads, load_ms);
     r.n_batch = B;
     r.items = unet ? 1 : batch;
     r.test = (unet ? "unet " : "vae ") + std::to_string(lw * f) + "x" + std::to_string(lh * f) +
              (unet && cfg ? " cfg" : "") + (!unet && tiled ? " tiled" : "") +
              (batch > 1 ? " b" + std::to_string(batch) : "");
     r.unit = unet ? "steps/s" : "images/s";
-    r.test_time = now_rfc3339();
-    r.load_ms = load_ms;
     r.extra = {{"width", lw * f}, {"height", lh * f}, {"batch", B}, {"images", batch}};
     if (unet) r.extra["cfg"] = cfg;
     else r.extra["tiled"] = tiled;
@@ -506,16 +504,12 @@ std::vector<Record> bench_create(const Common& c, const DrawOptions& draw, const
   std::vector<Record> out;
   for (int threads : c.thread_list()) {
     set_num_threads(threads);
-    Record r;
-    r.model = facts;
-    r.threads = threads;
+    Record r = record_of(facts, threads, load_ms);
     r.n_batch = count;
     r.items = count;
     r.test = "create " + std::to_string(latent.second * f) + "x" + std::to_string(latent.first * f) + " " +
              draw.sampler + " " + std::to_string(draw.steps) + (draw.cfg_scale > 1.f ? " cfg" : "");
     r.unit = "images/s";
-    r.test_time = now_rfc3339();
-    r.load_ms = load_ms;
     r.extra = {{"width", latent.second * f}, {"height", latent.first * f}, {"images", count},
                {"steps", draw.steps}, {"sampler", draw.sampler}, {"cfg_scale", draw.cfg_scale},
                {"tiled", draw.tiled}, {"warmup", false}};

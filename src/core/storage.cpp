@@ -39,8 +39,8 @@ size_t allocated_bytes(size_t bytes) {
 // Freed activation-sized blocks kept for reuse. A forward pass allocates the same few sizes over and over (a UNet
 // step allocates gigabytes of short-lived tensors of a few megabytes each); handed back to glibc each block of that
 // size is unmapped and, allocated again, faulted in and zeroed by the kernel page by page, which cost 10-15% of a
-// UNet step. Blocks are matched best-fit within 1/8 slack, and the pool holds at most pool_limit() bytes, releasing
-// its oldest blocks beyond that, so the process's resident memory grows by at most that figure.
+// UNet step. Blocks are matched best-fit within 1/8 slack, and the pool holds at most limit_ bytes (512 MiB, DREAMLLM_POOL_MB),
+// releasing its oldest blocks beyond that, so the process's resident memory grows by at most that figure.
 class BlockPool {
  public:
   static constexpr size_t kMinBytes = size_t(256) << 10;  // glibc keeps smaller blocks in its own arenas
@@ -82,19 +82,9 @@ class BlockPool {
     }
   }
 
-  void trim() {
-    std::lock_guard<std::mutex> lock(mutex_);
+  ~BlockPool() {
     for (auto& [size, e] : by_size_) std::free(e.data);
-    by_size_.clear();
-    cached_ = 0;
   }
-
-  size_t cached() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return cached_;
-  }
-
-  ~BlockPool() { trim(); }
 
  private:
   struct Entry {
@@ -129,9 +119,6 @@ void* owned_block(size_t bytes, size_t* block_bytes) {
 }
 
 }  // namespace
-
-size_t Storage::pooled_bytes() { return BlockPool::instance().cached(); }
-void Storage::trim_pool() { BlockPool::instance().trim(); }
 
 std::shared_ptr<Storage> Storage::allocate_uninitialized(size_t bytes) {
   size_t block = 0;

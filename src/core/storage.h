@@ -27,11 +27,6 @@ class Storage {
   // parent's mapped/read-only nature.
   static std::shared_ptr<Storage> view(std::shared_ptr<Storage> parent, size_t offset, size_t bytes);
 
-  // Bytes of freed blocks the process keeps for reuse (see BlockPool in storage.cpp), and a way to hand them all back
-  // to the system, e.g. after a UNet loop whose activation sizes will not recur.
-  static size_t pooled_bytes();
-  static void trim_pool();
-
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;

@@ -263,7 +263,7 @@ Tensor attention_unmasked(const AttnGeom& g, const Tensor& q_in, const Tensor& k
   using attn_tiles::kCols;
   using attn_tiles::kRows;
   if (scale <= 0.f) scale = 1.f / std::sqrt(float(g.D));
-  const Tensor q = q_in.to(DType::F32).contiguous();
+  const Tensor q = q_in.to(DType::F32);
   constexpr int64_t kQ = 128, kK = 128;  // query rows and keys per tile
   const int64_t tk_pad = (g.Tk + kCols - 1) / kCols * kCols, heads_kv = g.B * g.Hkv;
   Tensor kt = Tensor::uninitialized({heads_kv, g.D, tk_pad});
@@ -320,7 +320,7 @@ Tensor attention_unmasked(const AttnGeom& g, const Tensor& q_in, const Tensor& k
 Tensor attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const AttentionMask& mask, float scale,
                  Tensor* lse_out) {
   const AttnGeom g = attention_geometry(q_in, k_in, v_in);
-  Tensor k = k_in.to(DType::F32).contiguous(), v = v_in.to(DType::F32).contiguous();
+  Tensor k = k_in.to(DType::F32), v = v_in.to(DType::F32);
   if (!mask.causal && !mask.additive && !mask.key_keep && g.Dv % 16 == 0 && g.Tk > 0)
     return attention_unmasked(g, q_in, k, v, scale, lse_out);
   const KeyValueRows keys{static_cast<const char*>(k.raw()), DType::F32, g.Tk, g.D};

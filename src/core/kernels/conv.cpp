@@ -136,8 +136,8 @@ std::atomic<bool>& winograd_enabled() {
 
 bool winograd_applies(const ConvGeom& g) {
   // Below these sizes the transforms' passes over memory cost more than the multiplications they save.
-  return winograd_enabled().load(std::memory_order_relaxed) && g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.C >= 16 && g.O >= 16 &&
-         g.Ho >= 8 && g.Wo >= 8;
+  return winograd_enabled().load(std::memory_order_relaxed) && g.kh == 3 && g.kw == 3 && g.stride == 1 &&
+         g.pad == 1 && g.C >= 16 && g.O >= 16 && g.Ho >= 8 && g.Wo >= 8;
 }
 
 // Each transform works on blocks of kTileBlock elements in a local [16][kTileBlock] buffer and moves whole rows of

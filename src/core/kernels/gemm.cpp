@@ -127,15 +127,25 @@ void small_m_gemm_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* 
   });
 }
 
+// Checks a product's dimensions against the 32-bit BLAS interface and does the products that need no BLAS: none
+// when M or N is 0, C = beta * C when K is 0. True when nothing is left to do.
+bool gemm_is_trivial(int64_t M, int64_t N, int64_t K, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return true;
+  DL_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
+           "gemm: dimensions ", M, "x", N, "x", K, " exceed the 32-bit BLAS interface");
+  if (K > 0) return false;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
+  return true;
+}
+
 }  // namespace
 
 const char* blas_kernels() { return blas().corename(); }
 
 void gemm_serial(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M <= 0 || N <= 0) return;
-  DL_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31) && K > 0,
-           "gemm: dimensions ", M, "x", N, "x", K, " outside the 32-bit BLAS interface");
+  if (gemm_is_trivial(M, N, K, beta, C, ldc)) return;
   blas_single_threaded();
   sgemm_serial(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -163,14 +173,7 @@ void symmetric_eigen(int64_t n, const double* a, double* values, double* vectors
 
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M <= 0 || N <= 0) return;
-  DL_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31),
-           "gemm: dimensions ", M, "x", N, "x", K, " exceed the 32-bit BLAS interface");
-  if (K == 0) {
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == 0.f ? 0.f : beta * C[m * ldc + n];
-    return;
-  }
+  if (gemm_is_trivial(M, N, K, beta, C, ldc)) return;
   blas_single_threaded();
   if (M <= 4 && !ta && tb) return small_m_gemm_nt(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   double flops = 2.0 * double(M) * double(N) * double(K);
